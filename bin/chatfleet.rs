@@ -1,0 +1,66 @@
+//! The `chatfleet` binary: parses arguments, loads settings, starts telemetry, and runs a role
+//! from the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use chatfleet::settings::Settings;
+
+#[derive(Parser)]
+#[command(name = "chatfleet", version, about = "Real-time LLM chat streaming at scale over Redis Streams")]
+struct Cli {
+    /// Settings file layered over config/default.toml (environment variables CHATFLEET__… win).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve clients (WebSocket) on gateway.listen.
+    Gateway,
+    /// Claim and run turns.
+    Worker,
+    /// Everything locally: a private Redis, a gateway and workers with the demo model.
+    Dev {
+        /// Worker count.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let dev_file = PathBuf::from("config/dev.toml");
+    let file = match (&cli.config, &cli.command) {
+        (Some(f), _) => Some(f.clone()),
+        (None, Command::Dev { .. }) if dev_file.exists() => Some(dev_file),
+        _ => None,
+    };
+    let settings = match Settings::load(file.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("chatfleet: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    chatfleet::telemetry::init(&settings.telemetry);
+    let shutdown = chatfleet::shutdown::on_signal();
+    let result = match cli.command {
+        Command::Gateway => chatfleet::app::run_gateway(settings, shutdown).await,
+        Command::Worker => chatfleet::app::run_worker(settings, shutdown).await,
+        Command::Dev { workers } => chatfleet::app::run_dev(settings, workers, shutdown).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("chatfleet: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,490 @@
+#!lua name=chatfleet_1
+--[[
+chatfleet Redis Functions library, version 1.
+
+Every state change of a turn is one function call here, so it is atomic on one node and, because
+every key of a partition carries the partition's hash tag, in Redis Cluster too.
+
+Key conventions (the Rust side builds the names in src/keys.rs; these functions derive the rest):
+  KEYS[1] of every session function is the session *base* name, `<prefix>:{pNN}:s:<tenant>:<sid>`.
+  It is not a key itself: it names the slot, and the session's keys hang off it:
+    <base>:meta               HASH   epoch, seq (last event seq), active (turn id), created
+    <base>:log                STREAM client-visible events; entry id "<seq>-0", field e = event
+    <base>:hist               LIST   conversation messages (msgpack), trimmed to hist_max
+    <base>:dedupe             HASH   client_msg_id -> turn id
+    <base>:ch                 sharded pub/sub channel; message = msgpack [seq, event]
+    <base>:turn:<tid>         HASH   status, cmid, worker, attempt, lease, cancel, eid, epoch, useq
+    <base>:turn:<tid>:text    STRING partial assistant text (APPEND is O(1); a hash field is not)
+  Derived keys share the base's hash tag, so they live in the slot that KEYS[1] routes to.
+
+Payloads: events and history messages are MessagePack maps carrying v = 1. src/payload.rs
+mirrors their shapes; this file is the authority.
+
+Time: every lease decision uses the server clock (TIME), so worker clocks may disagree freely.
+
+Invariants kept here (docs/architecture.md):
+  (I1) fencing: emit, heartbeat and finish_turn refuse a caller whose attempt is not current or
+       whose turn is not running;
+  (I2) the user message is stored (log + hist) before enqueue_turn returns, hence before the ack;
+  (I3) each event gets meta.seq + 1, in one script with its XADD, so seqs have no gaps;
+  (I4) a turn leaves `running`/`queued` exactly once, to done, error, cancelled or dead.
+]]
+
+local TERMINAL = { done = true, error = true, cancelled = true, dead = true }
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Appends one client-visible event: next seq, log entry, live publish. Returns the seq.
+local function append_event(base, ev, log_max)
+  local seq = redis.call('HINCRBY', base .. ':meta', 'seq', 1)
+  local body = cmsgpack.pack(ev)
+  redis.call('XADD', base .. ':log', 'MAXLEN', '~', log_max, seq .. '-0', 'e', body)
+  redis.call('SPUBLISH', base .. ':ch', cmsgpack.pack({ seq, body }))
+  return seq
+end
+
+-- Returns the session epoch, creating the session when its meta is missing. A missing meta means
+-- the session's state was lost (TTL, eviction, a restart without persistence): whatever is left of
+-- it is dropped and a new epoch starts, so a client never gets a replay that mixes two histories.
+local function ensure_meta(base, epoch_candidate, now)
+  local meta = base .. ':meta'
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if epoch then
+    return epoch
+  end
+  redis.call('DEL', base .. ':log', base .. ':hist', base .. ':dedupe')
+  redis.call('HSET', meta, 'epoch', epoch_candidate, 'seq', 0, 'created', now)
+  return epoch_candidate
+end
+
+local function touch(base, tid, ttl)
+  redis.call('EXPIRE', base .. ':meta', ttl)
+  redis.call('EXPIRE', base .. ':log', ttl)
+  redis.call('EXPIRE', base .. ':hist', ttl)
+  redis.call('EXPIRE', base .. ':dedupe', ttl)
+  if tid then
+    redis.call('EXPIRE', base .. ':turn:' .. tid, ttl)
+    redis.call('EXPIRE', base .. ':turn:' .. tid .. ':text', ttl)
+  end
+end
+
+local function push_hist(base, msg, hist_max)
+  redis.call('RPUSH', base .. ':hist', cmsgpack.pack(msg))
+  redis.call('LTRIM', base .. ':hist', -hist_max, -1)
+end
+
+local function clear_active(base, tid)
+  if redis.call('HGET', base .. ':meta', 'active') == tid then
+    redis.call('HDEL', base .. ':meta', 'active')
+  end
+end
+
+-- The turn stream holds only turns waiting or running: an ended turn's entry is acked and deleted.
+local function ack_del(stream, group, eid)
+  redis.call('XACK', stream, group, eid)
+  redis.call('XDEL', stream, eid)
+end
+
+-- Ends a turn: final event, assistant message into history, active cleared. The caller acks.
+local function end_turn(base, tid, outcome, ev, log_max, hist_max, now)
+  local tkey = base .. ':turn:' .. tid
+  local text = redis.call('GET', tkey .. ':text') or ''
+  if text ~= '' or outcome == 'done' then
+    push_hist(base, { v = 1, role = 'assistant', turn_id = tid, text = text, status = outcome }, hist_max)
+  end
+  local seq = append_event(base, ev, log_max)
+  redis.call('HSET', tkey, 'status', outcome, 'finished', now, 'fseq', seq)
+  redis.call('DEL', tkey .. ':text')
+  clear_active(base, tid)
+  return seq
+end
+
+--[[ enqueue_turn: the gateway turns a client `send` into a turn.
+KEYS: base, turns stream of the partition
+ARGV: tid, client_msg_id, text, epoch_candidate, ttl_s, log_max, hist_max, opts (opaque bytes)
+Returns {status, turn_id, seq, epoch}; status is
+  new   the message is stored and the turn queued; seq is the user_message event's seq
+  dup   client_msg_id was seen: the original turn id and seq, nothing written (a retried send)
+  busy  another turn of the session is active; turn_id names it, nothing written
+Atomic because dedupe, the busy check, seq assignment and the stream entry must not interleave
+with another gateway's send for the same session.
+]]
+local function enqueue_turn(keys, args)
+  local base, stream = keys[1], keys[2]
+  local tid, cmid, text = args[1], args[2], args[3]
+  local ttl, log_max, hist_max = tonumber(args[5]), args[6], tonumber(args[7])
+  local now = now_ms()
+  local epoch = ensure_meta(base, args[4], now)
+  local existing = redis.call('HGET', base .. ':dedupe', cmid)
+  if existing then
+    local useq = redis.call('HGET', base .. ':turn:' .. existing, 'useq')
+    return { 'dup', existing, tonumber(useq or 0), epoch }
+  end
+  local active = redis.call('HGET', base .. ':meta', 'active')
+  if active then
+    return { 'busy', active, 0, epoch }
+  end
+  local seq = append_event(base,
+    { v = 1, type = 'user_message', turn_id = tid, client_msg_id = cmid, text = text }, log_max)
+  push_hist(base, { v = 1, role = 'user', turn_id = tid, text = text }, hist_max)
+  local eid = redis.call('XADD', stream, '*', 'b', base, 't', tid)
+  redis.call('HSET', base .. ':turn:' .. tid, 'status', 'queued', 'cmid', cmid, 'attempt', 0,
+    'eid', eid, 'epoch', epoch, 'useq', seq, 'created', now, 'opts', args[8])
+  redis.call('HSET', base .. ':dedupe', cmid, tid)
+  redis.call('HSET', base .. ':meta', 'active', tid)
+  touch(base, tid, ttl)
+  return { 'new', tid, seq, epoch }
+end
+
+--[[ start_turn: a worker begins a delivered turn.
+KEYS: base, turns stream
+ARGV: tid, entry id, group, worker id, lease_ms, hist_n, log_max
+Returns
+  {'run', attempt, history (list of msgpack), opts, created_ms, now_ms}  queued -> running
+  {'skip', status}   the turn ended (cancelled while queued, or finished): entry acked and deleted
+  {'gone'}           the turn hash is gone (TTL, lost state): entry acked and deleted
+  {'held'}           another attempt is running it: leave the entry, reclaim decides
+Atomic so that exactly one worker moves a turn to running, and the attempt it gets fences every
+later write.
+]]
+local function start_turn(keys, args)
+  local base, stream = keys[1], keys[2]
+  local tid, eid, group, worker = args[1], args[2], args[3], args[4]
+  local tkey = base .. ':turn:' .. tid
+  local st = redis.call('HMGET', tkey, 'status', 'attempt', 'epoch', 'created', 'opts')
+  local status = st[1]
+  if not status or redis.call('HGET', base .. ':meta', 'epoch') ~= st[3] then
+    ack_del(stream, group, eid)
+    return { 'gone' }
+  end
+  if TERMINAL[status] then
+    ack_del(stream, group, eid)
+    return { 'skip', status }
+  end
+  if status ~= 'queued' then
+    return { 'held' }
+  end
+  local now = now_ms()
+  local attempt = tonumber(st[2]) + 1
+  redis.call('HSET', tkey, 'status', 'running', 'worker', worker, 'attempt', attempt,
+    'lease', now + tonumber(args[5]), 'started', now)
+  append_event(base, { v = 1, type = 'turn_started', turn_id = tid, attempt = attempt }, args[7])
+  local hist = redis.call('LRANGE', base .. ':hist', -tonumber(args[6]), -1)
+  return { 'run', attempt, hist, st[5] or '', tonumber(st[4]), now }
+end
+
+-- Fence check shared by emit, heartbeat and finish_turn. Returns the turn's cancel flag field, or
+-- false when the caller no longer owns the turn.
+local function fenced_turn(base, tkey, attempt)
+  local st = redis.call('HMGET', tkey, 'status', 'attempt', 'cancel', 'epoch')
+  if st[1] ~= 'running' or st[2] ~= attempt then
+    return false
+  end
+  if redis.call('HGET', base .. ':meta', 'epoch') ~= st[4] then
+    return false
+  end
+  return st[3] or '0'
+end
+
+--[[ emit: a worker appends a delta of the running turn.
+KEYS: base
+ARGV: tid, attempt, text, lease_ms, log_max
+Returns {seq, cancel}: seq = 0 when fenced (the caller lost the turn and must stop writing);
+cancel = 1 when the user asked to stop. Extends the lease.
+Atomic so that the fence check and the write cannot be split by a reclaim (I1).
+]]
+local function emit(keys, args)
+  local base = keys[1]
+  local tid, attempt, text = args[1], args[2], args[3]
+  local tkey = base .. ':turn:' .. tid
+  local cancel = fenced_turn(base, tkey, attempt)
+  if not cancel then
+    return { 0, 0 }
+  end
+  local seq = append_event(base, { v = 1, type = 'delta', turn_id = tid, text = text }, args[5])
+  redis.call('APPEND', tkey .. ':text', text)
+  redis.call('HSET', tkey, 'lease', now_ms() + tonumber(args[4]))
+  return { seq, cancel == '1' and 1 or 0 }
+end
+
+--[[ tool_status: a worker reports a tool call's state to the client (fenced like emit).
+KEYS: base
+ARGV: tid, attempt, name, state, lease_ms, log_max
+Returns {seq, cancel} as emit.
+]]
+local function tool_status(keys, args)
+  local base = keys[1]
+  local tid, attempt = args[1], args[2]
+  local tkey = base .. ':turn:' .. tid
+  local cancel = fenced_turn(base, tkey, attempt)
+  if not cancel then
+    return { 0, 0 }
+  end
+  local seq = append_event(base,
+    { v = 1, type = 'tool_status', turn_id = tid, name = args[3], state = args[4] }, args[6])
+  redis.call('HSET', tkey, 'lease', now_ms() + tonumber(args[5]))
+  return { seq, cancel == '1' and 1 or 0 }
+end
+
+--[[ heartbeat: fenced lease extension while the model is silent.
+KEYS: base
+ARGV: tid, attempt, lease_ms
+Returns {ok, cancel}: ok = 0 when fenced.
+]]
+local function heartbeat(keys, args)
+  local base = keys[1]
+  local tkey = base .. ':turn:' .. args[1]
+  local cancel = fenced_turn(base, tkey, args[2])
+  if not cancel then
+    return { 0, 0 }
+  end
+  redis.call('HSET', tkey, 'lease', now_ms() + tonumber(args[3]))
+  return { 1, cancel == '1' and 1 or 0 }
+end
+
+--[[ finish_turn: a worker ends its turn.
+KEYS: base, turns stream, dead-letter stream of the partition
+ARGV: tid, attempt, outcome (done|error|cancelled), group, entry id, ttl_s, log_max, hist_max,
+      prompt_tokens, completion_tokens, error code, error message, dead ('1' = dead-letter it)
+Returns {'ok', seq} or {'fenced'}.
+Atomic so that the final event, the history entry, the active flag and the ack happen exactly once
+(I4) and only for the current attempt (I1).
+]]
+local function finish_turn(keys, args)
+  local base, stream, dlq = keys[1], keys[2], keys[3]
+  local tid, attempt, outcome = args[1], args[2], args[3]
+  local tkey = base .. ':turn:' .. tid
+  if not fenced_turn(base, tkey, attempt) then
+    return { 'fenced' }
+  end
+  local now = now_ms()
+  local ev = { v = 1, type = outcome, turn_id = tid }
+  if outcome == 'done' then
+    ev.prompt_tokens = tonumber(args[9])
+    ev.completion_tokens = tonumber(args[10])
+  elseif outcome == 'error' then
+    ev.code = args[11]
+    ev.message = args[12]
+  end
+  local seq = end_turn(base, tid, outcome, ev, args[7], tonumber(args[8]), now)
+  if args[13] == '1' then
+    redis.call('XADD', dlq, '*', 'b', base, 't', tid, 'reason', args[11], 'detail', args[12],
+      'attempts', attempt, 'at', now)
+  end
+  ack_del(stream, args[4], args[5])
+  touch(base, tid, tonumber(args[6]))
+  return { 'ok', seq }
+end
+
+--[[ cancel_turn: the user pressed stop.
+KEYS: base
+ARGV: tid, log_max, worker control channel prefix, hist_max
+Returns
+  {'cancelled', seq}      the turn was queued: it ends now and will never start
+  {'cancelling', worker}  the turn is running: its cancel flag is set and its worker is told on
+                          <prefix><worker> (a push that saves waiting for the next emit; the
+                          flag stays the truth if the push is lost)
+  {'ended', status}       the turn already ended
+  {'unknown'}             no such turn in this session
+]]
+local function cancel_turn(keys, args)
+  local base, tid = keys[1], args[1]
+  local tkey = base .. ':turn:' .. tid
+  local st = redis.call('HMGET', tkey, 'status', 'worker')
+  if not st[1] then
+    return { 'unknown' }
+  end
+  if st[1] == 'queued' then
+    local seq = end_turn(base, tid, 'cancelled', { v = 1, type = 'cancelled', turn_id = tid },
+      args[2], tonumber(args[4]), now_ms())
+    return { 'cancelled', seq }
+  end
+  if st[1] == 'running' then
+    redis.call('HSET', tkey, 'cancel', 1, 'cancel_at', now_ms())
+    redis.call('PUBLISH', args[3] .. st[2], base .. '\n' .. tid)
+    return { 'cancelling', st[2] }
+  end
+  return { 'ended', st[1] }
+end
+
+--[[ reclaim: one sweep of a partition for turns whose worker is gone.
+KEYS: turns stream, sweep lock, dead-letter stream
+ARGV: group, consumer (the sweeping worker), lock_ms, min_idle_ms, count, max_attempts,
+      log_max, hist_max, ttl_s, cursor ('-' to start at the oldest pending entry)
+Returns {next cursor, {{entry id, base, tid}, ...}}: the entries now claimed by the caller, to
+run like new deliveries. The cursor pages through the pending list across calls, so healthy long
+turns at its head never hide expired ones behind them.
+Decides on the turn's lease (server time), never on pending idle time alone, so a healthy long
+turn is never taken over; idle time only pre-filters. A reclaimed running turn goes back to
+queued (its old attempt is fenced from here on) and clients get `reset`. Past max_attempts the
+turn is dead-lettered and clients get `error`. Entries whose payload is gone are acked and
+recorded in the dead-letter stream. One sweeper per partition at a time, by the lock.
+]]
+local function reclaim(keys, args)
+  local stream, lock, dlq = keys[1], keys[2], keys[3]
+  local group, consumer = args[1], args[2]
+  local holder = redis.call('GET', lock)
+  if holder and holder ~= consumer then
+    return { '-', {} }
+  end
+  redis.call('SET', lock, consumer, 'PX', args[3])
+  local now = now_ms()
+  local max_attempts, log_max, hist_max, ttl = tonumber(args[6]), args[7], tonumber(args[8]), tonumber(args[9])
+  local claimed = {}
+  local count = tonumber(args[5])
+  local pending = redis.call('XPENDING', stream, group, 'IDLE', args[4], args[10], '+', count)
+  local cursor = '-'
+  if #pending == count then
+    cursor = '(' .. pending[#pending][1]
+  end
+  for _, p in ipairs(pending) do
+    local eid = p[1]
+    local entry = redis.call('XRANGE', stream, eid, eid)
+    if #entry == 0 then
+      redis.call('XACK', stream, group, eid)
+      redis.call('XADD', dlq, '*', 'eid', eid, 'reason', 'payload_missing', 'at', now)
+    else
+      local f = entry[1][2]
+      local base, tid
+      for i = 1, #f, 2 do
+        if f[i] == 'b' then base = f[i + 1] elseif f[i] == 't' then tid = f[i + 1] end
+      end
+      local tkey = base .. ':turn:' .. tid
+      local st = redis.call('HMGET', tkey, 'status', 'attempt', 'lease', 'cancel')
+      local status = st[1]
+      if not status or TERMINAL[status] then
+        ack_del(stream, group, eid)
+      elseif status == 'queued' or tonumber(st[3] or 0) < now then
+        if status == 'running' and st[4] == '1' then
+          end_turn(base, tid, 'cancelled', { v = 1, type = 'cancelled', turn_id = tid }, log_max, hist_max, now)
+          ack_del(stream, group, eid)
+        elseif status == 'running' and tonumber(st[2]) >= max_attempts then
+          end_turn(base, tid, 'error', { v = 1, type = 'error', turn_id = tid, code = 'worker_lost',
+            message = 'the turn failed on ' .. st[2] .. ' workers' }, log_max, hist_max, now)
+          redis.call('XADD', dlq, '*', 'b', base, 't', tid, 'reason', 'max_attempts',
+            'attempts', st[2], 'at', now)
+          ack_del(stream, group, eid)
+          touch(base, tid, ttl)
+        else
+          if status == 'running' then
+            redis.call('HSET', tkey, 'status', 'queued', 'worker', '', 'lease', 0)
+            redis.call('DEL', tkey .. ':text')
+            append_event(base, { v = 1, type = 'reset', turn_id = tid, attempt = tonumber(st[2]) }, log_max)
+          end
+          redis.call('XCLAIM', stream, group, consumer, 0, eid, 'JUSTID')
+          claimed[#claimed + 1] = { eid, base, tid }
+        end
+      end
+    end
+  end
+  return { cursor, claimed }
+end
+
+--[[ release_turn: a draining worker hands its running turn back without waiting for the lease.
+KEYS: base
+ARGV: tid, attempt, log_max
+Returns 1 when released, 0 when fenced. The turn becomes queued with its lease expired, clients
+get `reset`, and the next sweep hands it to another worker.
+]]
+local function release_turn(keys, args)
+  local base, tid = keys[1], args[1]
+  local tkey = base .. ':turn:' .. tid
+  if not fenced_turn(base, tkey, args[2]) then
+    return 0
+  end
+  redis.call('HSET', tkey, 'status', 'queued', 'worker', '', 'lease', 0)
+  redis.call('DEL', tkey .. ':text')
+  append_event(base, { v = 1, type = 'reset', turn_id = tid, attempt = tonumber(args[2]) }, args[3])
+  return 1
+end
+
+--[[ open_session: a client says hello. Called after the gateway subscribed to the session channel,
+so nothing published from here on is missed.
+KEYS: base
+ARGV: epoch_candidate, client epoch ('' if none), client last_seq ('' if none), replay_max,
+      hist_n, ttl_s
+Returns
+  {'replay', epoch, seq, {{seq, event}, ...}}   the events after last_seq, all still in the log
+  {'snapshot', epoch, seq, history, active turn id or '', partial text, reason}
+      reason: 'new' (no last_seq), 'epoch' (history was lost or is another session's),
+      'trimmed' (last_seq older than the log keeps), 'future' (last_seq ahead of the session)
+Atomic so that the replay or snapshot and the seq it ends at are one consistent cut.
+]]
+local function open_session(keys, args)
+  local base = keys[1]
+  local now = now_ms()
+  local epoch = ensure_meta(base, args[1], now)
+  local seq = tonumber(redis.call('HGET', base .. ':meta', 'seq'))
+  local replay_max = tonumber(args[4])
+  local reason = 'new'
+  if args[3] ~= '' then
+    local last = tonumber(args[3])
+    if args[2] ~= epoch then
+      reason = 'epoch'
+    elseif last > seq then
+      reason = 'future'
+    elseif last == seq then
+      touch(base, nil, tonumber(args[6]))
+      return { 'replay', epoch, seq, {} }
+    elseif seq - last <= replay_max then
+      local entries = redis.call('XRANGE', base .. ':log', (last + 1) .. '-0', '+', 'COUNT', replay_max)
+      if #entries > 0 and entries[1][1] == (last + 1) .. '-0' then
+        local out = {}
+        for i, e in ipairs(entries) do
+          out[i] = { tonumber(string.match(e[1], '^(%d+)')), e[2][2] }
+        end
+        touch(base, nil, tonumber(args[6]))
+        return { 'replay', epoch, seq, out }
+      end
+      reason = 'trimmed'
+    else
+      reason = 'trimmed'
+    end
+  end
+  local hist = redis.call('LRANGE', base .. ':hist', -tonumber(args[5]), -1)
+  local active = redis.call('HGET', base .. ':meta', 'active') or ''
+  local partial = ''
+  if active ~= '' then
+    partial = redis.call('GET', base .. ':turn:' .. active .. ':text') or ''
+  end
+  touch(base, nil, tonumber(args[6]))
+  return { 'snapshot', epoch, seq, hist, active, partial, reason }
+end
+
+--[[ read_log: events after a seq, for a gateway catching a connection up after a pub/sub gap.
+KEYS: base
+ARGV: after seq, count, epoch the connection is on
+Returns {status, {{seq, event}, ...}}: 'ok'; 'epoch' when the session's epoch changed (the
+connection must resync with a snapshot); 'trimmed' when after+1 is no longer in the log.
+]]
+local function read_log(keys, args)
+  local base = keys[1]
+  if redis.call('HGET', base .. ':meta', 'epoch') ~= args[3] then
+    return { 'epoch', {} }
+  end
+  local after = tonumber(args[1])
+  local entries = redis.call('XRANGE', base .. ':log', (after + 1) .. '-0', '+', 'COUNT', args[2])
+  if #entries > 0 and entries[1][1] ~= (after + 1) .. '-0' then
+    return { 'trimmed', {} }
+  end
+  local out = {}
+  for i, e in ipairs(entries) do
+    out[i] = { tonumber(string.match(e[1], '^(%d+)')), e[2][2] }
+  end
+  return { 'ok', out }
+end
+
+redis.register_function('cf1_enqueue_turn', enqueue_turn)
+redis.register_function('cf1_start_turn', start_turn)
+redis.register_function('cf1_emit', emit)
+redis.register_function('cf1_tool_status', tool_status)
+redis.register_function('cf1_heartbeat', heartbeat)
+redis.register_function('cf1_finish_turn', finish_turn)
+redis.register_function('cf1_cancel_turn', cancel_turn)
+redis.register_function('cf1_reclaim', reclaim)
+redis.register_function('cf1_release_turn', release_turn)
+redis.register_function('cf1_open_session', open_session)
+redis.register_function{ function_name = 'cf1_read_log', callback = read_log, flags = { 'no-writes' } }

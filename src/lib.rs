@@ -1,0 +1,29 @@
+//! chatfleet: real-time LLM chat streaming at scale over Redis Streams.
+//!
+//! # Layout
+//!
+//! - [`settings`]: one typed, validated settings tree (`config/`, `CHATFLEET__…` variables).
+//! - [`keys`]: Redis key names; every key of a partition shares one Cluster slot.
+//! - [`payload`]: MessagePack payloads stored in Redis (versioned), written by `lua/`.
+//! - [`protocol`]: the client protocol v1 (JSON frames), see docs/protocol.md.
+//! - [`store`]: Redis connections and one typed call per function of `lua/chatfleet.lua`.
+//! - [`gateway`]: the socket node: WebSocket (and later SSE, long-poll), the pub/sub hub, feeds.
+//! - [`worker`]: claims turns, streams the model, coalesces deltas, leases, reclaims.
+//! - [`model`]: the model trait and the built-in demo model.
+//! - [`app`]: assembles the roles (`gateway`, `worker`, `dev`) for the binary.
+//! - [`local_redis`]: a private redis-server for `dev` and tests.
+//! - [`metrics`], [`telemetry`], [`shutdown`]: operations.
+
+pub mod app;
+pub mod gateway;
+pub mod keys;
+pub mod local_redis;
+pub mod metrics;
+pub mod model;
+pub mod payload;
+pub mod protocol;
+pub mod settings;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod worker;

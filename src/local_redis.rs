@@ -1,0 +1,93 @@
+//! A private `redis-server` on a free loopback port in a temporary directory, for `chatfleet dev`
+//! and the tests. Readiness is the server's own "Ready to accept connections" line, not a sleep.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Time allowed for redis-server to report readiness.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts when another process takes the chosen port first.
+const PORT_ATTEMPTS: usize = 5;
+
+/// Why a local Redis could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalRedisError {
+    #[error(
+        "redis-server was not found on PATH. Install it first, e.g. `apt-get install -y redis-server` \
+         (Debian/Ubuntu) or `brew install redis` (macOS); chatfleet needs Redis 7 or newer"
+    )]
+    NotInstalled,
+    #[error("cannot start redis-server: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("redis-server did not become ready: {0}")]
+    NotReady(String),
+}
+
+/// A running private Redis. Killed when dropped.
+pub struct LocalRedis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl LocalRedis {
+    /// Starts redis-server with `extra` arguments appended (e.g. `["--appendonly", "yes"]`).
+    pub async fn start(extra: &[&str]) -> Result<Self, LocalRedisError> {
+        let bin = which::which("redis-server").map_err(|_| LocalRedisError::NotInstalled)?;
+        let mut last = String::new();
+        for _ in 0..PORT_ATTEMPTS {
+            let port = free_port()?;
+            let dir = tempfile::tempdir()?;
+            let mut child = Command::new(&bin)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--protected-mode", "no", "--daemonize", "no", "--loglevel", "notice"])
+                .arg("--dir")
+                .arg(dir.path())
+                .args(extra)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?;
+            let stdout = child.stdout.take().expect("stdout is piped");
+            let mut lines = BufReader::new(stdout).lines();
+            let ready = tokio::time::timeout(START_TIMEOUT, async {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line.contains("Ready to accept connections") {
+                        return Ok(());
+                    }
+                    last = line;
+                }
+                Err(())
+            })
+            .await;
+            if matches!(ready, Ok(Ok(()))) {
+                // Keep draining the log so the server never blocks on a full pipe.
+                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+                return Ok(Self { child, port, _dir: dir });
+            }
+            let _ = child.kill().await;
+        }
+        Err(LocalRedisError::NotReady(last))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

@@ -1,0 +1,70 @@
+//! Metric names (Prometheus), as documented constants, and the exporter.
+//!
+//! Labels are low-cardinality only: never a session, tenant or turn id.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Gauge: open client connections, by `transport` (ws, sse, poll).
+pub const GATEWAY_CONNECTIONS: &str = "chatfleet_gateway_connections";
+/// Counter: connections opened, by `transport`.
+pub const GATEWAY_CONNECTS: &str = "chatfleet_gateway_connects_total";
+/// Counter: hellos, by `resume` (replay, snapshot).
+pub const GATEWAY_RESUMES: &str = "chatfleet_gateway_resumes_total";
+/// Counter: frames written to clients.
+pub const GATEWAY_FRAMES_OUT: &str = "chatfleet_gateway_frames_out_total";
+/// Counter: bytes written to clients.
+pub const GATEWAY_BYTES_OUT: &str = "chatfleet_gateway_bytes_out_total";
+/// Counter: client frames or requests refused, by `code`.
+pub const GATEWAY_REJECTED: &str = "chatfleet_gateway_rejected_total";
+/// Counter: connections closed because they read too slowly.
+pub const GATEWAY_SLOW_CLOSES: &str = "chatfleet_gateway_slow_client_closes_total";
+/// Counter: catch-ups from the session log after a pub/sub gap, by `cause`.
+pub const GATEWAY_CATCHUPS: &str = "chatfleet_gateway_log_catchups_total";
+/// Histogram (s): gateway receiving `send` to the `ack` written.
+pub const GATEWAY_ACK_SECONDS: &str = "chatfleet_gateway_ack_seconds";
+
+/// Histogram (s): turn enqueued to started by a worker (queue wait).
+pub const TURN_QUEUE_WAIT_SECONDS: &str = "chatfleet_turn_queue_wait_seconds";
+/// Histogram (s): turn started to the model's first token (upstream time to first token).
+pub const TURN_MODEL_TTFT_SECONDS: &str = "chatfleet_turn_model_ttft_seconds";
+/// Histogram (s): turn enqueued to its first delta stored (what the user waits, minus the wire).
+pub const TURN_TTFT_SECONDS: &str = "chatfleet_turn_ttft_seconds";
+/// Histogram (s): whole turn, by `outcome`.
+pub const TURN_DURATION_SECONDS: &str = "chatfleet_turn_duration_seconds";
+/// Counter: turns ended, by `outcome` (done, error, cancelled, fenced, released).
+pub const TURNS: &str = "chatfleet_turns_total";
+/// Histogram: deltas per turn.
+pub const TURN_DELTAS: &str = "chatfleet_turn_deltas";
+/// Histogram: completion tokens per turn.
+pub const TURN_TOKENS: &str = "chatfleet_turn_tokens";
+/// Gauge: turns running in this worker.
+pub const WORKER_ACTIVE_TURNS: &str = "chatfleet_worker_active_turns";
+/// Gauge: the worker's turn capacity (`worker.max_concurrent_turns`).
+pub const WORKER_CAPACITY: &str = "chatfleet_worker_capacity";
+/// Counter: turns taken over from a dead or stalled worker.
+pub const WORKER_RECLAIMS: &str = "chatfleet_worker_reclaims_total";
+/// Histogram (s): stop requested to the upstream stream dropped.
+pub const WORKER_CANCEL_SECONDS: &str = "chatfleet_worker_cancel_seconds";
+
+/// Installs the global recorder and returns the handle that renders `/metrics`. Idempotent: a
+/// second call (tests, `dev` running several roles) returns a handle to the first recorder.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TURN_DELTAS.into()), &[1.0, 5.0, 20.0, 50.0, 100.0, 250.0, 1000.0]))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TURN_TOKENS.into()), &[1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 4000.0]))
+                .expect("static bucket lists are non-empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may be installed by an embedding program; ours still renders.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}

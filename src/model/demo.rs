@@ -1,0 +1,112 @@
+//! The built-in demo model: deterministic Markdown text, streamed at a configured time to first
+//! token and token rate, so the whole system runs without an API key and tests know the exact
+//! answer in advance.
+
+use std::time::Duration;
+
+use futures::stream::{self, BoxStream, StreamExt};
+
+use super::{Model, ModelError, ModelEvent, ModelRequest, ModelUsage};
+use crate::settings::DemoModelSettings;
+
+/// The demo model.
+#[derive(Debug, Clone)]
+pub struct DemoModel {
+    settings: DemoModelSettings,
+}
+
+impl DemoModel {
+    pub fn new(settings: DemoModelSettings) -> Self {
+        Self { settings }
+    }
+}
+
+const WORDS: &[&str] = &[
+    "streaming", "tokens", "arrive", "smoothly", "over", "Redis", "Streams", "while", "workers",
+    "claim", "turns", "and", "gateways", "fan", "out", "deltas", "to", "every", "tab", "—",
+    "résumé", "naïve", "café", "🚀", "日本語", "fast", "and", "exact",
+];
+
+/// The tokens of the demo answer to `prompt`: the same prompt always gives the same answer.
+/// Tokens are words with their following space, and include multi-byte characters on purpose.
+pub fn tokens_for(prompt: &str, max_tokens: usize) -> Vec<String> {
+    if max_tokens == 0 {
+        return Vec::new();
+    }
+    let mut seed = prompt.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    let echo: String = prompt.chars().take(60).collect();
+    let mut out = vec![
+        "**Demo".to_string(),
+        " model** ".to_string(),
+        "answering: ".to_string(),
+        format!("_{}_", echo.trim()),
+        "\n\n".to_string(),
+    ];
+    while out.len() < max_tokens {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let word = WORDS[(seed as usize) % WORDS.len()];
+        let sep = if out.len() % 17 == 16 { ".\n\n" } else { " " };
+        out.push(format!("{word}{sep}"));
+    }
+    out.truncate(max_tokens);
+    out
+}
+
+/// The full demo answer to `prompt`.
+pub fn answer_for(prompt: &str, max_tokens: usize) -> String {
+    tokens_for(prompt, max_tokens).concat()
+}
+
+impl Model for DemoModel {
+    fn name(&self) -> &str {
+        "demo"
+    }
+
+    fn stream(&self, req: ModelRequest) -> BoxStream<'static, Result<ModelEvent, ModelError>> {
+        let prompt = req.messages.last().map(|m| m.text.clone()).unwrap_or_default();
+        let prompt_tokens = req.messages.iter().map(|m| m.text.len() as u64 / 4 + 1).sum();
+        let tokens = tokens_for(&prompt, self.settings.max_tokens);
+        let completion_tokens = tokens.len() as u64;
+        let ttft = Duration::from_millis(self.settings.ttft_ms);
+        let gap = match self.settings.tokens_per_sec {
+            0 => Duration::ZERO,
+            rate => Duration::from_micros(1_000_000 / rate),
+        };
+        let body = stream::iter(tokens.into_iter().enumerate()).then(move |(i, t)| async move {
+            let wait = if i == 0 { ttft } else { gap };
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            Ok(ModelEvent::Text(t))
+        });
+        let done = stream::once(async move { Ok(ModelEvent::Done(ModelUsage { prompt_tokens, completion_tokens })) });
+        body.chain(done).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_deterministic_and_sized() {
+        assert_eq!(answer_for("hi", 50), answer_for("hi", 50));
+        assert_ne!(answer_for("hi", 50), answer_for("ho", 50));
+        assert_eq!(tokens_for("hi", 50).len(), 50);
+        assert!(tokens_for("hi", 0).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_stream_honours_ttft_and_rate() {
+        let m = DemoModel::new(DemoModelSettings { ttft_ms: 200, tokens_per_sec: 10, max_tokens: 3 });
+        let start = tokio::time::Instant::now();
+        let req = ModelRequest { messages: vec![] };
+        let events: Vec<_> = m.stream(req).collect().await;
+        assert_eq!(events.len(), 4);
+        // 200 ms to the first token, then 100 ms per token.
+        assert_eq!(start.elapsed(), Duration::from_millis(400));
+        assert!(matches!(events[3], Ok(ModelEvent::Done(ModelUsage { completion_tokens: 3, .. }))));
+    }
+}

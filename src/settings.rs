@@ -1,0 +1,308 @@
+//! One typed settings tree for every process.
+//!
+//! Sources, later ones winning: `config/default.toml` (compiled in, so the binary runs from any
+//! directory), an optional file given with `--config`, then environment variables
+//! `CHATFLEET__SECTION__KEY`. [`Settings::validate`] runs at start-up, and an invalid value stops
+//! the process with a message naming the setting. Tests build a `Settings` and change its fields;
+//! they never touch the environment.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The defaults, compiled into the binary.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// A setting that cannot be used, named by its dotted path.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The sources could not be read or parsed into the typed tree.
+    #[error("cannot load settings: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value parsed but is out of range.
+    #[error("invalid setting `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+/// Every setting of chatfleet.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub redis: RedisSettings,
+    pub session: SessionSettings,
+    pub gateway: GatewaySettings,
+    pub worker: WorkerSettings,
+    pub model: ModelSettings,
+    pub metrics: MetricsSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+/// Redis connection and key layout.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisSettings {
+    /// `redis://`, `rediss://` (TLS) or `redis-cluster://` URL.
+    pub url: String,
+    /// Prefix of every key. Lets several deployments (or tests) share one Redis.
+    pub key_prefix: String,
+    /// Number of partitions P. Fixed for a deployment's life: it decides where sessions live.
+    pub partitions: u16,
+    /// Connections in the command pool of each process (FCALLs, reads).
+    pub pool_size: usize,
+    /// Time allowed to open a connection.
+    pub connect_timeout_ms: u64,
+    /// Time allowed for one non-blocking command before it fails with a timeout.
+    pub command_timeout_ms: u64,
+    /// Longest pause between reconnect attempts (exponential backoff up to this).
+    pub reconnect_max_delay_ms: u64,
+    /// Capacity of the pub/sub broadcast buffer; a slower reader lags and catches up from logs.
+    pub broadcast_capacity: usize,
+}
+
+/// Per-session storage bounds.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SessionSettings {
+    /// Idle lifetime of a session's keys, refreshed on activity.
+    pub ttl_secs: u64,
+    /// Approximate number of events kept in a session log for replay (XADD MAXLEN ~).
+    pub log_max_events: u64,
+    /// Messages kept in a session's history (and handed to the model and to snapshots).
+    pub history_max_messages: u64,
+    /// Largest replay sent on resume; a client further behind gets a snapshot.
+    pub replay_max_events: u64,
+    /// Largest user message text, in bytes.
+    pub max_message_bytes: usize,
+}
+
+/// Gateway (socket node) limits and timeouts.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GatewaySettings {
+    /// Address of the client-facing HTTP/WebSocket listener.
+    pub listen: SocketAddr,
+    /// Tenant of every session until authentication assigns one per token.
+    pub tenant: String,
+    /// Open client connections (all transports) one gateway accepts; more get 503.
+    pub max_connections: usize,
+    /// Largest WebSocket frame or message a client may send; refused before it is buffered.
+    pub max_frame_bytes: usize,
+    /// Events queued for one connection before it counts as too slow.
+    pub send_queue_events: usize,
+    /// Bytes queued for one connection before it counts as too slow and is closed (4008).
+    pub send_queue_bytes: usize,
+    /// Interval of WebSocket pings.
+    pub ping_interval_ms: u64,
+    /// A peer that sends nothing (no pong either) for this long is closed.
+    pub pong_timeout_ms: u64,
+    /// Longest time one frame write may take before the connection is dropped.
+    pub write_timeout_ms: u64,
+    /// Time a new WebSocket has to send `hello`.
+    pub hello_timeout_ms: u64,
+    /// Interval of SSE comment heartbeats.
+    pub sse_heartbeat_ms: u64,
+    /// Upper bound of a long-poll request's `wait_ms`.
+    pub longpoll_max_wait_ms: u64,
+    /// On shutdown, time given to connections to be told `reconnect` and closed.
+    pub drain_timeout_ms: u64,
+    /// Upper bound of the `coalesce_ms` a client may ask for in `hello`.
+    pub max_client_coalesce_ms: u64,
+}
+
+/// Worker concurrency, coalescing and lease timing.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    /// Turns one worker process runs at once.
+    pub max_concurrent_turns: usize,
+    /// BLOCK of the XREADGROUP that waits for turns.
+    pub read_block_ms: u64,
+    /// Window in which tokens after the first are merged into one delta.
+    pub coalesce_ms: u64,
+    /// Largest delta; a longer run of text is cut at a character boundary.
+    pub max_delta_bytes: usize,
+    /// A running turn's lease; a turn whose lease expired is taken over by another worker.
+    pub lease_ms: u64,
+    /// While the model is silent, the lease is extended at this interval.
+    pub heartbeat_ms: u64,
+    /// How often each worker sweeps partitions for expired leases.
+    pub sweep_interval_ms: u64,
+    /// Pending entries examined per partition per sweep.
+    pub sweep_batch: u64,
+    /// Deliveries of a turn before it is dead-lettered.
+    pub max_attempts: u32,
+    /// On shutdown, time running turns get to finish before they are released to other workers.
+    pub drain_timeout_ms: u64,
+    /// Longest a whole turn may run.
+    pub turn_timeout_ms: u64,
+}
+
+/// Which model answers, and its settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelSettings {
+    /// `demo` (built in, no API key).
+    pub kind: String,
+    pub demo: DemoModelSettings,
+}
+
+/// The built-in deterministic demo model.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DemoModelSettings {
+    /// Delay before the first token.
+    pub ttft_ms: u64,
+    /// Token rate after the first token; 0 streams as fast as possible.
+    pub tokens_per_sec: u64,
+    /// Tokens per answer (0 gives an empty answer, useful for dispatch benchmarks).
+    pub max_tokens: usize,
+}
+
+/// Prometheus exporter.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricsSettings {
+    /// Address of the `/metrics` listener, separate from client traffic.
+    pub listen: SocketAddr,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelemetrySettings {
+    /// `pretty` for people, `json` for log pipelines.
+    pub format: String,
+    /// `tracing` filter directive; `RUST_LOG` overrides it.
+    pub filter: String,
+}
+
+impl Settings {
+    /// Loads defaults, then `file` if given, then `CHATFLEET__…` variables, and validates.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let settings: Settings = builder
+            .add_source(
+                config::Environment::with_prefix("CHATFLEET")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The compiled-in defaults, for tests and tools that adjust fields directly.
+    pub fn defaults() -> Self {
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .expect("config/default.toml is valid");
+        settings
+    }
+
+    /// Checks ranges and relations between settings.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        fn check(ok: bool, key: &'static str, reason: &str) -> Result<(), SettingsError> {
+            if ok {
+                Ok(())
+            } else {
+                Err(SettingsError::Invalid { key, reason: reason.into() })
+            }
+        }
+        let r = &self.redis;
+        check(
+            ["redis://", "rediss://", "redis-cluster://", "redis+unix://"]
+                .iter()
+                .any(|s| r.url.starts_with(s)),
+            "redis.url",
+            "must start with redis://, rediss://, redis-cluster:// or redis+unix://",
+        )?;
+        check(
+            crate::keys::is_valid_component(&r.key_prefix),
+            "redis.key_prefix",
+            "1-64 characters of [A-Za-z0-9_.-]",
+        )?;
+        check((1..=4096).contains(&r.partitions), "redis.partitions", "must be 1..=4096")?;
+        check(r.pool_size >= 1, "redis.pool_size", "must be at least 1")?;
+        check(r.command_timeout_ms > 0, "redis.command_timeout_ms", "must be > 0")?;
+        check(r.broadcast_capacity >= 16, "redis.broadcast_capacity", "must be at least 16")?;
+        let s = &self.session;
+        check(s.ttl_secs >= 60, "session.ttl_secs", "must be at least 60")?;
+        check(s.log_max_events >= 100, "session.log_max_events", "must be at least 100")?;
+        check(s.history_max_messages >= 2, "session.history_max_messages", "must be at least 2")?;
+        check(
+            s.replay_max_events >= 1 && s.replay_max_events <= s.log_max_events,
+            "session.replay_max_events",
+            "must be 1..=session.log_max_events",
+        )?;
+        check(s.max_message_bytes >= 1, "session.max_message_bytes", "must be at least 1")?;
+        let g = &self.gateway;
+        check(
+            crate::keys::is_valid_component(&g.tenant),
+            "gateway.tenant",
+            "1-64 characters of [A-Za-z0-9_.-]",
+        )?;
+        check(g.max_connections >= 1, "gateway.max_connections", "must be at least 1")?;
+        check(
+            g.max_frame_bytes >= s.max_message_bytes,
+            "gateway.max_frame_bytes",
+            "must be at least session.max_message_bytes",
+        )?;
+        check(g.send_queue_events >= 16, "gateway.send_queue_events", "must be at least 16")?;
+        check(g.send_queue_bytes >= 65536, "gateway.send_queue_bytes", "must be at least 65536")?;
+        check(
+            g.pong_timeout_ms > g.ping_interval_ms,
+            "gateway.pong_timeout_ms",
+            "must exceed gateway.ping_interval_ms",
+        )?;
+        let w = &self.worker;
+        check(w.max_concurrent_turns >= 1, "worker.max_concurrent_turns", "must be at least 1")?;
+        check(
+            (100..=10_000).contains(&w.read_block_ms),
+            "worker.read_block_ms",
+            "must be 100..=10000",
+        )?;
+        check(w.max_delta_bytes >= 16, "worker.max_delta_bytes", "must be at least 16")?;
+        check(
+            w.heartbeat_ms * 2 <= w.lease_ms,
+            "worker.heartbeat_ms",
+            "must be at most half of worker.lease_ms, so one lost heartbeat does not lose the lease",
+        )?;
+        check(w.sweep_interval_ms >= 50, "worker.sweep_interval_ms", "must be at least 50")?;
+        check(w.max_attempts >= 1, "worker.max_attempts", "must be at least 1")?;
+        check(
+            ["demo"].contains(&self.model.kind.as_str()),
+            "model.kind",
+            "must be one of: demo",
+        )?;
+        check(
+            ["pretty", "json"].contains(&self.telemetry.format.as_str()),
+            "telemetry.format",
+            "must be `pretty` or `json`",
+        )?;
+        Ok(())
+    }
+}
+
+/// Milliseconds to a [`Duration`]; settings are kept in ms so they read plainly in TOML.
+pub fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Settings::defaults().validate().unwrap();
+    }
+
+    #[test]
+    fn a_heartbeat_slower_than_half_the_lease_is_refused_by_name() {
+        let mut s = Settings::defaults();
+        s.worker.heartbeat_ms = s.worker.lease_ms;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("worker.heartbeat_ms"), "{err}");
+    }
+}

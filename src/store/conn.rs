@@ -1,0 +1,133 @@
+//! Connections to Redis, configured as `shared/notes/fred.md` recommends: a reconnect policy on
+//! every client, command timeouts on non-blocking clients only, TCP keepalive, and a larger
+//! pub/sub broadcast buffer.
+
+use std::time::Duration;
+
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use fred::types::config::{TcpConfig, UnresponsiveConfig};
+
+use super::StoreError;
+use crate::settings::{ms, RedisSettings};
+
+/// The Functions library source, loaded by every process at start.
+pub const FUNCTIONS_LIBRARY: &str = include_str!("../../lua/chatfleet.lua");
+
+/// Versioned library name (first line of the library). Function names carry the same version
+/// (`cf1_*`), so two versions can be loaded side by side during a rolling deploy.
+pub const LIBRARY_NAME: &str = "chatfleet_1";
+
+/// The Redis connections of one process.
+#[derive(Clone)]
+pub struct Redis {
+    pool: Pool,
+    builder_config: Config,
+    settings: RedisSettings,
+}
+
+impl Redis {
+    /// Connects the command pool. Fails if Redis cannot be reached within the connect timeout.
+    pub async fn connect(settings: &RedisSettings) -> Result<Self, StoreError> {
+        let config = Config::from_url(&settings.url)?;
+        let pool = builder(&config, settings, true).build_pool(settings.pool_size)?;
+        pool.init().await?;
+        Ok(Self { pool, builder_config: config, settings: settings.clone() })
+    }
+
+    /// A client of the pool, round-robin. `pool.next()` is used explicitly because the pool's own
+    /// command methods skew the round robin in fred 10.1 (notes/fred.md §1).
+    pub fn client(&self) -> &Client {
+        self.pool.next()
+    }
+
+    /// A new client with its own connection and no command timeout, for a blocking loop
+    /// (XREADGROUP BLOCK). Callers pass a per-call timeout above their BLOCK.
+    pub async fn dedicated(&self) -> Result<Client, StoreError> {
+        let client = builder(&self.builder_config, &self.settings, false).build()?;
+        client.init().await?;
+        Ok(client)
+    }
+
+    /// A new pub/sub client. The caller drives resubscription (see `gateway::hub`).
+    pub async fn subscriber(&self) -> Result<SubscriberClient, StoreError> {
+        let client = builder(&self.builder_config, &self.settings, false).build_subscriber_client()?;
+        client.init().await?;
+        Ok(client)
+    }
+
+    /// True when Redis answers a PING within the command timeout.
+    pub async fn ping(&self) -> bool {
+        self.client().ping::<String>(None).await.is_ok()
+    }
+
+    /// Loads the Functions library on every primary (REPLACE, so it is idempotent).
+    pub async fn load_functions(&self) -> Result<(), StoreError> {
+        let _: String = self.client().function_load_cluster(true, FUNCTIONS_LIBRARY).await?;
+        Ok(())
+    }
+
+    /// True when this build's library is loaded (readiness).
+    pub async fn functions_loaded(&self) -> bool {
+        let listed: Result<Value, _> =
+            self.client().function_list(Some(LIBRARY_NAME), false).await;
+        matches!(listed, Ok(Value::Array(ref libs)) if !libs.is_empty())
+    }
+
+    /// Creates the consumer group on a stream (creating the stream), if missing. Starts at "0" so
+    /// turns added before the group existed are still delivered.
+    pub async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), StoreError> {
+        match self.client().xgroup_create::<Value, _, _, _>(stream, group, "0", true).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.details().starts_with("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// [`Self::ensure_group`] for the `workers` group, taking the stream name by value so that
+    /// many can be created concurrently.
+    pub async fn ensure_group_owned(&self, stream: String) -> Result<(), StoreError> {
+        self.ensure_group(&stream, crate::keys::GROUP).await
+    }
+
+    pub fn settings(&self) -> &RedisSettings {
+        &self.settings
+    }
+
+    /// Closes the pool's connections.
+    pub async fn quit(&self) {
+        let _ = self.pool.quit().await;
+    }
+}
+
+fn builder(config: &Config, s: &RedisSettings, command_timeout: bool) -> Builder {
+    let mut b = Builder::from_config(config.clone());
+    b.with_connection_config(|c| {
+        c.connection_timeout = ms(s.connect_timeout_ms);
+        c.internal_command_timeout = ms(s.command_timeout_ms);
+        c.max_command_attempts = 2;
+        c.tcp = TcpConfig {
+            nodelay: Some(true),
+            keepalive: Some(socket2_keepalive()),
+            ..Default::default()
+        };
+        if command_timeout {
+            c.unresponsive =
+                UnresponsiveConfig { max_timeout: Some(ms(s.command_timeout_ms * 2)), interval: Duration::from_secs(1) };
+        }
+    })
+    .with_performance_config(|p| {
+        p.broadcast_channel_capacity = s.broadcast_capacity;
+        if command_timeout {
+            p.default_command_timeout = ms(s.command_timeout_ms);
+        }
+    })
+    .set_policy(ReconnectPolicy::new_exponential(0, 50, s.reconnect_max_delay_ms as u32, 2));
+    b
+}
+
+fn socket2_keepalive() -> fred::socket2::TcpKeepalive {
+    fred::socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10))
+}

@@ -1,0 +1,173 @@
+//! The worker: a consumer-group member that claims turns and runs them.
+//!
+//! Tasks of one worker process:
+//! - the **reader** ([`read`]): one dedicated Redis client blocked in XREADGROUP over the
+//!   partition streams (a BLOCK holds its connection, so nothing else shares that client);
+//! - one **turn** task per claimed turn ([`turn`]), bounded by `worker.max_concurrent_turns`;
+//! - the **sweeper** ([`sweep`]): on a timer, takes over turns whose lease expired;
+//! - the **control listener** ([`control`]): receives stop requests pushed by `cancel_turn`.
+//!
+//! Shutdown (drain): stop claiming, let running turns finish until `worker.drain_timeout_ms`,
+//! then release the rest so another worker takes them over at once, then leave the consumer
+//! group where nothing is pending.
+
+pub mod coalesce;
+mod control;
+mod read;
+mod sweep;
+mod turn;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::keys::GROUP;
+use crate::model::Model;
+use crate::settings::{ms, Settings};
+use crate::store::{Store, StoreError};
+
+/// A turn handed to this worker, by XREADGROUP or by a reclaim.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub partition: u16,
+    pub entry_id: String,
+    pub base: String,
+    pub turn_id: String,
+}
+
+/// Stop signals of one running turn.
+#[derive(Clone)]
+struct TurnSignals {
+    /// The user asked to stop.
+    cancel: CancellationToken,
+    /// Set when the stop request arrived (for the stop-latency metric).
+    cancel_at: Arc<Mutex<Option<tokio::time::Instant>>>,
+}
+
+/// State shared by a worker's tasks.
+struct Shared {
+    id: String,
+    settings: Settings,
+    store: Store,
+    model: Arc<dyn Model>,
+    permits: Arc<Semaphore>,
+    /// Running turns by turn id. A std mutex: never held across an await.
+    running: Mutex<HashMap<String, TurnSignals>>,
+    /// Fired when the drain deadline passes: running turns release themselves.
+    release: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// A running worker.
+pub struct Worker {
+    id: String,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Worker {
+    /// Starts a worker. It runs until `shutdown` fires, then drains.
+    pub async fn start(
+        settings: Settings,
+        store: Store,
+        model: Arc<dyn Model>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StoreError> {
+        let id = format!("w-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let reader = store.redis().dedicated().await?;
+        let control = control::Listener::connect(&store, &id).await?;
+        metrics::gauge!(crate::metrics::WORKER_CAPACITY).set(settings.worker.max_concurrent_turns as f64);
+        let shared = Arc::new(Shared {
+            id: id.clone(),
+            permits: Arc::new(Semaphore::new(settings.worker.max_concurrent_turns)),
+            settings,
+            store,
+            model,
+            running: Mutex::new(HashMap::new()),
+            release: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        });
+        tracing::info!(worker = %id, "worker started");
+        let done = tokio::spawn(run(shared, reader, control, shutdown));
+        Ok(Self { id, done })
+    }
+
+    /// This worker's consumer name.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Waits until the worker has drained and stopped.
+    pub async fn wait(self) {
+        if let Err(e) = self.done.await {
+            tracing::error!(error = %e, "worker task panicked");
+        }
+    }
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    reader: fred::clients::Client,
+    control: control::Listener,
+    shutdown: CancellationToken,
+) {
+    let stop_claiming = shutdown.child_token();
+    let tasks = TaskTracker::new();
+    tasks.spawn(read::run(shared.clone(), reader, stop_claiming.clone()));
+    tasks.spawn(sweep::run(shared.clone(), stop_claiming.clone()));
+    let control_stop = CancellationToken::new();
+    tasks.spawn(control.run(shared.clone(), control_stop.clone()));
+    tasks.close();
+
+    shutdown.cancelled().await;
+    tracing::info!(worker = %shared.id, "draining");
+    shared.tracker.close();
+    let drain = ms(shared.settings.worker.drain_timeout_ms);
+    if tokio::time::timeout(drain, shared.tracker.wait()).await.is_err() {
+        let left = shared.running.lock().map(|m| m.len()).unwrap_or(0);
+        tracing::warn!(turns = left, "drain deadline passed; releasing turns to other workers");
+        shared.release.cancel();
+        shared.tracker.wait().await;
+    }
+    control_stop.cancel();
+    tasks.wait().await;
+    leave_group(&shared).await;
+    tracing::info!(worker = %shared.id, "worker stopped");
+}
+
+/// Removes this consumer from each partition's group where it has nothing pending, so the group
+/// does not collect dead consumer names; a consumer with pending entries stays for reclaim.
+async fn leave_group(shared: &Shared) {
+    use fred::prelude::*;
+    let keys = shared.store.keys();
+    for p in 0..keys.partitions() {
+        let stream = keys.stream(p);
+        let client = shared.store.redis().client();
+        let pending: Result<Vec<(String, String, u64, u64)>, _> =
+            client.xpending(&stream, GROUP, ("-", "+", 1, shared.id.as_str())).await;
+        if matches!(pending, Ok(ref v) if v.is_empty()) {
+            let _: Result<Value, _> = client.xgroup_delconsumer(&stream, GROUP, shared.id.as_str()).await;
+        }
+    }
+}
+
+impl Shared {
+    /// Runs a delivered turn in its own task once a slot is free. Returns false at shutdown.
+    async fn dispatch(self: &Arc<Self>, d: Delivery, stop: &CancellationToken) -> bool {
+        let permit = tokio::select! {
+            p = self.permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return false,
+            },
+            _ = stop.cancelled() => return false,
+        };
+        let shared = self.clone();
+        self.tracker.spawn(async move {
+            turn::run(&shared, d).await;
+            drop(permit);
+        });
+        true
+    }
+}
