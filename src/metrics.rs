@@ -52,13 +52,22 @@ pub fn install() -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let buckets = [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
-            ];
+            let buckets =
+                [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0];
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TURN_DELTAS.into()), &[1.0, 5.0, 20.0, 50.0, 100.0, 250.0, 1000.0]))
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TURN_TOKENS.into()), &[1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 4000.0]))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(TURN_DELTAS.into()),
+                        &[1.0, 5.0, 20.0, 50.0, 100.0, 250.0, 1000.0],
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(TURN_TOKENS.into()),
+                        &[1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 4000.0],
+                    )
+                })
                 .expect("static bucket lists are non-empty")
                 .build_recorder();
             let handle = recorder.handle();

@@ -23,11 +23,33 @@ pub enum PayloadError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StoredEvent {
-    UserMessage { v: u8, turn_id: String, client_msg_id: String, text: String },
-    TurnStarted { v: u8, turn_id: String, attempt: u32 },
-    Delta { v: u8, turn_id: String, text: String },
-    ToolStatus { v: u8, turn_id: String, name: String, state: String },
-    Reset { v: u8, turn_id: String, attempt: u32 },
+    UserMessage {
+        v: u8,
+        turn_id: String,
+        client_msg_id: String,
+        text: String,
+    },
+    TurnStarted {
+        v: u8,
+        turn_id: String,
+        attempt: u32,
+    },
+    Delta {
+        v: u8,
+        turn_id: String,
+        text: String,
+    },
+    ToolStatus {
+        v: u8,
+        turn_id: String,
+        name: String,
+        state: String,
+    },
+    Reset {
+        v: u8,
+        turn_id: String,
+        attempt: u32,
+    },
     Done {
         v: u8,
         turn_id: String,
@@ -36,8 +58,16 @@ pub enum StoredEvent {
         #[serde(default)]
         completion_tokens: u64,
     },
-    Error { v: u8, turn_id: String, code: String, message: String },
-    Cancelled { v: u8, turn_id: String },
+    Error {
+        v: u8,
+        turn_id: String,
+        code: String,
+        message: String,
+    },
+    Cancelled {
+        v: u8,
+        turn_id: String,
+    },
 }
 
 impl StoredEvent {

@@ -135,15 +135,41 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventBody {
-    UserMessage { turn_id: String, client_msg_id: String, text: String },
-    TurnStarted { turn_id: String, attempt: u32 },
-    Delta { turn_id: String, text: String },
-    ToolStatus { turn_id: String, name: String, state: String },
+    UserMessage {
+        turn_id: String,
+        client_msg_id: String,
+        text: String,
+    },
+    TurnStarted {
+        turn_id: String,
+        attempt: u32,
+    },
+    Delta {
+        turn_id: String,
+        text: String,
+    },
+    ToolStatus {
+        turn_id: String,
+        name: String,
+        state: String,
+    },
     /// The turn is being regenerated: drop its text so far.
-    Reset { turn_id: String, attempt: u32 },
-    Done { turn_id: String, usage: Usage },
-    Error { turn_id: String, code: String, message: String },
-    Cancelled { turn_id: String },
+    Reset {
+        turn_id: String,
+        attempt: u32,
+    },
+    Done {
+        turn_id: String,
+        usage: Usage,
+    },
+    Error {
+        turn_id: String,
+        code: String,
+        message: String,
+    },
+    Cancelled {
+        turn_id: String,
+    },
 }
 
 impl EventBody {
@@ -174,9 +200,7 @@ impl From<StoredEvent> for EventBody {
             }
             StoredEvent::TurnStarted { turn_id, attempt, .. } => Self::TurnStarted { turn_id, attempt },
             StoredEvent::Delta { turn_id, text, .. } => Self::Delta { turn_id, text },
-            StoredEvent::ToolStatus { turn_id, name, state, .. } => {
-                Self::ToolStatus { turn_id, name, state }
-            }
+            StoredEvent::ToolStatus { turn_id, name, state, .. } => Self::ToolStatus { turn_id, name, state },
             StoredEvent::Reset { turn_id, attempt, .. } => Self::Reset { turn_id, attempt },
             StoredEvent::Done { turn_id, prompt_tokens, completion_tokens, .. } => {
                 Self::Done { turn_id, usage: Usage { prompt_tokens, completion_tokens } }
@@ -222,11 +246,7 @@ mod tests {
 
     #[test]
     fn events_serialize_flat_with_seq_and_type() {
-        let ev = Event {
-            seq: 7,
-            first_seq: None,
-            body: EventBody::Delta { turn_id: "t1".into(), text: "hi".into() },
-        };
+        let ev = Event { seq: 7, first_seq: None, body: EventBody::Delta { turn_id: "t1".into(), text: "hi".into() } };
         assert_eq!(encode(&ev), r#"{"seq":7,"type":"delta","turn_id":"t1","text":"hi"}"#);
         let back: ServerMsg = serde_json::from_str(&encode(&ev)).unwrap();
         assert_eq!(back, ServerMsg::Event(ev));
@@ -246,11 +266,7 @@ mod tests {
 
     #[test]
     fn control_frames_parse_as_control_not_event() {
-        let m = encode(&ControlMsg::Error {
-            code: ErrorCode::Busy,
-            message: "x".into(),
-            retry_after_ms: Some(5),
-        });
+        let m = encode(&ControlMsg::Error { code: ErrorCode::Busy, message: "x".into(), retry_after_ms: Some(5) });
         assert!(matches!(serde_json::from_str::<ServerMsg>(&m).unwrap(), ServerMsg::Control(_)));
     }
 }

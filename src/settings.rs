@@ -172,17 +172,14 @@ pub struct TelemetrySettings {
 impl Settings {
     /// Loads defaults, then `file` if given, then `CHATFLEET__…` variables, and validates.
     pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        let mut builder =
+            config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
         let settings: Settings = builder
             .add_source(
-                config::Environment::with_prefix("CHATFLEET")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true),
+                config::Environment::with_prefix("CHATFLEET").prefix_separator("__").separator("__").try_parsing(true),
             )
             .build()?
             .try_deserialize()?;
@@ -211,17 +208,11 @@ impl Settings {
         }
         let r = &self.redis;
         check(
-            ["redis://", "rediss://", "redis-cluster://", "redis+unix://"]
-                .iter()
-                .any(|s| r.url.starts_with(s)),
+            ["redis://", "rediss://", "redis-cluster://", "redis+unix://"].iter().any(|s| r.url.starts_with(s)),
             "redis.url",
             "must start with redis://, rediss://, redis-cluster:// or redis+unix://",
         )?;
-        check(
-            crate::keys::is_valid_component(&r.key_prefix),
-            "redis.key_prefix",
-            "1-64 characters of [A-Za-z0-9_.-]",
-        )?;
+        check(crate::keys::is_valid_component(&r.key_prefix), "redis.key_prefix", "1-64 characters of [A-Za-z0-9_.-]")?;
         check((1..=4096).contains(&r.partitions), "redis.partitions", "must be 1..=4096")?;
         check(r.pool_size >= 1, "redis.pool_size", "must be at least 1")?;
         check(r.command_timeout_ms > 0, "redis.command_timeout_ms", "must be > 0")?;
@@ -237,11 +228,7 @@ impl Settings {
         )?;
         check(s.max_message_bytes >= 1, "session.max_message_bytes", "must be at least 1")?;
         let g = &self.gateway;
-        check(
-            crate::keys::is_valid_component(&g.tenant),
-            "gateway.tenant",
-            "1-64 characters of [A-Za-z0-9_.-]",
-        )?;
+        check(crate::keys::is_valid_component(&g.tenant), "gateway.tenant", "1-64 characters of [A-Za-z0-9_.-]")?;
         check(g.max_connections >= 1, "gateway.max_connections", "must be at least 1")?;
         check(
             g.max_frame_bytes >= s.max_message_bytes,
@@ -257,11 +244,7 @@ impl Settings {
         )?;
         let w = &self.worker;
         check(w.max_concurrent_turns >= 1, "worker.max_concurrent_turns", "must be at least 1")?;
-        check(
-            (100..=10_000).contains(&w.read_block_ms),
-            "worker.read_block_ms",
-            "must be 100..=10000",
-        )?;
+        check((100..=10_000).contains(&w.read_block_ms), "worker.read_block_ms", "must be 100..=10000")?;
         check(w.max_delta_bytes >= 16, "worker.max_delta_bytes", "must be at least 16")?;
         check(
             w.heartbeat_ms * 2 <= w.lease_ms,
@@ -270,11 +253,7 @@ impl Settings {
         )?;
         check(w.sweep_interval_ms >= 50, "worker.sweep_interval_ms", "must be at least 50")?;
         check(w.max_attempts >= 1, "worker.max_attempts", "must be at least 1")?;
-        check(
-            ["demo"].contains(&self.model.kind.as_str()),
-            "model.kind",
-            "must be one of: demo",
-        )?;
+        check(["demo"].contains(&self.model.kind.as_str()), "model.kind", "must be one of: demo")?;
         check(
             ["pretty", "json"].contains(&self.telemetry.format.as_str()),
             "telemetry.format",

@@ -83,16 +83,6 @@ impl Feed {
         Ok((Self { store: store.clone(), keys, sub, epoch, last: seq }, Opening { welcome, first }))
     }
 
-    /// The session's epoch as this feed knows it.
-    pub fn epoch(&self) -> &str {
-        &self.epoch
-    }
-
-    /// The last seq handed out.
-    pub fn last_seq(&self) -> u64 {
-        self.last
-    }
-
     /// The session's keys.
     pub fn keys(&self) -> &SessionKeys {
         &self.keys
@@ -237,26 +227,24 @@ fn resume_label(k: ResumeKind) -> &'static str {
 pub fn merge_deltas(frames: Vec<Arc<Frame>>) -> Vec<Arc<Frame>> {
     let mut out: Vec<Arc<Frame>> = Vec::with_capacity(frames.len());
     let mut run: Vec<Arc<Frame>> = Vec::new();
-    let flush = |run: &mut Vec<Arc<Frame>>, out: &mut Vec<Arc<Frame>>| {
-        match run.len() {
-            0 => {}
-            1 => out.push(run.pop().expect("one")),
-            _ => {
-                let first_seq = run[0].seq;
-                let last = run.last().expect("non-empty");
-                let turn_id = last.body.turn_id().to_string();
-                let text: String = run
-                    .iter()
-                    .map(|f| match &f.body {
-                        EventBody::Delta { text, .. } => text.as_str(),
-                        _ => "",
-                    })
-                    .collect();
-                let body = EventBody::Delta { turn_id, text };
-                let event = crate::protocol::Event { seq: last.seq, first_seq: Some(first_seq), body: body.clone() };
-                out.push(Arc::new(Frame { seq: last.seq, body, json: crate::protocol::encode(&event).into() }));
-                run.clear();
-            }
+    let flush = |run: &mut Vec<Arc<Frame>>, out: &mut Vec<Arc<Frame>>| match run.len() {
+        0 => {}
+        1 => out.push(run.pop().expect("one")),
+        _ => {
+            let first_seq = run[0].seq;
+            let last = run.last().expect("non-empty");
+            let turn_id = last.body.turn_id().to_string();
+            let text: String = run
+                .iter()
+                .map(|f| match &f.body {
+                    EventBody::Delta { text, .. } => text.as_str(),
+                    _ => "",
+                })
+                .collect();
+            let body = EventBody::Delta { turn_id, text };
+            let event = crate::protocol::Event { seq: last.seq, first_seq: Some(first_seq), body: body.clone() };
+            out.push(Arc::new(Frame { seq: last.seq, body, json: crate::protocol::encode(&event).into() }));
+            run.clear();
         }
     };
     for f in frames {

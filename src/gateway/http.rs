@@ -12,10 +12,7 @@ use super::App;
 const INDEX_HTML: &str = include_str!("static/index.html");
 
 pub(super) fn router() -> Router<App> {
-    Router::new()
-        .route("/", get(index))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    Router::new().route("/", get(index)).route("/healthz", get(healthz)).route("/readyz", get(readyz))
 }
 
 async fn index() -> Response {

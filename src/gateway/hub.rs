@@ -138,11 +138,7 @@ impl Hub {
         // members: the first member's subscribe may still be in flight.
         let _ = first;
         let (done, confirmed) = oneshot::channel();
-        self.inner
-            .commands
-            .send(Command::Subscribe(channel.to_string(), done))
-            .await
-            .map_err(|_| closed())?;
+        self.inner.commands.send(Command::Subscribe(channel.to_string(), done)).await.map_err(|_| closed())?;
         confirmed.await.map_err(|_| closed())??;
         Ok(subscription)
     }
@@ -258,9 +254,9 @@ async fn ssubscribe_grouped(sub: &SubscriberClient, channels: Vec<String>) -> Re
 
 fn answer(waiters: Vec<oneshot::Sender<Result<(), StoreError>>>, r: Result<(), String>) {
     for w in waiters {
-        let _ = w.send(r.clone().map_err(|e| {
-            StoreError::Redis(fred::error::Error::new(fred::error::ErrorKind::Unknown, e))
-        }));
+        let _ = w.send(
+            r.clone().map_err(|e| StoreError::Redis(fred::error::Error::new(fred::error::ErrorKind::Unknown, e))),
+        );
     }
 }
 

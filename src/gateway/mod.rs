@@ -107,10 +107,7 @@ impl Gateway {
 
     /// The HTTP routes.
     pub fn router(&self) -> Router {
-        Router::new()
-            .route("/v1/ws", get(ws::upgrade))
-            .merge(http::router())
-            .with_state(self.app.clone())
+        Router::new().route("/v1/ws", get(ws::upgrade)).merge(http::router()).with_state(self.app.clone())
     }
 
     /// Serves on `listener` until the shutdown token fires, then drains: every socket is told to

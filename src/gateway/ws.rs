@@ -95,26 +95,42 @@ async fn session(app: &App, tx: &mut Tx, rx: &mut Rx, query_sid: Option<String>)
     };
     let (session_id, epoch, last_seq, coalesce) = match read_frame(hello) {
         Ok(ClientMsg::Hello { session_id, epoch, last_seq, coalesce_ms }) => (session_id, epoch, last_seq, coalesce_ms),
-        Ok(_) => return Err(reject(tx, app, ErrorCode::BadRequest, "the first frame must be hello", write_timeout).await),
+        Ok(_) => {
+            return Err(reject(tx, app, ErrorCode::BadRequest, "the first frame must be hello", write_timeout).await)
+        }
         Err(FrameError::Closed) => return Err(Ending(None)),
-        Err(FrameError::Ignore) => return Err(reject(tx, app, ErrorCode::BadRequest, "the first frame must be hello", write_timeout).await),
+        Err(FrameError::Ignore) => {
+            return Err(reject(tx, app, ErrorCode::BadRequest, "the first frame must be hello", write_timeout).await)
+        }
         Err(FrameError::Bad(code, msg)) => return Err(reject(tx, app, code, &msg, write_timeout).await),
     };
     if query_sid.as_deref().is_some_and(|q| q != session_id) {
-        return Err(reject(tx, app, ErrorCode::BadRequest, "hello.session_id differs from the URL", write_timeout).await);
+        return Err(
+            reject(tx, app, ErrorCode::BadRequest, "hello.session_id differs from the URL", write_timeout).await
+        );
     }
     if !crate::keys::is_valid_component(&session_id) {
-        return Err(reject(tx, app, ErrorCode::BadRequest, "session_id must be 1-64 characters of [A-Za-z0-9_.-]", write_timeout).await);
+        return Err(reject(
+            tx,
+            app,
+            ErrorCode::BadRequest,
+            "session_id must be 1-64 characters of [A-Za-z0-9_.-]",
+            write_timeout,
+        )
+        .await);
     }
     let coalesce = ms(coalesce.unwrap_or(0).min(g.max_client_coalesce_ms));
     let keys = app.store.keys().session(&app.tenant, &session_id);
-    let (mut feed, opening) = match Feed::open(&app.hub, &app.store, keys, &session_id, epoch.as_deref(), last_seq).await {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot open session");
-            return Err(reject(tx, app, ErrorCode::Unavailable, "the session cannot be opened now", write_timeout).await);
-        }
-    };
+    let (mut feed, opening) =
+        match Feed::open(&app.hub, &app.store, keys, &session_id, epoch.as_deref(), last_seq).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open session");
+                return Err(
+                    reject(tx, app, ErrorCode::Unavailable, "the session cannot be opened now", write_timeout).await
+                );
+            }
+        };
     send_control(tx, &opening.welcome, write_timeout).await?;
     send_item(tx, &feed, opening.first, write_timeout).await?;
 
@@ -189,8 +205,12 @@ async fn gather(feed: &mut Feed, first: Item, window: Duration) -> Result<Item, 
             Err(_) => return Ok(Item::Frames(frames)),
             Ok(Ok(Item::Frames(mut more))) => frames.append(&mut more),
             Ok(Ok(snap @ Item::Snapshot(_))) => return Ok(snap),
-            Ok(Err(FeedError::Overflow)) => return Err(Ending(Some((close::SLOW_CONSUMER, "too slow; resume from your last seq")))),
-            Ok(Err(FeedError::Store(_))) => return Err(Ending(Some((close::UNAVAILABLE, "session feed failed; reconnect")))),
+            Ok(Err(FeedError::Overflow)) => {
+                return Err(Ending(Some((close::SLOW_CONSUMER, "too slow; resume from your last seq"))))
+            }
+            Ok(Err(FeedError::Store(_))) => {
+                return Err(Ending(Some((close::UNAVAILABLE, "session feed failed; reconnect"))))
+            }
         }
     }
 }
@@ -263,7 +283,9 @@ fn read_frame(msg: Option<Result<Message, axum::Error>>) -> Result<ClientMsg, Fr
         Some(Ok(Message::Text(t))) => {
             protocol::decode_client(&t).map_err(|e| FrameError::Bad(ErrorCode::BadRequest, e.to_string()))
         }
-        Some(Ok(Message::Binary(_))) => Err(FrameError::Bad(ErrorCode::BadRequest, "binary frames are not accepted; send JSON text".into())),
+        Some(Ok(Message::Binary(_))) => {
+            Err(FrameError::Bad(ErrorCode::BadRequest, "binary frames are not accepted; send JSON text".into()))
+        }
         Some(Ok(Message::Close(_))) => Err(FrameError::Closed),
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Err(FrameError::Ignore),
     }

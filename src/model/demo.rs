@@ -22,9 +22,34 @@ impl DemoModel {
 }
 
 const WORDS: &[&str] = &[
-    "streaming", "tokens", "arrive", "smoothly", "over", "Redis", "Streams", "while", "workers",
-    "claim", "turns", "and", "gateways", "fan", "out", "deltas", "to", "every", "tab", "—",
-    "résumé", "naïve", "café", "🚀", "日本語", "fast", "and", "exact",
+    "streaming",
+    "tokens",
+    "arrive",
+    "smoothly",
+    "over",
+    "Redis",
+    "Streams",
+    "while",
+    "workers",
+    "claim",
+    "turns",
+    "and",
+    "gateways",
+    "fan",
+    "out",
+    "deltas",
+    "to",
+    "every",
+    "tab",
+    "—",
+    "résumé",
+    "naïve",
+    "café",
+    "🚀",
+    "日本語",
+    "fast",
+    "and",
+    "exact",
 ];
 
 /// The tokens of the demo answer to `prompt`: the same prompt always gives the same answer.

@@ -69,8 +69,7 @@ impl Redis {
 
     /// True when this build's library is loaded (readiness).
     pub async fn functions_loaded(&self) -> bool {
-        let listed: Result<Value, _> =
-            self.client().function_list(Some(LIBRARY_NAME), false).await;
+        let listed: Result<Value, _> = self.client().function_list(Some(LIBRARY_NAME), false).await;
         matches!(listed, Ok(Value::Array(ref libs)) if !libs.is_empty())
     }
 
@@ -106,14 +105,12 @@ fn builder(config: &Config, s: &RedisSettings, command_timeout: bool) -> Builder
         c.connection_timeout = ms(s.connect_timeout_ms);
         c.internal_command_timeout = ms(s.command_timeout_ms);
         c.max_command_attempts = 2;
-        c.tcp = TcpConfig {
-            nodelay: Some(true),
-            keepalive: Some(socket2_keepalive()),
-            ..Default::default()
-        };
+        c.tcp = TcpConfig { nodelay: Some(true), keepalive: Some(socket2_keepalive()), ..Default::default() };
         if command_timeout {
-            c.unresponsive =
-                UnresponsiveConfig { max_timeout: Some(ms(s.command_timeout_ms * 2)), interval: Duration::from_secs(1) };
+            c.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(ms(s.command_timeout_ms * 2)),
+                interval: Duration::from_secs(1),
+            };
         }
     })
     .with_performance_config(|p| {
@@ -127,7 +124,5 @@ fn builder(config: &Config, s: &RedisSettings, command_timeout: bool) -> Builder
 }
 
 fn socket2_keepalive() -> fred::socket2::TcpKeepalive {
-    fred::socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(30))
-        .with_interval(Duration::from_secs(10))
+    fred::socket2::TcpKeepalive::new().with_time(Duration::from_secs(30)).with_interval(Duration::from_secs(10))
 }

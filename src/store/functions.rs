@@ -26,9 +26,17 @@ pub enum EnqueueOutcome {
 /// Result of `start_turn`.
 #[derive(Debug, Clone)]
 pub enum StartOutcome {
-    Run { attempt: u32, history: Vec<HistoryMessage>, opts: Bytes, created_ms: u64, started_ms: u64 },
+    Run {
+        attempt: u32,
+        history: Vec<HistoryMessage>,
+        opts: Bytes,
+        created_ms: u64,
+        started_ms: u64,
+    },
     /// Ended before it started (e.g. cancelled while queued); the entry was acked.
-    Skip { status: String },
+    Skip {
+        status: String,
+    },
     /// The turn no longer exists; the entry was acked.
     Gone,
     /// Another attempt is running it.
@@ -38,7 +46,10 @@ pub enum StartOutcome {
 /// Result of a fenced write (`emit`, `tool_status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
-    Written { seq: u64, cancel: bool },
+    Written {
+        seq: u64,
+        cancel: bool,
+    },
     /// This attempt no longer owns the turn: stop, write nothing more.
     Fenced,
 }
@@ -47,11 +58,17 @@ pub enum WriteOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CancelOutcome {
     /// It was queued and is now cancelled.
-    Cancelled { seq: u64 },
+    Cancelled {
+        seq: u64,
+    },
     /// It is running; its worker was told.
-    Cancelling { worker: String },
+    Cancelling {
+        worker: String,
+    },
     /// It had already ended.
-    Ended { status: String },
+    Ended {
+        status: String,
+    },
     Unknown,
 }
 
@@ -66,7 +83,11 @@ pub struct Claimed {
 /// Result of `open_session`.
 #[derive(Debug, Clone)]
 pub enum Opened {
-    Replay { epoch: String, seq: u64, events: Vec<(u64, StoredEvent)> },
+    Replay {
+        epoch: String,
+        seq: u64,
+        events: Vec<(u64, StoredEvent)>,
+    },
     Snapshot {
         epoch: String,
         seq: u64,
@@ -142,8 +163,7 @@ impl Store {
     /// Loads the functions and creates the consumer group of every partition.
     pub async fn ensure_schema(&self) -> Result<(), StoreError> {
         self.redis.load_functions().await?;
-        let creates = (0..self.keys.partitions())
-            .map(|p| self.redis.ensure_group_owned(self.keys.stream(p)));
+        let creates = (0..self.keys.partitions()).map(|p| self.redis.ensure_group_owned(self.keys.stream(p)));
         futures::future::try_join_all(creates).await?;
         Ok(())
     }
@@ -446,7 +466,11 @@ impl Store {
         let v: Value = self
             .redis
             .client()
-            .fcall_ro("cf1_read_log", vec![base.to_string()], vec![after.to_string(), count.to_string(), epoch.to_string()])
+            .fcall_ro(
+                "cf1_read_log",
+                vec![base.to_string()],
+                vec![after.to_string(), count.to_string(), epoch.to_string()],
+            )
             .await?;
         let mut r = Reply::new("cf1_read_log", v)?;
         match r.string()?.as_str() {

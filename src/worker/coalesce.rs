@@ -25,7 +25,14 @@ pub struct Coalescer {
 impl Coalescer {
     /// `window`: how long text after the first delta may wait; `max_bytes`: largest delta.
     pub fn new(window: Duration, max_bytes: usize) -> Self {
-        Self { window, max_bytes: max_bytes.max(4), buf: String::new(), tail: Vec::new(), first_sent: false, deadline: None }
+        Self {
+            window,
+            max_bytes: max_bytes.max(4),
+            buf: String::new(),
+            tail: Vec::new(),
+            first_sent: false,
+            deadline: None,
+        }
     }
 
     /// Adds text.

@@ -16,15 +16,16 @@ use crate::store::{Store, StoreError};
 
 pub(super) struct Listener {
     sub: SubscriberClient,
+    resubscriber: tokio::task::JoinHandle<()>,
 }
 
 impl Listener {
     pub async fn connect(store: &Store, worker_id: &str) -> Result<Self, StoreError> {
         let sub = store.redis().subscriber().await?;
         // Resubscribes after a reconnect; a push lost in between is covered by the cancel flag.
-        let _ = sub.manage_subscriptions();
+        let resubscriber = sub.manage_subscriptions();
         sub.subscribe(format!("{}{}", store.keys().worker_channel_prefix(), worker_id)).await?;
-        Ok(Self { sub })
+        Ok(Self { sub, resubscriber })
     }
 
     pub async fn run(self, shared: Arc<Shared>, stop: CancellationToken) {
@@ -45,6 +46,7 @@ impl Listener {
                 Err(RecvError::Closed) => break,
             }
         }
+        self.resubscriber.abort();
         let _ = self.sub.quit().await;
     }
 }

@@ -20,7 +20,8 @@ pub(super) async fn run(shared: Arc<Shared>, reader: Client, stop: CancellationT
     let ids: Vec<&str> = vec![">"; streams.len()];
     let block = shared.settings.worker.read_block_ms;
     // fred's client-side timeout does not end a server-side BLOCK, so it must exceed it.
-    let opts = Options { timeout: Some(ms(block) + ms(shared.settings.redis.command_timeout_ms)), ..Default::default() };
+    let opts =
+        Options { timeout: Some(ms(block) + ms(shared.settings.redis.command_timeout_ms)), ..Default::default() };
     let per_stream_max = (shared.settings.worker.max_concurrent_turns / streams.len()).max(1) as u64;
     loop {
         // Wait for a free slot before claiming: what is claimed and not running is not leased.

@@ -19,7 +19,10 @@ use crate::store::{FinishArgs, StartOutcome, StoreError, WriteOutcome};
 enum Ending {
     Done(ModelUsage),
     Cancelled,
-    Failed { code: &'static str, message: String },
+    Failed {
+        code: &'static str,
+        message: String,
+    },
     /// This attempt lost the turn (reclaimed): write nothing more.
     Fenced,
     /// Drain deadline: hand the turn to another worker.

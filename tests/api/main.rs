@@ -1,1 +1,6 @@
+//! Integration tests: one binary (the crate links once), real Redis, real sockets.
 
+mod helpers;
+
+mod e2e;
+mod resume;

@@ -1,0 +1,266 @@
+//! Test harness: a private redis-server per test app, gateways and workers in-process on port 0,
+//! and a WebSocket client with one method per protocol verb. Dropping the app shuts it down.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chatfleet::gateway::Gateway;
+use chatfleet::local_redis::LocalRedis;
+use chatfleet::model::demo;
+use chatfleet::protocol::{ClientMsg, ControlMsg, Event, EventBody, ResumeKind, ServerMsg};
+use chatfleet::settings::Settings;
+use chatfleet::store::Store;
+use chatfleet::worker::Worker;
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+/// Longest a test waits for one frame; a hang fails the test instead of blocking CI.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Settings for tests: small, fast, and isolated.
+pub fn test_settings() -> Settings {
+    let mut s = Settings::defaults();
+    s.redis.partitions = 4;
+    s.redis.key_prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    s.gateway.listen = "127.0.0.1:0".parse().unwrap();
+    s.metrics.listen = "127.0.0.1:0".parse().unwrap();
+    s.model.demo.ttft_ms = 5;
+    s.model.demo.tokens_per_sec = 400;
+    s.model.demo.max_tokens = 30;
+    s.worker.coalesce_ms = 10;
+    s.worker.read_block_ms = 500;
+    s
+}
+
+/// A running system: one Redis, some gateways and workers.
+pub struct TestApp {
+    pub redis: LocalRedis,
+    pub settings: Settings,
+    pub store: Store,
+    pub gateways: Vec<SocketAddr>,
+    pub worker_ids: Vec<String>,
+    shutdown: CancellationToken,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::with(test_settings(), 1, 1).await
+    }
+
+    /// Starts `gateways` gateways and `workers` workers sharing one fresh Redis.
+    pub async fn with(mut settings: Settings, gateways: usize, workers: usize) -> Self {
+        let redis = LocalRedis::start(&[]).await.expect("redis-server starts");
+        settings.redis.url = redis.url();
+        let store = chatfleet::app::connect_store(&settings).await.expect("store connects");
+        let shutdown = CancellationToken::new();
+        let mut worker_ids = Vec::new();
+        for _ in 0..workers {
+            let model = chatfleet::app::build_model(&settings);
+            let w = Worker::start(settings.clone(), store.clone(), model, shutdown.clone()).await.unwrap();
+            worker_ids.push(w.id().to_string());
+            tokio::spawn(w.wait());
+        }
+        let mut addrs = Vec::new();
+        for _ in 0..gateways {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addrs.push(listener.local_addr().unwrap());
+            let g = Gateway::build(settings.clone(), store.clone(), shutdown.clone()).await.unwrap();
+            tokio::spawn(g.serve(listener));
+        }
+        Self { redis, settings, store, gateways: addrs, worker_ids, shutdown }
+    }
+
+    /// The demo model's full answer to `prompt` under these settings.
+    pub fn expected_answer(&self, prompt: &str) -> String {
+        demo::answer_for(prompt, self.settings.model.demo.max_tokens)
+    }
+
+    /// Connects a client to gateway `gw` and says hello on `session`.
+    pub async fn client(&self, gw: usize, session: &str) -> Client {
+        Client::connect(self.gateways[gw], session, None, None).await
+    }
+
+    /// A plain Redis client for inspecting state.
+    pub async fn raw(&self) -> fred::clients::Client {
+        use fred::prelude::*;
+        let c = fred::clients::Client::new(Config::from_url(&self.redis.url()).unwrap(), None, None, None);
+        c.init().await.unwrap();
+        c
+    }
+
+    pub fn tenant(&self) -> &str {
+        &self.settings.gateway.tenant
+    }
+
+    /// Session keys as the gateway computes them.
+    pub fn session_keys(&self, session: &str) -> chatfleet::keys::SessionKeys {
+        self.store.keys().session(self.tenant(), session)
+    }
+
+    /// Decoded history of a session.
+    pub async fn history(&self, session: &str) -> Vec<chatfleet::payload::HistoryMessage> {
+        use fred::prelude::*;
+        let raw = self.raw().await;
+        let key = format!("{}:hist", self.session_keys(session).base);
+        let items: Vec<bytes::Bytes> = raw.lrange(key, 0, -1).await.unwrap();
+        items.iter().map(|b| chatfleet::payload::decode_history(b).unwrap()).collect()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client speaking protocol v1.
+pub struct Client {
+    pub ws: Ws,
+    pub session: String,
+    pub welcome: ControlMsg,
+    /// The snapshot that followed `welcome`, when it announced one.
+    pub snapshot: Option<ControlMsg>,
+    /// Frames received after `welcome` (and its snapshot), in order.
+    pub log: Vec<ServerMsg>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, session: &str, epoch: Option<String>, last_seq: Option<u64>) -> Self {
+        let url = format!("ws://{addr}/v1/ws?session_id={session}");
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+        let hello = ClientMsg::Hello { session_id: session.into(), last_seq, epoch, coalesce_ms: None };
+        ws.send(Message::Text(serde_json::to_string(&hello).unwrap().into())).await.unwrap();
+        let mut c = Self { ws, session: session.into(), welcome: ControlMsg::Pong, snapshot: None, log: Vec::new() };
+        match c.next().await {
+            ServerMsg::Control(w @ ControlMsg::Welcome { .. }) => c.welcome = w,
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        if matches!(c.welcome, ControlMsg::Welcome { resume: ResumeKind::Snapshot, .. }) {
+            match c.next().await {
+                ServerMsg::Control(s @ ControlMsg::Snapshot { .. }) => c.snapshot = Some(s),
+                other => panic!("expected a snapshot, got {other:?}"),
+            }
+        }
+        c.log.clear();
+        c
+    }
+
+    pub fn welcome_seq(&self) -> u64 {
+        match &self.welcome {
+            ControlMsg::Welcome { seq, .. } => *seq,
+            _ => unreachable!(),
+        }
+    }
+
+    pub fn epoch(&self) -> String {
+        match &self.welcome {
+            ControlMsg::Welcome { epoch, .. } => epoch.clone(),
+            _ => unreachable!(),
+        }
+    }
+
+    pub async fn send_raw(&mut self, text: String) {
+        self.ws.send(Message::Text(text.into())).await.unwrap();
+    }
+
+    pub async fn send(&mut self, client_msg_id: &str, text: &str) {
+        let m = ClientMsg::Send { client_msg_id: client_msg_id.into(), text: text.into() };
+        self.send_raw(serde_json::to_string(&m).unwrap()).await;
+    }
+
+    pub async fn cancel(&mut self, turn_id: &str) {
+        let m = ClientMsg::Cancel { turn_id: turn_id.into() };
+        self.send_raw(serde_json::to_string(&m).unwrap()).await;
+    }
+
+    /// The next frame (pings and pongs skipped); panics after [`FRAME_TIMEOUT`].
+    pub async fn next(&mut self) -> ServerMsg {
+        loop {
+            let m = tokio::time::timeout(FRAME_TIMEOUT, self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("the connection is open")
+                .expect("a valid frame");
+            match m {
+                Message::Text(t) => {
+                    let msg: ServerMsg = serde_json::from_str(&t).unwrap_or_else(|e| panic!("bad frame {t}: {e}"));
+                    self.log.push(msg.clone());
+                    return msg;
+                }
+                Message::Close(c) => panic!("closed: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Sends and waits for the ack; returns (turn_id, seq of the user message).
+    pub async fn send_and_ack(&mut self, client_msg_id: &str, text: &str) -> (String, u64) {
+        self.send(client_msg_id, text).await;
+        loop {
+            if let ServerMsg::Control(ControlMsg::Ack { turn_id, seq, client_msg_id: c }) = self.next().await {
+                assert_eq!(c, client_msg_id);
+                return (turn_id, seq);
+            }
+        }
+    }
+
+    /// Reads until the terminal event of `turn_id`; returns the events of that turn.
+    pub async fn until_end(&mut self, turn_id: &str) -> Vec<Event> {
+        let mut events = Vec::new();
+        loop {
+            if let ServerMsg::Event(e) = self.next().await {
+                if e.body.turn_id() == turn_id {
+                    let end = e.body.is_terminal();
+                    events.push(e);
+                    if end {
+                        return events;
+                    }
+                }
+            }
+        }
+    }
+
+    /// All events received so far, in order.
+    pub fn events(&self) -> Vec<Event> {
+        self.log
+            .iter()
+            .filter_map(|m| match m {
+                ServerMsg::Event(e) => Some(e.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// The visible text of a turn from its events: deltas appended, cleared on `reset`.
+pub fn text_of(events: &[Event], turn_id: &str) -> String {
+    let mut text = String::new();
+    for e in events {
+        match &e.body {
+            EventBody::Delta { turn_id: t, text: d } if t == turn_id => text.push_str(d),
+            EventBody::Reset { turn_id: t, .. } if t == turn_id => text.clear(),
+            _ => {}
+        }
+    }
+    text
+}
+
+/// Asserts that event seqs run from `from` upward by one (merged deltas cover `first_seq..=seq`).
+pub fn assert_contiguous(events: &[Event], from: u64) {
+    let mut expect = from;
+    for e in events {
+        let first = e.first_seq.unwrap_or(e.seq);
+        assert_eq!(first, expect, "gap or duplicate before seq {} in {:?}", e.seq, events);
+        expect = e.seq + 1;
+    }
+}
+
+/// A unique id for client_msg_id and session names.
+pub fn uid(prefix: &str) -> String {
+    format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
