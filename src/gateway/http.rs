@@ -1,22 +1,45 @@
-//! Plain HTTP routes: health, readiness and the chat page.
+//! Plain HTTP routes: health, readiness, the chat page and the `chatfleet.js` client library.
+//!
+//! The page and the library are static files compiled into the binary (`static/`), so a gateway
+//! serves them with no file system and every gateway serves the same build. They are sent with
+//! `Cache-Control: no-cache`: browsers revalidate, so a deploy never leaves a tab mixing an old
+//! page with a new library.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
 use super::App;
 
-/// The chat page, compiled in.
-const INDEX_HTML: &str = include_str!("static/index.html");
+const HTML: &str = "text/html; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
+
+/// Every static file: URL path, content type, contents.
+const STATIC_FILES: &[(&str, &str, &str)] = &[
+    ("/", HTML, include_str!("static/index.html")),
+    ("/chatfleet.js", JS, include_str!("static/chatfleet.js")),
+    ("/chatfleet/order.js", JS, include_str!("static/chatfleet/order.js")),
+    ("/chatfleet/outbox.js", JS, include_str!("static/chatfleet/outbox.js")),
+    ("/chatfleet/power.js", JS, include_str!("static/chatfleet/power.js")),
+    ("/chatfleet/transports.js", JS, include_str!("static/chatfleet/transports.js")),
+];
 
 pub(super) fn router() -> Router<App> {
-    Router::new().route("/", get(index)).route("/healthz", get(healthz)).route("/readyz", get(readyz))
+    let files = STATIC_FILES.iter().fold(Router::new(), |r, &(path, content_type, body)| {
+        r.route(path, get(move || async move { static_file(content_type, body) }))
+    });
+    files.route("/healthz", get(healthz)).route("/readyz", get(readyz))
 }
 
-async fn index() -> Response {
-    ([(header::CACHE_CONTROL, "no-cache")], Html(INDEX_HTML)).into_response()
+fn static_file(content_type: &'static str, body: &'static str) -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, content_type),
+        (header::CACHE_CONTROL, "no-cache"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ];
+    (headers, body).into_response()
 }
 
 /// Alive: the process answers.
