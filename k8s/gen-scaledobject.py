@@ -19,9 +19,10 @@ Usage:
     python3 k8s/gen-scaledobject.py --check    # exit 1 if the checked-in file is stale
     python3 k8s/gen-scaledobject.py --partitions 128 --prefix cf2 --output -   # to stdout
 
-The defaults mirror config/default.toml (`redis.partitions = 64`, `redis.key_prefix = "cf"`) and
-the consumer group `workers` (src/store). bin/check-k8s runs `--check`. Only the Python standard
-library is used, so this runs anywhere python3 does.
+--partitions and --prefix default to redis.partitions and redis.key_prefix as the pods see them:
+config/default.toml overlaid with config/production.toml (the file the pods load). So after a
+change of either setting, rerun this and commit the result; `--check` (run by bin/check-k8s) fails
+until then. The consumer group is `workers` (src/store). Only the Python standard library is used.
 """
 
 import argparse
@@ -30,7 +31,19 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 DEFAULT_OUTPUT = os.path.join(HERE, "base", "worker-scaledobject.yaml")
+
+
+def redis_settings() -> dict:
+    """redis.* from config/default.toml, overlaid with config/production.toml."""
+    import tomllib  # Python >= 3.11
+
+    merged: dict = {}
+    for name in ("default.toml", "production.toml"):
+        with open(os.path.join(ROOT, "config", name), "rb") as f:
+            merged.update(tomllib.load(f).get("redis", {}))
+    return merged
 
 
 def stream_key(prefix: str, p: int) -> str:
@@ -134,10 +147,11 @@ spec:
       # Active (scale from zero) as soon as the sum exceeds 0: ONE waiting turn wakes a worker.
       activationTarget: "0"
       metricType: AverageValue
-  # Every trigger reads one stream of the `{group}` consumer group. Their own thresholds
-  # (lagCount, pendingEntriesCount) are not used for scaling while the formula above is set; they
-  # equal the target so the triggers still mean the same if the formula is ever removed.
-  # activationLagCount "0" makes each lag trigger active at lag >= 1 (KEDA: active when value >
+  # Every trigger reads one stream of the `{group}` consumer group. Which key it carries picks
+  # what it measures: `lagCount` -> XINFO GROUPS lag, `pendingEntriesCount` -> XPENDING count.
+  # Their values do not drive scaling while the formula above is set (KEDA gives the HPA only
+  # the composed metric); they equal the target so each reads the same in isolation.
+  # activationLagCount "0": a lag trigger is active at lag >= 1 (KEDA: active when value >
   # activation) -- the same one-waiting-turn rule, per stream.
   triggers:
 """
@@ -145,9 +159,10 @@ spec:
 
 
 def main() -> int:
+    redis = redis_settings()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--partitions", type=int, default=64, help="redis.partitions (default 64)")
-    ap.add_argument("--prefix", default="cf", help="redis.key_prefix (default cf)")
+    ap.add_argument("--partitions", type=int, default=redis["partitions"], help="redis.partitions (from config/)")
+    ap.add_argument("--prefix", default=redis["key_prefix"], help="redis.key_prefix (from config/)")
     ap.add_argument("--group", default="workers", help="consumer group (default workers)")
     ap.add_argument("--target", type=int, default=200, help="turns per worker (default 200)")
     ap.add_argument("--auth", default="chatfleet-redis", help="TriggerAuthentication name")
