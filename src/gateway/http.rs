@@ -15,10 +15,17 @@ use super::App;
 
 const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
 
 /// Every static file: URL path, content type, contents.
 const STATIC_FILES: &[(&str, &str, &str)] = &[
     ("/", HTML, include_str!("static/index.html")),
+    ("/ui/app.css", CSS, include_str!("static/ui/app.css")),
+    ("/ui/app.js", JS, include_str!("static/ui/app.js")),
+    ("/ui/announce.js", JS, include_str!("static/ui/announce.js")),
+    ("/ui/markdown.js", JS, include_str!("static/ui/markdown.js")),
+    ("/ui/sessions.js", JS, include_str!("static/ui/sessions.js")),
+    ("/ui/view.js", JS, include_str!("static/ui/view.js")),
     ("/chatfleet.js", JS, include_str!("static/chatfleet.js")),
     ("/chatfleet/order.js", JS, include_str!("static/chatfleet/order.js")),
     ("/chatfleet/outbox.js", JS, include_str!("static/chatfleet/outbox.js")),
