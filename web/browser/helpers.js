@@ -73,12 +73,13 @@ export async function waitPartial(page, words) {
 
 /**
  * The raw answer text of the latest turn as the server sent it over WebSocket: its deltas in
- * seq order, checked to be gap-free, up to its `done`. Independent of the page's own code.
+ * seq order, checked to be gap-free, up to the frame that ended it (`done` unless `end` says
+ * otherwise). Read from the network, independent of the page's own code.
  */
-export function streamedAnswer(frames) {
-  const done = frames.filter((f) => f.type === "done").pop();
-  if (!done) throw new Error("no done frame seen");
-  const turn = done.turn_id;
+export function streamedAnswer(frames, end = "done") {
+  const last = frames.filter((f) => f.type === end && f.seq !== undefined).pop();
+  if (!last) throw new Error(`no ${end} event seen`);
+  const turn = last.turn_id;
   const deltas = frames.filter((f) => f.type === "delta" && f.turn_id === turn);
   let next = null;
   let text = "";
@@ -88,7 +89,7 @@ export function streamedAnswer(frames) {
     text += d.text;
     next = d.seq + 1;
   }
-  if (done.seq !== next) throw new Error("done does not follow the last delta");
+  if (last.seq !== next) throw new Error(`${end} does not follow the last delta`);
   return { turn, text, deltas: deltas.length };
 }
 
