@@ -13,7 +13,8 @@ What it checks, per rendered overlay:
   ServiceMonitor, Secrets, ConfigMaps), the drain deadlines against the grace periods, the
   ScaledObject's triggers against redis.partitions/key_prefix, security and resource settings,
   and that the ConfigMaps carry config/production.toml and the dashboard unchanged;
-and, once: the dashboard JSON and the PrometheusRule queries use only allowed metric names.
+and, once: the dashboard's and the PrometheusRule's queries parse as PromQL (promql-parser) and
+select only allowed metrics.
 """
 
 import argparse
@@ -24,6 +25,7 @@ import sys
 import tomllib
 
 import jsonschema
+import promql_parser
 import yaml
 from kubernetes_validate import utils as kv_utils
 
@@ -34,7 +36,6 @@ CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring.coreos.com-v1.json",
 }
 WORKLOADS = ("Deployment", "StatefulSet")
-METRIC_RE = re.compile(r"\bchatfleet_[a-zA-Z0-9_]+\b")
 HIST_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
@@ -72,12 +73,28 @@ def allowed_metrics(metrics_rs, extras):
     return found
 
 
+def grafana_to_promql(expr):
+    """Grafana's variables are not PromQL: give them values that parse the same way."""
+    expr = re.sub(r"\$__(rate_interval|interval|range)\b", "5m", expr)
+    return re.sub(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?", "x", expr)
+
+
 def check_query(expr, allowed, where, problems, also_allowed=()):
-    names = METRIC_RE.findall(expr)
-    if not names and not any(re.search(r"\b%s\b" % a, expr) for a in also_allowed):
-        problems.add(where, f"query uses no chatfleet metric: {expr!r}")
+    """Parses `expr` as PromQL and checks every metric it selects. Returns how many it selects."""
+    m = re.fullmatch(r"\s*label_values\((.*),\s*[A-Za-z_][A-Za-z0-9_]*\s*\)\s*", expr, re.S)
+    if m:  # Grafana's variable query function, around a selector
+        expr = m.group(1)
+    try:
+        ast = promql_parser.parse(grafana_to_promql(expr))
+    except ValueError as e:
+        problems.add(where, f"PromQL does not parse ({e}): {expr!r}")
+        return 0
+    names = []
+    promql_parser.walk(ast, pre_visit=lambda n: names.append(n.name) if isinstance(n, promql_parser.VectorSelector) else None)
+    if not names:
+        problems.add(where, f"query selects no metric: {expr!r}")
     for n in names:
-        if n in allowed:
+        if n in allowed or n in also_allowed:
             continue
         base = next((n[: -len(s)] for s in HIST_SUFFIXES if n.endswith(s)), None)
         if base and allowed.get(base) in ("histogram", "untyped"):
