@@ -2,8 +2,8 @@
 """Offline checks of rendered chatfleet manifests, the dashboard and the alert rules.
 
 Run by bin/check-k8s (which renders the overlays and provides a venv with kubernetes-validate,
-jsonschema and PyYAML); not meant to be run by hand. Prints one `FAIL ...` line per problem and
-exits 1 if there was any, else prints a one-line summary and exits 0.
+jsonschema, PyYAML and promql-parser); not meant to be run by hand. Prints one `FAIL ...` line
+per problem and exits 1 if there was any, else prints a one-line summary and exits 0.
 
 What it checks, per rendered overlay:
 - every built-in resource against the Kubernetes OpenAPI schema of --kube-version, strictly
@@ -60,7 +60,9 @@ def allowed_metrics(metrics_rs, extras):
     doc comment above it (`/// Histogram ...`), plus the extras (name:type)."""
     text = open(metrics_rs, encoding="utf-8").read()
     found = {}
-    for m in re.finditer(r'((?:[ \t]*///[^\n]*\n)*)[ \t]*pub const [A-Z0-9_]+: &str = "(chatfleet_[a-z0-9_]+)";', text):
+    for m in re.finditer(
+        r'((?:[ \t]*///[^\n]*\n)*)[ \t]*pub const [A-Z0-9_]+: &str = "(chatfleet_[a-z0-9_]+)";', text
+    ):
         doc, name = m.group(1), m.group(2)
         kind = "untyped"
         for t in ("Histogram", "Counter", "Gauge"):
@@ -90,7 +92,9 @@ def check_query(expr, allowed, where, problems, also_allowed=()):
         problems.add(where, f"PromQL does not parse ({e}): {expr!r}")
         return 0
     names = []
-    promql_parser.walk(ast, pre_visit=lambda n: names.append(n.name) if isinstance(n, promql_parser.VectorSelector) else None)
+    promql_parser.walk(
+        ast, pre_visit=lambda n: names.append(n.name) if isinstance(n, promql_parser.VectorSelector) else None
+    )
     if not names:
         problems.add(where, f"query selects no metric: {expr!r}")
     for n in names:
@@ -149,7 +153,13 @@ def check_rules(doc, allowed, where, problems):
     for g in (doc.get("spec") or {}).get("groups") or []:
         for r in g.get("rules") or []:
             n += 1
-            check_query(str(r.get("expr", "")), allowed, f"{where} rule {r.get('alert') or r.get('record')}", problems, ("up",))
+            check_query(
+                str(r.get("expr", "")),
+                allowed,
+                f"{where} rule {r.get('alert') or r.get('record')}",
+                problems,
+                ("up",),
+            )
     return n
 
 
@@ -261,15 +271,25 @@ def check_overlay(name, docs, args, problems):
         if not labels_match(spec["selector"].get("matchLabels"), pod_labels):
             problems.add(where, "selector.matchLabels does not match the pod template labels")
         if w["kind"] == "Deployment" and w["metadata"]["name"] in scaled and "replicas" in spec:
-            problems.add(where, "sets spec.replicas although an autoscaler owns it (apply would reset the fleet)")
+            problems.add(
+                where, "sets spec.replicas although an autoscaler owns it (apply would reset the fleet)"
+            )
         pod = tpl["spec"]
         psc = pod.get("securityContext") or {}
         volumes = {v["name"]: v for v in pod.get("volumes") or []}
         for v in volumes.values():
             if "configMap" in v and v["configMap"]["name"] not in configmaps:
-                problems.add(where, f"volume {v['name']} uses ConfigMap {v['configMap']['name']}, not rendered")
-            if "secret" in v and v["secret"]["secretName"] not in secrets and v["secret"]["secretName"] not in external:
-                problems.add(where, f"volume {v['name']} uses Secret {v['secret']['secretName']}, not rendered")
+                problems.add(
+                    where, f"volume {v['name']} uses ConfigMap {v['configMap']['name']}, not rendered"
+                )
+            if (
+                "secret" in v
+                and v["secret"]["secretName"] not in secrets
+                and v["secret"]["secretName"] not in external
+            ):
+                problems.add(
+                    where, f"volume {v['name']} uses Secret {v['secret']['secretName']}, not rendered"
+                )
         for c in pod.get("containers") or []:
             cw = f"{where} container {c['name']}"
             res = c.get("resources") or {}
@@ -303,7 +323,9 @@ def check_overlay(name, docs, args, problems):
                 continue
             # chatfleet containers: the contract of bin/chatfleet.rs and config/production.toml.
             a = c.get("args") or []
-            if "--config" not in a or a[a.index("--config") + 1 : a.index("--config") + 2] != ["/etc/chatfleet/production.toml"]:
+            if "--config" not in a or a[a.index("--config") + 1 : a.index("--config") + 2] != [
+                "/etc/chatfleet/production.toml"
+            ]:
                 problems.add(cw, "must run with --config /etc/chatfleet/production.toml")
             mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts") or []}
             cfg_vol = volumes.get(mounts.get("/etc/chatfleet", ""), {})
@@ -325,22 +347,46 @@ def check_overlay(name, docs, args, problems):
                 if ((c.get("livenessProbe") or {}).get("httpGet") or {}).get("path") != "/healthz":
                     problems.add(cw, "liveness probe must be GET /healthz")
                 drain = env_value(c, "CHATFLEET__GATEWAY__DRAIN_TIMEOUT_MS")
-                sleep_ms = int(((((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get("seconds", 0))) * 1000
+                sleep_ms = (
+                    int(
+                        (
+                            (((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get(
+                                "seconds", 0
+                            )
+                        )
+                    )
+                    * 1000
+                )
                 if not drain:
-                    problems.add(cw, "set CHATFLEET__GATEWAY__DRAIN_TIMEOUT_MS explicitly (it must fit the grace period)")
+                    problems.add(
+                        cw,
+                        "set CHATFLEET__GATEWAY__DRAIN_TIMEOUT_MS explicitly (it must fit the grace period)",
+                    )
                 elif sleep_ms + int(drain) >= grace_ms:
-                    problems.add(cw, f"preStop {sleep_ms} ms + gateway drain {drain} ms must be < grace {grace_ms} ms")
+                    problems.add(
+                        cw, f"preStop {sleep_ms} ms + gateway drain {drain} ms must be < grace {grace_ms} ms"
+                    )
             elif role == "worker":
                 drain = env_value(c, "CHATFLEET__WORKER__DRAIN_TIMEOUT_MS")
                 if not drain:
-                    problems.add(cw, "set CHATFLEET__WORKER__DRAIN_TIMEOUT_MS explicitly (it must fit the grace period)")
+                    problems.add(
+                        cw,
+                        "set CHATFLEET__WORKER__DRAIN_TIMEOUT_MS explicitly (it must fit the grace period)",
+                    )
                 elif int(drain) + 10_000 > grace_ms:
-                    problems.add(cw, f"worker drain {drain} ms must be at least 10 s below the grace period {grace_ms} ms")
+                    problems.add(
+                        cw,
+                        f"worker drain {drain} ms must be at least 10 s below the grace period {grace_ms} ms",
+                    )
             else:
                 problems.add(cw, f"unknown role {role!r} (expected gateway or worker)")
 
     def pods_for(selector):
-        return [w for w in workloads if labels_match(selector, w["spec"]["template"]["metadata"].get("labels") or {})]
+        return [
+            w
+            for w in workloads
+            if labels_match(selector, w["spec"]["template"]["metadata"].get("labels") or {})
+        ]
 
     for s in by_kind.get("Service", []):
         where = f"{name} {kn(s)}"
@@ -351,7 +397,11 @@ def check_overlay(name, docs, args, problems):
             tp = p.get("targetPort")
             if isinstance(tp, str):
                 for w in targets:
-                    names = {cp.get("name") for c in w["spec"]["template"]["spec"]["containers"] for cp in c.get("ports") or []}
+                    names = {
+                        cp.get("name")
+                        for c in w["spec"]["template"]["spec"]["containers"]
+                        for cp in c.get("ports") or []
+                    }
                     if tp not in names:
                         problems.add(where, f"targetPort {tp!r} is not a port of {kn(w)}")
     for p in by_kind.get("PodDisruptionBudget", []):
@@ -368,7 +418,11 @@ def check_overlay(name, docs, args, problems):
             secret_ref(f"{name} {kn(t)}", r["name"], r["key"])
     for m in by_kind.get("ServiceMonitor", []):
         where = f"{name} {kn(m)}"
-        svcs = [s for s in by_kind.get("Service", []) if labels_match(m["spec"]["selector"].get("matchLabels"), s["metadata"].get("labels") or {})]
+        svcs = [
+            s
+            for s in by_kind.get("Service", [])
+            if labels_match(m["spec"]["selector"].get("matchLabels"), s["metadata"].get("labels") or {})
+        ]
         if not svcs:
             problems.add(where, "selector matches no Service")
         for ep in m["spec"].get("endpoints") or []:
@@ -404,7 +458,9 @@ def check_scaledobject(name, so, get, args, problems):
         md = t.get("metadata") or {}
         modes = [k for k in ("lagCount", "pendingEntriesCount", "streamLength") if k in md]
         if len(modes) != 1:
-            problems.add(tw, f"needs exactly one of lagCount, pendingEntriesCount, streamLength (has {modes})")
+            problems.add(
+                tw, f"needs exactly one of lagCount, pendingEntriesCount, streamLength (has {modes})"
+            )
         for k in ("lagCount", "pendingEntriesCount", "streamLength", "activationLagCount"):
             if k in md and not is_int_string(md[k]):
                 problems.add(tw, f"{k} must be a quoted integer, got {md[k]!r}")
@@ -429,7 +485,10 @@ def check_scaledobject(name, so, get, args, problems):
     if mods:
         used = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", mods.get("formula", "")))
         if used != set(names):
-            problems.add(where, f"formula must sum every trigger: missing {sorted(set(names) - used)[:3]}, unknown {sorted(used - set(names))[:3]}")
+            problems.add(
+                where,
+                f"formula must sum every trigger: missing {sorted(set(names) - used)[:3]}, unknown {sorted(used - set(names))[:3]}",
+            )
         for k in ("target", "activationTarget"):
             if k in mods and not re.fullmatch(r"[0-9]+(\.[0-9]+)?", mods[k]):
                 problems.add(where, f"scalingModifiers.{k} must be a number in a string")
@@ -437,7 +496,9 @@ def check_scaledobject(name, so, get, args, problems):
             problems.add(where, "scalingModifiers needs a target")
         turns = env_value(containers[0], "CHATFLEET__WORKER__MAX_CONCURRENT_TURNS")
         if turns and float(mods.get("target", 0)) > int(turns):
-            problems.add(where, f"target {mods['target']} turns per worker exceeds worker.max_concurrent_turns {turns}")
+            problems.add(
+                where, f"target {mods['target']} turns per worker exceeds worker.max_concurrent_turns {turns}"
+            )
 
 
 def main():
