@@ -23,11 +23,15 @@ export async function launch() {
   });
 }
 
-/** A fresh context (own localStorage) and page that records dialogs, errors and WS frames. */
-export async function openPage(browser, url) {
+/**
+ * A fresh context (own localStorage) and page that records dialogs, errors and WS frames, opened
+ * at `url` once its connection is live. `setup(page)` runs first (e.g. to install routes).
+ */
+export async function openPage(browser, url, { setup } = {}) {
   const context = await browser.newContext({ viewport: { width: 1200, height: 800 } });
   context.setDefaultTimeout(WAIT_MS);
   const page = await context.newPage();
+  await setup?.(page);
   const rec = { dialogs: [], errors: [], frames: [], sockets: [] };
   page.on("dialog", (d) => (rec.dialogs.push(d.message()), d.dismiss().catch(() => {})));
   page.on("pageerror", (e) => rec.errors.push(String(e)));
