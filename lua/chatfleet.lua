@@ -12,7 +12,7 @@ Key conventions (the Rust side builds the names in src/keys.rs; these functions 
     <base>:log                STREAM client-visible events; entry id "<seq>-0", field e = event
     <base>:hist               LIST   conversation messages (msgpack), trimmed to hist_max
     <base>:dedupe             HASH   client_msg_id -> turn id
-    <base>:ch                 sharded pub/sub channel; message = msgpack [seq, event]
+    <base>:ch                 sharded pub/sub channel; message = msgpack [seq, event, epoch]
     <base>:turn:<tid>         HASH   status, cmid, worker, attempt, lease, cancel, eid, epoch, useq
     <base>:turn:<tid>:text    STRING partial assistant text (APPEND is O(1); a hash field is not)
   Derived keys share the base's hash tag, so they live in the slot that KEYS[1] routes to.
@@ -42,7 +42,9 @@ local function append_event(base, ev, log_max)
   local seq = redis.call('HINCRBY', base .. ':meta', 'seq', 1)
   local body = cmsgpack.pack(ev)
   redis.call('XADD', base .. ':log', 'MAXLEN', '~', log_max, seq .. '-0', 'e', body)
-  redis.call('SPUBLISH', base .. ':ch', cmsgpack.pack({ seq, body }))
+  -- The epoch rides along so a live connection notices a lost-and-recreated session at once.
+  local epoch = redis.call('HGET', base .. ':meta', 'epoch')
+  redis.call('SPUBLISH', base .. ':ch', cmsgpack.pack({ seq, body, epoch }))
   return seq
 end
 

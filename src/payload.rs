@@ -98,9 +98,18 @@ pub struct HistoryMessage {
     pub status: Option<String>,
 }
 
-/// The live message on a session channel: `[seq, event]`.
+/// The live message on a session channel: `[seq, event, epoch]`.
 #[derive(Debug, Deserialize)]
-struct Published(u64, serde_bytes::ByteBuf);
+struct Published(u64, serde_bytes::ByteBuf, String);
+
+/// A decoded channel message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishedEvent {
+    pub seq: u64,
+    pub event: StoredEvent,
+    /// The session epoch the event belongs to.
+    pub epoch: String,
+}
 
 /// Decodes a stored event, checking its version.
 pub fn decode_event(bytes: &[u8]) -> Result<StoredEvent, PayloadError> {
@@ -120,10 +129,10 @@ pub fn decode_history(bytes: &[u8]) -> Result<HistoryMessage, PayloadError> {
     Ok(msg)
 }
 
-/// Decodes a channel message into its seq and event.
-pub fn decode_published(bytes: &[u8]) -> Result<(u64, StoredEvent), PayloadError> {
-    let Published(seq, body) = rmp_serde::from_slice(bytes)?;
-    Ok((seq, decode_event(&body)?))
+/// Decodes a channel message.
+pub fn decode_published(bytes: &[u8]) -> Result<PublishedEvent, PayloadError> {
+    let Published(seq, body, epoch) = rmp_serde::from_slice(bytes)?;
+    Ok(PublishedEvent { seq, event: decode_event(&body)?, epoch })
 }
 
 #[cfg(test)]

@@ -119,6 +119,11 @@ impl Feed {
         }
     }
 
+    /// Fired when this connection's queue overflowed (it reads too slowly).
+    pub fn overflow(&self) -> &tokio_util::sync::CancellationToken {
+        &self.sub.overflow
+    }
+
     /// Tells the hub's byte accounting that `bytes` of queued frames were written.
     pub fn written(&self, bytes: usize) {
         self.sub.queued.fetch_sub(bytes.min(self.sub.queued.load(Ordering::Relaxed)), Ordering::Relaxed);
@@ -128,6 +133,12 @@ impl Feed {
         let mut out = Vec::with_capacity(batch.len());
         for f in batch {
             let len = f.json.len();
+            if f.epoch.as_deref().is_some_and(|e| e != self.epoch) {
+                // The session was lost and recreated under us: seqs restarted, so nothing
+                // collected so far is comparable. Start over from a snapshot.
+                self.written(len);
+                return Ok(Some(self.resnapshot().await?));
+            }
             if f.seq <= self.last {
                 self.written(len);
                 continue;
@@ -223,7 +234,12 @@ fn resume_label(k: ResumeKind) -> &'static str {
     }
 }
 
-/// Merges runs of consecutive deltas of one turn into one frame (a slow or coalescing client).
+/// Largest text of one merged delta: merging saves frames, but one frame must stay small enough
+/// to write promptly and to fit any client's message limit.
+pub const MERGED_DELTA_MAX: usize = 64 * 1024;
+
+/// Merges runs of consecutive deltas of one turn into one frame (a slow or coalescing client),
+/// each merged frame holding at most [`MERGED_DELTA_MAX`] bytes of text.
 pub fn merge_deltas(frames: Vec<Arc<Frame>>) -> Vec<Arc<Frame>> {
     let mut out: Vec<Arc<Frame>> = Vec::with_capacity(frames.len());
     let mut run: Vec<Arc<Frame>> = Vec::new();
@@ -243,20 +259,29 @@ pub fn merge_deltas(frames: Vec<Arc<Frame>>) -> Vec<Arc<Frame>> {
                 .collect();
             let body = EventBody::Delta { turn_id, text };
             let event = crate::protocol::Event { seq: last.seq, first_seq: Some(first_seq), body: body.clone() };
-            out.push(Arc::new(Frame { seq: last.seq, body, json: crate::protocol::encode(&event).into() }));
+            let json = crate::protocol::encode(&event).into();
+            out.push(Arc::new(Frame { seq: last.seq, epoch: last.epoch.clone(), body, json }));
             run.clear();
         }
     };
+    let mut run_bytes = 0;
     for f in frames {
-        let joins = matches!(f.body, EventBody::Delta { .. })
+        let len = match &f.body {
+            EventBody::Delta { text, .. } => Some(text.len()),
+            _ => None,
+        };
+        let joins = len.is_some_and(|l| run_bytes + l <= MERGED_DELTA_MAX)
             && run.last().is_some_and(|r| r.body.turn_id() == f.body.turn_id());
         if !joins {
             flush(&mut run, &mut out);
+            run_bytes = 0;
         }
-        if matches!(f.body, EventBody::Delta { .. }) {
-            run.push(f);
-        } else {
-            out.push(f);
+        match len {
+            Some(l) => {
+                run_bytes += l;
+                run.push(f);
+            }
+            None => out.push(f),
         }
     }
     flush(&mut run, &mut out);
@@ -269,6 +294,23 @@ mod tests {
 
     fn delta(seq: u64, turn: &str, text: &str) -> Arc<Frame> {
         Frame::new(seq, EventBody::Delta { turn_id: turn.into(), text: text.into() })
+    }
+
+    #[test]
+    fn a_long_run_of_deltas_is_merged_into_frames_of_bounded_size() {
+        let chunk = "x".repeat(1000);
+        let frames: Vec<_> = (1..=200).map(|i| delta(i, "a", &chunk)).collect();
+        let out = merge_deltas(frames);
+        assert!(out.len() >= 200 * 1000 / MERGED_DELTA_MAX);
+        let mut next = 1;
+        for f in &out {
+            let EventBody::Delta { text, .. } = &f.body else { panic!() };
+            assert!(text.len() <= MERGED_DELTA_MAX);
+            let first: serde_json::Value = serde_json::from_str(&f.json).unwrap();
+            assert_eq!(first["first_seq"].as_u64().unwrap_or(f.seq), next, "merged frames cover every seq once");
+            next = f.seq + 1;
+        }
+        assert_eq!(next, 201);
     }
 
     #[test]

@@ -37,6 +37,9 @@ const BATCH: usize = 512;
 #[derive(Debug)]
 pub struct Frame {
     pub seq: u64,
+    /// The session epoch of a live frame; `None` for frames read from the log, whose epoch the
+    /// read itself checked.
+    pub epoch: Option<String>,
     pub body: EventBody,
     /// The event's JSON, as sent to clients.
     pub json: Utf8Bytes,
@@ -45,7 +48,12 @@ pub struct Frame {
 impl Frame {
     pub fn new(seq: u64, body: EventBody) -> Arc<Self> {
         let json = protocol::encode(&Event { seq, first_seq: None, body: body.clone() }).into();
-        Arc::new(Self { seq, body, json })
+        Arc::new(Self { seq, epoch: None, body, json })
+    }
+
+    fn live(seq: u64, body: EventBody, epoch: String) -> Arc<Self> {
+        let json = protocol::encode(&Event { seq, first_seq: None, body: body.clone() }).into();
+        Arc::new(Self { seq, epoch: Some(epoch), body, json })
     }
 }
 
@@ -60,6 +68,8 @@ struct Subscriber {
 enum Command {
     Subscribe(String, oneshot::Sender<Result<(), StoreError>>),
     Unsubscribe(String),
+    /// After a reconnect: subscribe again to every channel that has members.
+    Resubscribe(oneshot::Sender<Result<(), StoreError>>),
 }
 
 struct Inner {
@@ -106,7 +116,7 @@ impl Hub {
                 queue_bytes,
             }),
         };
-        tokio::spawn(run_commands(sub.clone(), command_rx, shutdown.clone()));
+        tokio::spawn(run_commands(hub.clone(), sub.clone(), command_rx, shutdown.clone()));
         tokio::spawn(dispatch(hub.clone(), sub.clone(), shutdown.clone()));
         tokio::spawn(watch_reconnects(hub.clone(), sub, shutdown));
         hub
@@ -118,12 +128,15 @@ impl Hub {
         let (tx, rx) = mpsc::channel(self.inner.queue_events);
         let queued = Arc::new(AtomicUsize::new(0));
         let overflow = CancellationToken::new();
-        let first = {
+        {
             let mut map = self.inner.channels.lock().expect("hub lock");
-            let subs = map.entry(channel.to_string()).or_default();
-            subs.push(Subscriber { id, tx, queued: queued.clone(), overflow: overflow.clone() });
-            subs.len() == 1
-        };
+            map.entry(channel.to_string()).or_default().push(Subscriber {
+                id,
+                tx,
+                queued: queued.clone(),
+                overflow: overflow.clone(),
+            });
+        }
         // Register first, then subscribe: an event published after the SSUBSCRIBE is delivered.
         let subscription = Subscription {
             hub: self.clone(),
@@ -136,7 +149,6 @@ impl Hub {
         };
         // Every join waits for a confirmed SSUBSCRIBE, even when the channel already had
         // members: the first member's subscribe may still be in flight.
-        let _ = first;
         let (done, confirmed) = oneshot::channel();
         self.inner.commands.send(Command::Subscribe(channel.to_string(), done)).await.map_err(|_| closed())?;
         confirmed.await.map_err(|_| closed())??;
@@ -186,10 +198,6 @@ impl Hub {
     fn has_members(&self, channel: &str) -> bool {
         self.inner.channels.lock().map(|m| m.contains_key(channel)).unwrap_or(false)
     }
-
-    fn still_wanted(&self, channel: &str) -> bool {
-        self.has_members(channel)
-    }
 }
 
 impl Drop for Subscription {
@@ -203,7 +211,7 @@ fn closed() -> StoreError {
 }
 
 /// Applies subscribe/unsubscribe commands in order, batching those that wait together.
-async fn run_commands(sub: SubscriberClient, mut rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+async fn run_commands(hub: Hub, sub: SubscriberClient, mut rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         let n = tokio::select! {
@@ -231,6 +239,16 @@ async fn run_commands(sub: SubscriberClient, mut rx: mpsc::Receiver<Command>, sh
                         tracing::warn!(error = %e, "SUNSUBSCRIBE failed");
                     }
                 }
+                Command::Resubscribe(done) => {
+                    // Our membership map is the truth, not the client's tracked set: a channel
+                    // whose last member left while the connection was down stays unsubscribed.
+                    let wanted: Vec<String> =
+                        hub.inner.channels.lock().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+                    subscribe.extend(wanted);
+                    let r = ssubscribe_grouped(&sub, std::mem::take(&mut subscribe)).await;
+                    answer(std::mem::take(&mut waiters), r.clone());
+                    let _ = done.send(r.map_err(store_error));
+                }
             }
         }
         if !subscribe.is_empty() {
@@ -241,7 +259,12 @@ async fn run_commands(sub: SubscriberClient, mut rx: mpsc::Receiver<Command>, sh
 }
 
 /// SSUBSCRIBE, one call per hash slot: a Cluster refuses channels of several slots in one call.
+/// (fred's `resubscribe_all` is not used: in 10.1 it first sends SUBSCRIBE with no channels,
+/// which Redis refuses, and then never reaches the sharded channels.)
 async fn ssubscribe_grouped(sub: &SubscriberClient, channels: Vec<String>) -> Result<(), String> {
+    if channels.is_empty() {
+        return Ok(());
+    }
     let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
     for ch in channels {
         by_slot.entry(fred::util::redis_keyslot(ch.as_bytes())).or_default().push(ch);
@@ -254,10 +277,12 @@ async fn ssubscribe_grouped(sub: &SubscriberClient, channels: Vec<String>) -> Re
 
 fn answer(waiters: Vec<oneshot::Sender<Result<(), StoreError>>>, r: Result<(), String>) {
     for w in waiters {
-        let _ = w.send(
-            r.clone().map_err(|e| StoreError::Redis(fred::error::Error::new(fred::error::ErrorKind::Unknown, e))),
-        );
+        let _ = w.send(r.clone().map_err(store_error));
     }
+}
+
+fn store_error(e: String) -> StoreError {
+    StoreError::Redis(fred::error::Error::new(fred::error::ErrorKind::Unknown, e))
 }
 
 /// Decodes each message once and offers it to the channel's members.
@@ -278,12 +303,12 @@ async fn dispatch(hub: Hub, sub: SubscriberClient, shutdown: CancellationToken) 
             Err(RecvError::Closed) => return,
         };
         let channel: &str = &msg.channel;
-        if !hub.still_wanted(channel) {
+        if !hub.has_members(channel) {
             continue;
         }
         let Some(bytes) = msg.value.as_bytes() else { continue };
         match payload::decode_published(bytes) {
-            Ok((seq, ev)) => hub.deliver(channel, Frame::new(seq, ev.into())),
+            Ok(p) => hub.deliver(channel, Frame::live(p.seq, p.event.into(), p.epoch)),
             Err(e) => tracing::error!(%channel, error = %e, "undecodable event on channel"),
         }
     }
@@ -300,9 +325,16 @@ async fn watch_reconnects(hub: Hub, sub: SubscriberClient, shutdown: Cancellatio
         };
         match r {
             Ok(_) | Err(RecvError::Lagged(_)) => {
-                if let Err(e) = sub.resubscribe_all().await {
-                    tracing::error!(error = %e, "resubscribe after reconnect failed");
+                let (done, resubscribed) = oneshot::channel();
+                if hub.inner.commands.send(Command::Resubscribe(done)).await.is_err() {
+                    break;
                 }
+                match resubscribed.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "resubscribe after reconnect failed"),
+                    Err(_) => break,
+                }
+                // Whatever was published while the connection was down is in the logs.
                 hub.request_resync("reconnect");
             }
             Err(RecvError::Closed) => break,

@@ -9,11 +9,14 @@ mod error;
 mod feed;
 mod http;
 pub mod hub;
+mod rest;
+mod sse;
 mod ws;
 
 use std::sync::Arc;
 
-use axum::routing::get;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -107,7 +110,14 @@ impl Gateway {
 
     /// The HTTP routes.
     pub fn router(&self) -> Router {
-        Router::new().route("/v1/ws", get(ws::upgrade)).merge(http::router()).with_state(self.app.clone())
+        Router::new()
+            .route("/v1/ws", get(ws::upgrade))
+            .route("/v1/sessions/{id}/events", get(sse::events))
+            .route("/v1/sessions/{id}/messages", post(rest::send))
+            .route("/v1/sessions/{id}/turns/{turn_id}/cancel", post(rest::cancel))
+            .merge(http::router())
+            .layer(DefaultBodyLimit::max(self.app.settings.gateway.max_frame_bytes))
+            .with_state(self.app.clone())
     }
 
     /// Serves on `listener` until the shutdown token fires, then drains: every socket is told to

@@ -39,6 +39,15 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4008;
 }
 
+/// How long a closing socket waits for the peer's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Largest single frame the gateway writes (a snapshot of a long conversation is the largest).
+const MAX_FRAME_OUT: usize = 16 * 1024 * 1024;
+
+/// Bytes tungstenite gathers before it writes to the socket (below the configured maximum).
+const WRITE_BUFFER: usize = 16 * 1024;
+
 #[derive(Debug, Deserialize)]
 pub(super) struct WsQuery {
     session_id: Option<String>,
@@ -56,9 +65,16 @@ pub(super) async fn upgrade(State(app): State<App>, Query(q): Query<WsQuery>, ws
         }
     }
     let limit = app.settings.gateway.max_frame_bytes;
+    // tungstenite flushes at `write_buffer_size` and refuses to grow past the max; the max must
+    // exceed the flush threshold, so the threshold is derived from the configured bound.
+    let queue = app.settings.gateway.send_queue_bytes;
     ws.max_frame_size(limit)
         .max_message_size(limit)
-        .max_write_buffer_size(app.settings.gateway.send_queue_bytes)
+        .write_buffer_size((queue / 4).min(WRITE_BUFFER))
+        // Every send is flushed before the next, so this buffer holds one frame at a time; its
+        // maximum only has to admit the largest frame (a snapshot). The per-connection bound on
+        // queued data is the hub queue (`gateway.send_queue_bytes`).
+        .max_write_buffer_size(queue.max(MAX_FRAME_OUT))
         .on_upgrade(move |socket| {
             let span = tracing::info_span!("conn", transport = "ws");
             tracing::Instrument::instrument(serve(app, socket, q.session_id, guard), span)
@@ -76,9 +92,14 @@ async fn serve(app: App, socket: WebSocket, query_sid: Option<String>, guard: Co
     };
     if let Some((code, reason)) = ending.0 {
         let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-        let _ = timeout(write_timeout, tx.send(Message::Close(Some(frame)))).await;
+        if timeout(write_timeout, tx.send(Message::Close(Some(frame)))).await.is_ok() {
+            // Close handshake: read (and drop) until the peer's close, briefly. Dropping a socket
+            // with unread input makes the kernel send RST, and a peer that gets RST may lose the
+            // close frame (and its code) that is still in its receive buffer.
+            let _ = timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = rx.next().await {} }).await;
+        }
     }
-    let _ = timeout(Duration::from_secs(1), tx.close()).await;
+    let _ = timeout(CLOSE_LINGER, tx.close()).await;
     drop(guard);
 }
 
@@ -161,10 +182,10 @@ async fn session(app: &App, tx: &mut Tx, rx: &mut Rx, query_sid: Option<String>)
                     Err(FrameError::Closed) => return Ok(Ending(None)),
                     Err(FrameError::Ignore) => {}
                     Err(FrameError::Bad(code, msg)) => {
-                        metrics::counter!(m::GATEWAY_REJECTED, "code" => code_label(code)).increment(1);
                         if code == ErrorCode::TooLarge {
                             return Err(reject(tx, app, code, &msg, write_timeout).await);
                         }
+                        metrics::counter!(m::GATEWAY_REJECTED, "code" => code_label(code)).increment(1);
                         let e = ControlMsg::Error { code, message: msg, retry_after_ms: None };
                         send_control(tx, &e, write_timeout).await?;
                     }
@@ -222,7 +243,16 @@ async fn send_item(tx: &mut Tx, feed: &Feed, item: Item, write_timeout: Duration
             let queued: usize = frames.iter().map(|f| f.json.len()).sum();
             let frames = if frames.len() > 1 { merge_deltas(frames) } else { frames };
             for f in &frames {
-                write(tx, Message::Text(f.json.clone()), write_timeout).await?;
+                // A write stuck on a client that stopped reading gives way to the overflow
+                // signal, so the 4008 close is queued behind what the client has not read yet.
+                tokio::select! {
+                    biased;
+                    r = write(tx, Message::Text(f.json.clone()), write_timeout) => r?,
+                    _ = feed.overflow().cancelled() => {
+                        metrics::counter!(m::GATEWAY_SLOW_CLOSES).increment(1);
+                        return Err(Ending(Some((close::SLOW_CONSUMER, "too slow; resume from your last seq"))));
+                    }
+                }
             }
             feed.written(queued);
             Ok(())
@@ -246,7 +276,14 @@ async fn write(tx: &mut Tx, msg: Message, write_timeout: Duration) -> Result<(),
             Ok(())
         }
         // The peer is gone or stuck: drop the connection without a close handshake.
-        _ => Err(Ending(None)),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "websocket write failed");
+            Err(Ending(None))
+        }
+        Err(_) => {
+            tracing::debug!("websocket write timed out");
+            Err(Ending(None))
+        }
     }
 }
 
@@ -274,6 +311,7 @@ fn read_frame(msg: Option<Result<Message, axum::Error>>) -> Result<ClientMsg, Fr
         None => Err(FrameError::Closed),
         Some(Err(e)) => {
             let text = e.to_string();
+            tracing::debug!(error = %text, "websocket read error");
             if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
                 Err(FrameError::Bad(ErrorCode::TooLarge, "frame exceeds the size limit".into()))
             } else {

@@ -16,23 +16,31 @@ use crate::store::{Store, StoreError};
 
 pub(super) struct Listener {
     sub: SubscriberClient,
-    resubscriber: tokio::task::JoinHandle<()>,
+    channel: String,
 }
 
 impl Listener {
     pub async fn connect(store: &Store, worker_id: &str) -> Result<Self, StoreError> {
         let sub = store.redis().subscriber().await?;
-        // Resubscribes after a reconnect; a push lost in between is covered by the cancel flag.
-        let resubscriber = sub.manage_subscriptions();
-        sub.subscribe(format!("{}{}", store.keys().worker_channel_prefix(), worker_id)).await?;
-        Ok(Self { sub, resubscriber })
+        let channel = format!("{}{}", store.keys().worker_channel_prefix(), worker_id);
+        sub.subscribe(&channel).await?;
+        Ok(Self { sub, channel })
     }
 
     pub async fn run(self, shared: Arc<Shared>, stop: CancellationToken) {
         let mut rx = self.sub.message_rx();
+        let mut reconnects = self.sub.reconnect_rx();
         loop {
             let msg = tokio::select! {
                 m = rx.recv() => m,
+                _ = reconnects.recv() => {
+                    // Subscribe again ourselves: fred's resubscribe_all fails on the empty
+                    // pattern set. A push lost in between is covered by the cancel flag.
+                    if let Err(e) = self.sub.subscribe(&self.channel).await {
+                        tracing::warn!(error = %e, "control channel resubscribe failed");
+                    }
+                    continue;
+                }
                 _ = stop.cancelled() => break,
             };
             match msg {
@@ -46,7 +54,6 @@ impl Listener {
                 Err(RecvError::Closed) => break,
             }
         }
-        self.resubscriber.abort();
         let _ = self.sub.quit().await;
     }
 }

@@ -41,7 +41,11 @@ pub struct TestApp {
     pub settings: Settings,
     pub store: Store,
     pub gateways: Vec<SocketAddr>,
+    /// Shutdown of each gateway alone (children of the app's token), to drain one of them.
+    pub gateway_tokens: Vec<CancellationToken>,
     pub worker_ids: Vec<String>,
+    /// Renders the process's Prometheus metrics (shared by every app in this test binary).
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     shutdown: CancellationToken,
 }
 
@@ -50,8 +54,18 @@ impl TestApp {
         Self::with(test_settings(), 1, 1).await
     }
 
+    /// One gateway and one worker with these settings.
+    pub async fn spawn_with(settings: Settings) -> Self {
+        Self::with(settings, 1, 1).await
+    }
+
     /// Starts `gateways` gateways and `workers` workers sharing one fresh Redis.
     pub async fn with(mut settings: Settings, gateways: usize, workers: usize) -> Self {
+        // Logs go to the captured test output; RUST_LOG selects them (default: warnings).
+        chatfleet::telemetry::init(&chatfleet::settings::TelemetrySettings {
+            format: "pretty".into(),
+            filter: "warn".into(),
+        });
         let redis = LocalRedis::start(&[]).await.expect("redis-server starts");
         settings.redis.url = redis.url();
         let store = chatfleet::app::connect_store(&settings).await.expect("store connects");
@@ -64,18 +78,27 @@ impl TestApp {
             tokio::spawn(w.wait());
         }
         let mut addrs = Vec::new();
+        let mut gateway_tokens = Vec::new();
         for _ in 0..gateways {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             addrs.push(listener.local_addr().unwrap());
-            let g = Gateway::build(settings.clone(), store.clone(), shutdown.clone()).await.unwrap();
+            let token = shutdown.child_token();
+            let g = Gateway::build(settings.clone(), store.clone(), token.clone()).await.unwrap();
             tokio::spawn(g.serve(listener));
+            gateway_tokens.push(token);
         }
-        Self { redis, settings, store, gateways: addrs, worker_ids, shutdown }
+        let metrics = chatfleet::metrics::install();
+        Self { redis, settings, store, gateways: addrs, gateway_tokens, worker_ids, metrics, shutdown }
     }
 
     /// The demo model's full answer to `prompt` under these settings.
     pub fn expected_answer(&self, prompt: &str) -> String {
         demo::answer_for(prompt, self.settings.model.demo.max_tokens)
+    }
+
+    /// `http://<gateway gw>`.
+    pub fn http(&self, gw: usize) -> String {
+        format!("http://{}", self.gateways[gw])
     }
 
     /// Connects a client to gateway `gw` and says hello on `session`.
@@ -132,7 +155,12 @@ pub struct Client {
 impl Client {
     pub async fn connect(addr: SocketAddr, session: &str, epoch: Option<String>, last_seq: Option<u64>) -> Self {
         let url = format!("ws://{addr}/v1/ws?session_id={session}");
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+        Self::hello(ws, session, epoch, last_seq).await
+    }
+
+    /// Says hello on an open socket and reads the welcome (and its snapshot).
+    pub async fn hello(mut ws: Ws, session: &str, epoch: Option<String>, last_seq: Option<u64>) -> Self {
         let hello = ClientMsg::Hello { session_id: session.into(), last_seq, epoch, coalesce_ms: None };
         ws.send(Message::Text(serde_json::to_string(&hello).unwrap().into())).await.unwrap();
         let mut c = Self { ws, session: session.into(), welcome: ControlMsg::Pong, snapshot: None, log: Vec::new() };
@@ -180,22 +208,39 @@ impl Client {
 
     /// The next frame (pings and pongs skipped); panics after [`FRAME_TIMEOUT`].
     pub async fn next(&mut self) -> ServerMsg {
+        match self.next_or_close().await {
+            Ok(m) => m,
+            Err(code) => panic!("closed: {code:?}"),
+        }
+    }
+
+    /// The next frame, or the close code when the server closed (None: closed without a code).
+    pub async fn next_or_close(&mut self) -> Result<ServerMsg, Option<u16>> {
         loop {
-            let m = tokio::time::timeout(FRAME_TIMEOUT, self.ws.next())
-                .await
-                .expect("a frame in time")
-                .expect("the connection is open")
-                .expect("a valid frame");
+            let m = tokio::time::timeout(FRAME_TIMEOUT, self.ws.next()).await.expect("a frame in time");
+            let m = match m {
+                None => return Err(None),
+                Some(Err(e)) => {
+                    eprintln!("client read error: {e}");
+                    return Err(None);
+                }
+                Some(Ok(m)) => m,
+            };
             match m {
                 Message::Text(t) => {
                     let msg: ServerMsg = serde_json::from_str(&t).unwrap_or_else(|e| panic!("bad frame {t}: {e}"));
                     self.log.push(msg.clone());
-                    return msg;
+                    return Ok(msg);
                 }
-                Message::Close(c) => panic!("closed: {c:?}"),
+                Message::Close(c) => return Err(c.map(|c| u16::from(c.code))),
                 _ => continue,
             }
         }
+    }
+
+    /// The last seq seen (events only), for resuming.
+    pub fn last_seq(&self) -> Option<u64> {
+        self.events().last().map(|e| e.seq)
     }
 
     /// Sends and waits for the ack; returns (turn_id, seq of the user message).

@@ -2,5 +2,7 @@
 
 mod helpers;
 
+mod backpressure;
 mod e2e;
 mod resume;
+mod transports;
