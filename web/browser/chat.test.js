@@ -17,14 +17,14 @@ after(async () => {
 
 test("an answer streams in and shows exactly the text the server streamed", async () => {
   const { page, rec, context } = await openPage(browser, `${sys.urls[0]}/`);
-  await sendMessage(page, "Tell me about streaming with lists and code");
+  await sendMessage(page, "How does chatfleet stream answers?");
   await waitPartial(page, 3);
   const shown = await waitAnswer(page);
   const { text } = streamedAnswer(rec.frames);
   assert.equal(words(shown), visible(text));
-  assert.equal(await page.locator("li.msg.user .body").innerText(), "Tell me about streaming with lists and code");
+  assert.equal(await page.locator("li.msg.user .body").innerText(), "How does chatfleet stream answers?");
   assert.equal(await lastAnswer(page).locator("strong").innerText(), "Demo model", "Markdown is rendered");
-  assert.equal(await page.locator("#sessions button[aria-current]").innerText(), "Tell me about streaming with lists and code");
+  assert.equal(await page.locator("#sessions button[aria-current]").innerText(), "How does chatfleet stream answers?");
   assert.deepEqual(rec.errors, []);
   await screenshot(page, "chat");
   await context.close();
