@@ -27,8 +27,10 @@ const STATIC_FILES: &[(&str, &str, &str)] = &[
     ("/ui/sessions.js", JS, include_str!("static/ui/sessions.js")),
     ("/ui/view.js", JS, include_str!("static/ui/view.js")),
     ("/chatfleet.js", JS, include_str!("static/chatfleet.js")),
+    ("/chatfleet/common.js", JS, include_str!("static/chatfleet/common.js")),
     ("/chatfleet/order.js", JS, include_str!("static/chatfleet/order.js")),
     ("/chatfleet/outbox.js", JS, include_str!("static/chatfleet/outbox.js")),
+    ("/chatfleet/persist.js", JS, include_str!("static/chatfleet/persist.js")),
     ("/chatfleet/power.js", JS, include_str!("static/chatfleet/power.js")),
     ("/chatfleet/transports.js", JS, include_str!("static/chatfleet/transports.js")),
 ];
@@ -66,4 +68,42 @@ async fn readyz(State(app): State<App>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "functions not loaded").into_response();
     }
     "ready".into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::STATIC_FILES;
+
+    /// A file added under `static/` but not to the table would be a 404 for the page.
+    #[test]
+    fn every_static_file_is_served_with_its_type() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/gateway/static");
+        let mut on_disk = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    on_disk.push(format!("/{}", path.strip_prefix(&root).unwrap().to_str().unwrap()));
+                }
+            }
+        }
+        let mut served: Vec<String> =
+            STATIC_FILES.iter().map(|(p, _, _)| if *p == "/" { "/index.html".into() } else { p.to_string() }).collect();
+        on_disk.sort();
+        served.sort();
+        assert_eq!(on_disk, served);
+        for (path, content_type, _) in STATIC_FILES {
+            let ext = if *path == "/" { "html" } else { path.rsplit('.').next().unwrap() };
+            let want = match ext {
+                "html" => "text/html",
+                "js" => "text/javascript",
+                "css" => "text/css",
+                other => panic!("no content type for .{other}"),
+            };
+            assert!(content_type.starts_with(want), "{path}: {content_type}");
+        }
+    }
 }

@@ -14,77 +14,13 @@ import { Conversation, Sequencer } from "./chatfleet/order.js";
 import { openLink } from "./chatfleet/transports.js";
 import { watchPower } from "./chatfleet/power.js";
 import { Outbox } from "./chatfleet/outbox.js";
+import { ChatError, ChatEvent, DEFAULTS, defaultStorage, newId, realClock } from "./chatfleet/common.js";
+import { loadRecord, saveRecord } from "./chatfleet/persist.js";
 
-export { Conversation, Sequencer };
-
-/** Every option, with its default. Times are milliseconds. */
-export const DEFAULTS = Object.freeze({
-  urls: null, // gateway base URLs, tried in turn on reconnect; default: the page's origin
-  sessionId: null, // required: 1-64 characters of [A-Za-z0-9_.-]
-  token: null, // sent as ?token= (WebSocket) and Authorization: Bearer (HTTP)
-  transports: ["ws", "sse", "poll"], // tried in this order; the next one after repeated failures
-  coalesceMs: 0, // asked in hello: the server merges deltas over this window
-  lowPower: "auto", // true, false, or "auto": page hidden or battery low
-  lowPowerCoalesceMs: 1000, // the window used while in low-power mode
-  powerSwitchDelayMs: 2000, // a power change must last this long before the connection changes
-  heartbeatMs: 15000, // app-level ping interval (WebSocket)
-  idleTimeoutMs: 45000, // no frame for this long: the link is suspected
-  pongTimeoutMs: 10000, // ...and is dropped when a ping stays unanswered this long
-  connectTimeoutMs: 10000, // a link not welcomed within this is a failure
-  ackTimeoutMs: 10000, // an unacked send is sent again (same id) after this
-  backoffBaseMs: 250, // reconnect delay: random(0, min(max, base * 2^failures)), "full jitter"
-  backoffMaxMs: 10000,
-  failuresBeforeFallback: 2, // per base URL: then the next transport is tried
-  offlineAfterFailures: 5, // state "offline" after this many failed attempts in a row
-  pollWaitMs: 25000, // long-poll wait_ms
-  tickMs: 500, // housekeeping interval (heartbeats, timeouts, retries, persistence)
-  persistMs: 1000, // the stored cursor lags the live one by at most this (and never mid-turn end)
-  storageKey: "chatfleet:v1", // storage key prefix; the session id is appended
-  storage: undefined, // {getItem, setItem, removeItem}; default localStorage; null: no persistence
-});
+export { ChatError, ChatEvent, Conversation, DEFAULTS, Sequencer, newId };
 
 const CONTROL = new Set(["welcome", "snapshot", "ack", "reconnect", "pong"]);
 const TERMINAL = new Set(["done", "error", "cancelled"]);
-
-/** An event whose `detail` carries the payload (CustomEvent is not global in every runtime). */
-export class ChatEvent extends Event {
-  constructor(type, detail) {
-    super(type);
-    this.detail = detail;
-  }
-}
-
-/** A refused request: `code` is a protocol error code (docs/protocol.md, "Error codes"). */
-export class ChatError extends Error {
-  constructor({ code, message, retry_after_ms }) {
-    super(message || code);
-    this.code = code;
-    this.retryAfterMs = retry_after_ms ?? null;
-  }
-}
-
-/** A random id usable as session id or client_msg_id. */
-export function newId(prefix = "") {
-  const bytes = new Uint8Array(12);
-  globalThis.crypto.getRandomValues(bytes);
-  return prefix + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-function defaultStorage() {
-  try {
-    return globalThis.localStorage ?? null;
-  } catch {
-    return null; // Blocked by privacy settings: run without persistence.
-  }
-}
-
-const realClock = {
-  now: () => Date.now(),
-  setTimeout: (f, ms) => setTimeout(f, ms),
-  clearTimeout: (t) => clearTimeout(t),
-  setInterval: (f, ms) => setInterval(f, ms),
-  clearInterval: (t) => clearInterval(t),
-};
 
 export class ChatClient extends EventTarget {
   constructor(options = {}) {
@@ -469,30 +405,14 @@ export class ChatClient extends EventTarget {
   // ---- persistence: {epoch, seq, conversation} are stored together, or not at all ----
 
   _load() {
-    try {
-      const rec = JSON.parse(this._storage?.getItem(this._key) ?? "null");
-      return rec?.v === 1 ? rec : null;
-    } catch {
-      return null;
-    }
+    return loadRecord(this._storage, this._key);
   }
 
   _persist() {
     this._dirty = false;
     this._persistedAt = this._clock.now();
-    if (!this._storage) return;
-    const outbox = this.outbox.toJSON();
-    const full = { v: 1, epoch: this.seqr.epoch, seq: this.seqr.seq, conv: this.conversation.toJSON(), outbox };
-    try {
-      this._storage.setItem(this._key, JSON.stringify(full));
-    } catch {
-      // Over quota: keep the unsent messages; the next load starts from a snapshot.
-      try {
-        this._storage.setItem(this._key, JSON.stringify({ v: 1, outbox }));
-      } catch {
-        /* storage unusable: nothing persists */
-      }
-    }
+    const rec = { epoch: this.seqr.epoch, seq: this.seqr.seq, conv: this.conversation.toJSON(), outbox: this.outbox.toJSON() };
+    saveRecord(this._storage, this._key, rec);
   }
 }
 
