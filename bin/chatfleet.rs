@@ -24,6 +24,9 @@ enum Command {
     Gateway,
     /// Claim and run turns.
     Worker,
+    /// Operator tool: queue state, workers, dead letters, cancel.
+    #[command(subcommand)]
+    Ctl(chatfleet::ctl::CtlCommand),
     /// Everything locally: a private Redis, a gateway and workers with the demo model.
     Dev {
         /// Worker count.
@@ -54,6 +57,7 @@ async fn main() -> ExitCode {
         Command::Gateway => chatfleet::app::run_gateway(settings, shutdown).await,
         Command::Worker => chatfleet::app::run_worker(settings, shutdown).await,
         Command::Dev { workers } => chatfleet::app::run_dev(settings, workers, shutdown).await,
+        Command::Ctl(cmd) => chatfleet::app::run_ctl(settings, cmd).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,7 +13,8 @@ Key conventions (the Rust side builds the names in src/keys.rs; these functions 
     <base>:hist               LIST   conversation messages (msgpack), trimmed to hist_max
     <base>:dedupe             HASH   client_msg_id -> turn id
     <base>:ch                 sharded pub/sub channel; message = msgpack [seq, event, epoch]
-    <base>:turn:<tid>         HASH   status, cmid, worker, attempt, lease, cancel, eid, epoch, useq
+    <base>:turn:<tid>         HASH   status, cmid, text (the user's), worker, attempt, lease, cancel,
+                                     eid, epoch, useq
     <base>:turn:<tid>:text    STRING partial assistant text (APPEND is O(1); a hash field is not)
   Derived keys share the base's hash tag, so they live in the slot that KEYS[1] routes to.
 
@@ -133,8 +134,9 @@ local function enqueue_turn(keys, args)
     { v = 1, type = 'user_message', turn_id = tid, client_msg_id = cmid, text = text }, log_max)
   push_hist(base, { v = 1, role = 'user', turn_id = tid, text = text }, hist_max)
   local eid = redis.call('XADD', stream, '*', 'b', base, 't', tid)
+  -- The user's text stays with the turn so an operator can replay a dead-lettered turn.
   redis.call('HSET', base .. ':turn:' .. tid, 'status', 'queued', 'cmid', cmid, 'attempt', 0,
-    'eid', eid, 'epoch', epoch, 'useq', seq, 'created', now, 'opts', args[8])
+    'eid', eid, 'epoch', epoch, 'useq', seq, 'created', now, 'opts', args[8], 'text', text)
   redis.call('HSET', base .. ':dedupe', cmid, tid)
   redis.call('HSET', base .. ':meta', 'active', tid)
   touch(base, tid, ttl)
@@ -178,31 +180,41 @@ local function start_turn(keys, args)
   return { 'run', attempt, hist, st[5] or '', tonumber(st[4]), now }
 end
 
--- Fence check shared by emit, heartbeat and finish_turn. Returns the turn's cancel flag field, or
--- false when the caller no longer owns the turn.
-local function fenced_turn(base, tkey, attempt)
+-- Fence check shared by emit, tool_status, heartbeat, finish_turn and release_turn. Returns the
+-- turn's cancel flag ('0' or '1'), or false when the caller no longer owns the turn.
+-- With abandon_ms > 0 (the tenant's disconnect policy is `cancel`), a session that no client has
+-- been attached to for abandon_ms gets its running turn's cancel flag set here.
+local function fenced_turn(base, tkey, attempt, abandon_ms)
   local st = redis.call('HMGET', tkey, 'status', 'attempt', 'cancel', 'epoch')
   if st[1] ~= 'running' or st[2] ~= attempt then
     return false
   end
-  if redis.call('HGET', base .. ':meta', 'epoch') ~= st[4] then
+  local meta = redis.call('HMGET', base .. ':meta', 'epoch', 'conns', 'detached')
+  if meta[1] ~= st[4] then
     return false
   end
-  return st[3] or '0'
+  local cancel = st[3] or '0'
+  abandon_ms = tonumber(abandon_ms or 0) or 0
+  if cancel ~= '1' and abandon_ms > 0 and meta[3] and tonumber(meta[2] or 0) <= 0
+      and now_ms() - tonumber(meta[3]) >= abandon_ms then
+    redis.call('HSET', tkey, 'cancel', 1, 'cancel_at', now_ms(), 'cancel_reason', 'disconnected')
+    cancel = '1'
+  end
+  return cancel
 end
 
 --[[ emit: a worker appends a delta of the running turn.
 KEYS: base
-ARGV: tid, attempt, text, lease_ms, log_max
+ARGV: tid, attempt, text, lease_ms, log_max, abandon_ms (0 = keep generating when nobody watches)
 Returns {seq, cancel}: seq = 0 when fenced (the caller lost the turn and must stop writing);
-cancel = 1 when the user asked to stop. Extends the lease.
+cancel = 1 when the user asked to stop, or nobody watched for abandon_ms. Extends the lease.
 Atomic so that the fence check and the write cannot be split by a reclaim (I1).
 ]]
 local function emit(keys, args)
   local base = keys[1]
   local tid, attempt, text = args[1], args[2], args[3]
   local tkey = base .. ':turn:' .. tid
-  local cancel = fenced_turn(base, tkey, attempt)
+  local cancel = fenced_turn(base, tkey, attempt, args[6])
   if not cancel then
     return { 0, 0 }
   end
@@ -233,13 +245,13 @@ end
 
 --[[ heartbeat: fenced lease extension while the model is silent.
 KEYS: base
-ARGV: tid, attempt, lease_ms
+ARGV: tid, attempt, lease_ms, abandon_ms (as emit)
 Returns {ok, cancel}: ok = 0 when fenced.
 ]]
 local function heartbeat(keys, args)
   local base = keys[1]
   local tkey = base .. ':turn:' .. args[1]
-  local cancel = fenced_turn(base, tkey, args[2])
+  local cancel = fenced_turn(base, tkey, args[2], args[4])
   if not cancel then
     return { 0, 0 }
   end
@@ -407,7 +419,8 @@ end
 so nothing published from here on is missed.
 KEYS: base
 ARGV: epoch_candidate, client epoch ('' if none), client last_seq ('' if none), replay_max,
-      hist_n, ttl_s
+      hist_n, ttl_s, attach ('1': a lasting connection (WebSocket, SSE) now watches the session;
+      `detach` undoes it)
 Returns
   {'replay', epoch, seq, {{seq, event}, ...}}   the events after last_seq, all still in the log
   {'snapshot', epoch, seq, history, active turn id or '', partial text, reason}
@@ -419,6 +432,10 @@ local function open_session(keys, args)
   local base = keys[1]
   local now = now_ms()
   local epoch = ensure_meta(base, args[1], now)
+  if args[7] == '1' then
+    redis.call('HINCRBY', base .. ':meta', 'conns', 1)
+    redis.call('HDEL', base .. ':meta', 'detached')
+  end
   local seq = tonumber(redis.call('HGET', base .. ':meta', 'seq'))
   local replay_max = tonumber(args[4])
   local reason = 'new'
@@ -456,6 +473,26 @@ local function open_session(keys, args)
   return { 'snapshot', epoch, seq, hist, active, partial, reason }
 end
 
+--[[ detach: a lasting connection of the session closed.
+KEYS: base
+ARGV: (none)
+Returns the number of connections still attached. When none is left, the time is recorded, and
+the disconnect policy (see fenced_turn) may stop the running turn after its grace period. A gateway
+that dies without detaching leaves the count too high: the policy then errs on keeping the turn.
+]]
+local function detach(keys, args)
+  local meta = keys[1] .. ':meta'
+  if not redis.call('HGET', meta, 'epoch') then
+    return 0
+  end
+  local n = redis.call('HINCRBY', meta, 'conns', -1)
+  if n <= 0 then
+    redis.call('HSET', meta, 'conns', 0, 'detached', now_ms())
+    n = 0
+  end
+  return n
+end
+
 --[[ read_log: events after a seq, for a gateway catching a connection up after a pub/sub gap.
 KEYS: base
 ARGV: after seq, count, epoch the connection is on
@@ -479,7 +516,23 @@ local function read_log(keys, args)
   return { 'ok', out }
 end
 
+--[[ lead: take or keep a leader lock (e.g. the one queue-metrics exporter).
+KEYS: lock
+ARGV: candidate id, ttl_ms
+Returns 1 when the candidate holds the lock (now renewed), else 0. Atomic so that checking the
+holder and renewing cannot interleave with another candidate's take-over.
+]]
+local function lead(keys, args)
+  local holder = redis.call('GET', keys[1])
+  if holder and holder ~= args[1] then
+    return 0
+  end
+  redis.call('SET', keys[1], args[1], 'PX', args[2])
+  return 1
+end
+
 redis.register_function('cf1_enqueue_turn', enqueue_turn)
+redis.register_function('cf1_lead', lead)
 redis.register_function('cf1_start_turn', start_turn)
 redis.register_function('cf1_emit', emit)
 redis.register_function('cf1_tool_status', tool_status)
@@ -489,4 +542,5 @@ redis.register_function('cf1_cancel_turn', cancel_turn)
 redis.register_function('cf1_reclaim', reclaim)
 redis.register_function('cf1_release_turn', release_turn)
 redis.register_function('cf1_open_session', open_session)
+redis.register_function('cf1_detach', detach)
 redis.register_function{ function_name = 'cf1_read_log', callback = read_log, flags = { 'no-writes' } }

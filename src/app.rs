@@ -110,6 +110,18 @@ pub async fn run_dev(mut settings: Settings, workers: usize, shutdown: Cancellat
     Ok(())
 }
 
+/// Runs one `ctl` command and prints its output.
+pub async fn run_ctl(settings: Settings, cmd: crate::ctl::CtlCommand) -> anyhow::Result<()> {
+    let redis = Redis::connect(&settings.redis)
+        .await
+        .with_context(|| format!("cannot connect to Redis (redis.url = {})", redact(&settings.redis.url)))?;
+    let store = Store::new(redis, &settings);
+    let out = crate::ctl::run(&store, cmd).await?;
+    print!("{out}");
+    store.redis().quit().await;
+    Ok(())
+}
+
 /// A Redis URL without its password, for messages.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

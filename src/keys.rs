@@ -84,6 +84,11 @@ impl Keyspace {
         format!("{}:{{p{:02}}}:sweep", self.prefix, p)
     }
 
+    /// Lock electing the one process that exports queue metrics.
+    pub fn exporter_lock(&self) -> String {
+        format!("{}:queue-exporter", self.prefix)
+    }
+
     /// Prefix of the per-worker control channel (plain pub/sub) that carries stop requests.
     pub fn worker_channel_prefix(&self) -> String {
         format!("{}:w:", self.prefix)

@@ -11,10 +11,12 @@
 //! - [`worker`]: claims turns, streams the model, coalesces deltas, leases, reclaims.
 //! - [`model`]: the model trait and the built-in demo model.
 //! - [`app`]: assembles the roles (`gateway`, `worker`, `dev`) for the binary.
+//! - [`ctl`], [`queue`]: the operator tool and per-partition queue statistics.
 //! - [`local_redis`]: a private redis-server for `dev` and tests.
 //! - [`metrics`], [`telemetry`], [`shutdown`]: operations.
 
 pub mod app;
+pub mod ctl;
 pub mod gateway;
 pub mod keys;
 pub mod local_redis;
@@ -22,6 +24,7 @@ pub mod metrics;
 pub mod model;
 pub mod payload;
 pub mod protocol;
+pub mod queue;
 pub mod settings;
 pub mod shutdown;
 pub mod store;

@@ -43,8 +43,21 @@ pub const WORKER_ACTIVE_TURNS: &str = "chatfleet_worker_active_turns";
 pub const WORKER_CAPACITY: &str = "chatfleet_worker_capacity";
 /// Counter: turns taken over from a dead or stalled worker.
 pub const WORKER_RECLAIMS: &str = "chatfleet_worker_reclaims_total";
+/// Counter: turns stopped by the user.
+pub const WORKER_CANCELS: &str = "chatfleet_worker_cancels_total";
+/// Counter: upstream requests retried after failing before their first token.
+pub const WORKER_UPSTREAM_RETRIES: &str = "chatfleet_worker_upstream_retries_total";
+/// Counter: turns moved to a dead-letter stream (retries exhausted, or too many lost workers).
+pub const WORKER_DEAD_LETTERS: &str = "chatfleet_worker_dead_letters_total";
 /// Histogram (s): stop requested to the upstream stream dropped.
 pub const WORKER_CANCEL_SECONDS: &str = "chatfleet_worker_cancel_seconds";
+
+/// Gauge: turns not yet delivered to a worker, by `partition` (exported by one leader process).
+pub const QUEUE_LAG: &str = "chatfleet_queue_lag";
+/// Gauge: turns delivered and not finished, by `partition`.
+pub const QUEUE_PENDING: &str = "chatfleet_queue_pending";
+/// Gauge (s): age of the oldest unfinished turn, by `partition`.
+pub const QUEUE_OLDEST_PENDING_SECONDS: &str = "chatfleet_queue_oldest_pending_seconds";
 
 /// Installs the global recorder and returns the handle that renders `/metrics`. Idempotent: a
 /// second call (tests, `dev` running several roles) returns a handle to the first recorder.

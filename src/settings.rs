@@ -36,6 +36,25 @@ pub struct Settings {
     pub model: ModelSettings,
     pub metrics: MetricsSettings,
     pub telemetry: TelemetrySettings,
+    /// Per-tenant overrides, by tenant name (`[tenants.acme]`).
+    #[serde(default)]
+    pub tenants: std::collections::HashMap<String, TenantSettings>,
+}
+
+/// What happens to a running turn when every client of its session has gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDisconnect {
+    /// Keep generating, so a client that comes back finds the whole answer.
+    Continue,
+    /// Stop the turn after `session.disconnect_grace_ms`, to save upstream cost.
+    Cancel,
+}
+
+/// Settings that one tenant may override.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TenantSettings {
+    pub on_disconnect: Option<OnDisconnect>,
 }
 
 /// Redis connection and key layout.
@@ -72,6 +91,11 @@ pub struct SessionSettings {
     pub replay_max_events: u64,
     /// Largest user message text, in bytes.
     pub max_message_bytes: usize,
+    /// Default policy for a running turn whose session has no client attached (WebSocket or SSE).
+    pub on_disconnect: OnDisconnect,
+    /// With `on_disconnect = "cancel"`: how long a session may stay unwatched before its turn stops
+    /// (a phone switching networks reconnects well within this).
+    pub disconnect_grace_ms: u64,
 }
 
 /// Gateway (socket node) limits and timeouts.
@@ -132,6 +156,12 @@ pub struct WorkerSettings {
     pub drain_timeout_ms: u64,
     /// Longest a whole turn may run.
     pub turn_timeout_ms: u64,
+    /// Retries of an upstream that fails before its first token (connect error, 429, 5xx).
+    pub upstream_retries: u32,
+    /// First retry delay; doubles per retry, with full jitter, up to `upstream_retry_max_ms`.
+    pub upstream_retry_base_ms: u64,
+    /// Largest retry delay.
+    pub upstream_retry_max_ms: u64,
 }
 
 /// Which model answers, and its settings.
@@ -158,6 +188,8 @@ pub struct DemoModelSettings {
 pub struct MetricsSettings {
     /// Address of the `/metrics` listener, separate from client traffic.
     pub listen: SocketAddr,
+    /// How often the elected worker exports per-partition queue gauges.
+    pub queue_interval_ms: u64,
 }
 
 /// Logging.
@@ -195,6 +227,15 @@ impl Settings {
             .and_then(|c| c.try_deserialize())
             .expect("config/default.toml is valid");
         settings
+    }
+
+    /// The disconnect grace to enforce for `tenant`'s turns, or 0 to keep generating.
+    pub fn abandon_ms(&self, tenant: &str) -> u64 {
+        let policy = self.tenants.get(tenant).and_then(|t| t.on_disconnect).unwrap_or(self.session.on_disconnect);
+        match policy {
+            OnDisconnect::Continue => 0,
+            OnDisconnect::Cancel => self.session.disconnect_grace_ms.max(1),
+        }
     }
 
     /// Checks ranges and relations between settings.
@@ -275,6 +316,15 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Settings::defaults().validate().unwrap();
+    }
+
+    #[test]
+    fn a_tenant_can_override_the_disconnect_policy() {
+        let mut s = Settings::defaults();
+        assert_eq!(s.abandon_ms("any"), 0, "keep generating by default");
+        s.tenants.insert("frugal".into(), TenantSettings { on_disconnect: Some(OnDisconnect::Cancel) });
+        assert_eq!(s.abandon_ms("frugal"), s.session.disconnect_grace_ms);
+        assert_eq!(s.abandon_ms("other"), 0);
     }
 
     #[test]

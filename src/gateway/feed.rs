@@ -47,6 +47,22 @@ pub struct Feed {
     epoch: String,
     /// The last seq handed to the transport.
     last: u64,
+    /// A lasting connection counted in the session (detached when the feed is dropped).
+    attached: bool,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        if self.attached {
+            let (store, base) = (self.store.clone(), self.keys.base.clone());
+            // Bounded by the command timeout; a lost detach only keeps a turn generating.
+            tokio::spawn(async move {
+                if let Err(e) = store.detach(&base).await {
+                    tracing::warn!(error = %e, "detach failed");
+                }
+            });
+        }
+    }
 }
 
 /// The first frames of a feed: `welcome`, then a replay or a snapshot.
@@ -56,7 +72,8 @@ pub struct Opening {
 }
 
 impl Feed {
-    /// Opens the session for a client that has `last_seq` of `epoch` (or nothing).
+    /// Opens the session for a client that has `last_seq` of `epoch` (or nothing). `attach`: a
+    /// lasting connection (WebSocket, SSE) that counts as watching the session.
     pub async fn open(
         hub: &Hub,
         store: &Store,
@@ -64,10 +81,11 @@ impl Feed {
         session_id: &str,
         epoch: Option<&str>,
         last_seq: Option<u64>,
+        attach: bool,
     ) -> Result<(Self, Opening), FeedError> {
         let sub = hub.join(&keys.channel()).await?;
         let candidate = uuid::Uuid::new_v4().simple().to_string();
-        let opened = store.open_session(&keys, &candidate, epoch, last_seq).await?;
+        let opened = store.open_session(&keys, &candidate, epoch, last_seq, attach).await?;
         let (epoch, seq, first, resume) = match opened {
             Opened::Replay { epoch, seq, events } => {
                 let frames = events.into_iter().map(|(s, e)| Frame::new(s, e.into())).collect();
@@ -80,7 +98,7 @@ impl Feed {
         };
         metrics::counter!(crate::metrics::GATEWAY_RESUMES, "resume" => resume_label(resume)).increment(1);
         let welcome = ControlMsg::Welcome { session_id: session_id.to_string(), epoch: epoch.clone(), seq, resume };
-        Ok((Self { store: store.clone(), keys, sub, epoch, last: seq }, Opening { welcome, first }))
+        Ok((Self { store: store.clone(), keys, sub, epoch, last: seq, attached: attach }, Opening { welcome, first }))
     }
 
     /// The session's keys.
@@ -194,7 +212,7 @@ impl Feed {
     /// Takes a fresh snapshot (the log cannot fill the gap, or the epoch changed).
     async fn resnapshot(&mut self) -> Result<Item, FeedError> {
         let candidate = uuid::Uuid::new_v4().simple().to_string();
-        match self.store.open_session(&self.keys, &candidate, None, None).await? {
+        match self.store.open_session(&self.keys, &candidate, None, None, false).await? {
             Opened::Snapshot { epoch, seq, history, active_turn, partial, reason } => {
                 self.epoch = epoch.clone();
                 self.last = seq;

@@ -60,8 +60,9 @@ async fn sse(app: App, session_id: String, q: EventsQuery, headers: &HeaderMap) 
         .transpose()?;
     let last_seq = last_event_id.or(q.last_seq);
     let guard = app.admit("sse")?;
-    let (feed, opening) =
-        Feed::open(&app.hub, &app.store, keys, &session_id, q.epoch.as_deref(), last_seq).await.map_err(feed_error)?;
+    let (feed, opening) = Feed::open(&app.hub, &app.store, keys, &session_id, q.epoch.as_deref(), last_seq, true)
+        .await
+        .map_err(feed_error)?;
     let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(SSE_BUFFER);
     let task_app = app.clone();
     tokio::spawn(async move {
@@ -151,8 +152,9 @@ async fn long_poll(app: App, session_id: String, q: EventsQuery) -> Result<Respo
     let keys = session_keys(&app, &session_id)?;
     let wait = ms(q.wait_ms.unwrap_or(0).min(app.settings.gateway.longpoll_max_wait_ms));
     let _guard = app.admit("poll")?;
-    let (mut feed, opening) =
-        Feed::open(&app.hub, &app.store, keys, &session_id, q.epoch.as_deref(), q.after).await.map_err(feed_error)?;
+    let (mut feed, opening) = Feed::open(&app.hub, &app.store, keys, &session_id, q.epoch.as_deref(), q.after, false)
+        .await
+        .map_err(feed_error)?;
     let ControlMsg::Welcome { epoch, seq, .. } = opening.welcome else { unreachable!("open returns welcome") };
     let mut item = opening.first;
     if matches!(&item, Item::Frames(f) if f.is_empty()) && !wait.is_zero() {

@@ -143,7 +143,7 @@ async fn session(app: &App, tx: &mut Tx, rx: &mut Rx, query_sid: Option<String>)
     let coalesce = ms(coalesce.unwrap_or(0).min(g.max_client_coalesce_ms));
     let keys = app.store.keys().session(&app.tenant, &session_id);
     let (mut feed, opening) =
-        match Feed::open(&app.hub, &app.store, keys, &session_id, epoch.as_deref(), last_seq).await {
+        match Feed::open(&app.hub, &app.store, keys, &session_id, epoch.as_deref(), last_seq, true).await {
             Ok(f) => f,
             Err(e) => {
                 tracing::error!(error = %e, "cannot open session");

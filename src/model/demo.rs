@@ -1,6 +1,12 @@
 //! The built-in demo model: deterministic Markdown text, streamed at a configured time to first
 //! token and token rate, so the whole system runs without an API key and tests know the exact
 //! answer in advance.
+//!
+//! Directives in the user's message drive failure paths, for tests and demos:
+//! - `[[fail]]`: every attempt fails before the first token (an unavailable upstream);
+//! - `[[fail-once]]`: the first attempt of each worker process fails before the first token;
+//! - `[[fail-mid]]`: the stream fails after three tokens;
+//! - `[[silent-ms=N]]`: the first token comes after N ms instead of the configured TTFT.
 
 use std::time::Duration;
 
@@ -84,6 +90,20 @@ pub fn answer_for(prompt: &str, max_tokens: usize) -> String {
     tokens_for(prompt, max_tokens).concat()
 }
 
+/// Attempts of `[[fail-once]]` prompts seen by this process, so the first one fails.
+static FAIL_ONCE_SEEN: std::sync::Mutex<Option<std::collections::HashSet<String>>> = std::sync::Mutex::new(None);
+
+fn first_time(prompt: &str) -> bool {
+    let mut seen = FAIL_ONCE_SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    seen.get_or_insert_with(Default::default).insert(prompt.to_string())
+}
+
+fn directive_ms(prompt: &str, name: &str) -> Option<u64> {
+    let start = prompt.find(&format!("[[{name}="))? + name.len() + 3;
+    let end = prompt[start..].find("]]")? + start;
+    prompt[start..end].parse().ok()
+}
+
 impl Model for DemoModel {
     fn name(&self) -> &str {
         "demo"
@@ -91,10 +111,19 @@ impl Model for DemoModel {
 
     fn stream(&self, req: ModelRequest) -> BoxStream<'static, Result<ModelEvent, ModelError>> {
         let prompt = req.messages.last().map(|m| m.text.clone()).unwrap_or_default();
+        if prompt.contains("[[fail]]") || (prompt.contains("[[fail-once]]") && first_time(&prompt)) {
+            let ttft = Duration::from_millis(self.settings.ttft_ms);
+            return stream::once(async move {
+                tokio::time::sleep(ttft).await;
+                Err(ModelError::Unavailable("demo upstream refused the request ([[fail]])".into()))
+            })
+            .boxed();
+        }
+        let fail_mid = prompt.contains("[[fail-mid]]");
         let prompt_tokens = req.messages.iter().map(|m| m.text.len() as u64 / 4 + 1).sum();
         let tokens = tokens_for(&prompt, self.settings.max_tokens);
         let completion_tokens = tokens.len() as u64;
-        let ttft = Duration::from_millis(self.settings.ttft_ms);
+        let ttft = Duration::from_millis(directive_ms(&prompt, "silent-ms").unwrap_or(self.settings.ttft_ms));
         let gap = match self.settings.tokens_per_sec {
             0 => Duration::ZERO,
             rate => Duration::from_micros(1_000_000 / rate),
@@ -103,6 +132,9 @@ impl Model for DemoModel {
             let wait = if i == 0 { ttft } else { gap };
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
+            }
+            if fail_mid && i == 3 {
+                return Err(ModelError::Failed("demo upstream broke mid-answer ([[fail-mid]])".into()));
             }
             Ok(ModelEvent::Text(t))
         });

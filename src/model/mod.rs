@@ -45,6 +45,13 @@ pub enum ModelError {
     Failed(String),
 }
 
+impl ModelError {
+    /// True when trying again may succeed (the upstream never started answering).
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
 /// A language model upstream.
 pub trait Model: Send + Sync + 'static {
     /// Name recorded with each turn.

@@ -135,6 +135,20 @@ pub struct Store {
     replay_max: String,
     lease_ms: String,
     worker_channel_prefix: String,
+    sweep: SweepParams,
+}
+
+/// What `reclaim` needs from the worker settings.
+#[derive(Clone)]
+struct SweepParams {
+    /// The sweep lock outlives one interval, so a live holder keeps it, and expires well before a
+    /// lease does when the holder dies.
+    lock_ms: u64,
+    /// Entries idle less than a heartbeat were just delivered: skipped to save reads. Leases
+    /// decide; idle time only filters, so a released turn is taken at the next sweep.
+    min_idle_ms: u64,
+    batch: u64,
+    max_attempts: u32,
 }
 
 impl Store {
@@ -149,6 +163,12 @@ impl Store {
             hist_max: settings.session.history_max_messages.to_string(),
             replay_max: settings.session.replay_max_events.to_string(),
             lease_ms: settings.worker.lease_ms.to_string(),
+            sweep: SweepParams {
+                lock_ms: settings.worker.sweep_interval_ms * 2,
+                min_idle_ms: settings.worker.heartbeat_ms,
+                batch: settings.worker.sweep_batch,
+                max_attempts: settings.worker.max_attempts,
+            },
         }
     }
 
@@ -253,7 +273,15 @@ impl Store {
         }
     }
 
-    pub async fn emit(&self, base: &str, turn_id: &str, attempt: u32, text: &str) -> Result<WriteOutcome, StoreError> {
+    /// Appends a delta. `abandon_ms` > 0 stops the turn once nobody watched it that long.
+    pub async fn emit(
+        &self,
+        base: &str,
+        turn_id: &str,
+        attempt: u32,
+        text: &str,
+        abandon_ms: u64,
+    ) -> Result<WriteOutcome, StoreError> {
         let r = self
             .call(
                 "cf1_emit",
@@ -264,6 +292,7 @@ impl Store {
                     text.into(),
                     self.lease_ms.as_str().into(),
                     self.log_max.as_str().into(),
+                    abandon_ms.to_string().into(),
                 ],
             )
             .await?;
@@ -296,12 +325,23 @@ impl Store {
     }
 
     /// Extends the lease. `Ok(None)` when fenced, else the cancel flag.
-    pub async fn heartbeat(&self, base: &str, turn_id: &str, attempt: u32) -> Result<Option<bool>, StoreError> {
+    pub async fn heartbeat(
+        &self,
+        base: &str,
+        turn_id: &str,
+        attempt: u32,
+        abandon_ms: u64,
+    ) -> Result<Option<bool>, StoreError> {
         let mut r = self
             .call(
                 "cf1_heartbeat",
                 vec![base.into()],
-                vec![turn_id.into(), attempt.to_string().into(), self.lease_ms.as_str().into()],
+                vec![
+                    turn_id.into(),
+                    attempt.to_string().into(),
+                    self.lease_ms.as_str().into(),
+                    abandon_ms.to_string().into(),
+                ],
             )
             .await?;
         let ok = r.int()? == 1;
@@ -362,15 +402,8 @@ impl Store {
     }
 
     /// One sweep of partition `p`; returns the next cursor and the turns now claimed by `worker`.
-    pub async fn reclaim(
-        &self,
-        p: u16,
-        worker: &str,
-        cursor: &str,
-        lock_ms: u64,
-        batch: u64,
-        max_attempts: u32,
-    ) -> Result<(String, Vec<Claimed>), StoreError> {
+    pub async fn reclaim(&self, p: u16, worker: &str, cursor: &str) -> Result<(String, Vec<Claimed>), StoreError> {
+        let w = &self.sweep;
         let mut r = self
             .call(
                 "cf1_reclaim",
@@ -378,10 +411,10 @@ impl Store {
                 vec![
                     GROUP.into(),
                     worker.into(),
-                    lock_ms.to_string().into(),
-                    self.lease_ms.as_str().into(),
-                    batch.to_string().into(),
-                    max_attempts.to_string().into(),
+                    w.lock_ms.to_string().into(),
+                    w.min_idle_ms.to_string().into(),
+                    w.batch.to_string().into(),
+                    w.max_attempts.to_string().into(),
                     self.log_max.as_str().into(),
                     self.hist_max.as_str().into(),
                     self.ttl.as_str().into(),
@@ -413,12 +446,14 @@ impl Store {
         Ok(v == 1)
     }
 
+    /// Opens a session for a client; `attach` counts a lasting connection (see `detach`).
     pub async fn open_session(
         &self,
         s: &SessionKeys,
         epoch_candidate: &str,
         client_epoch: Option<&str>,
         last_seq: Option<u64>,
+        attach: bool,
     ) -> Result<Opened, StoreError> {
         let mut r = self
             .call(
@@ -431,6 +466,7 @@ impl Store {
                     self.replay_max.as_str().into(),
                     self.hist_max.as_str().into(),
                     self.ttl.as_str().into(),
+                    if attach { "1" } else { "0" }.into(),
                 ],
             )
             .await?;
@@ -459,6 +495,22 @@ impl Store {
             }
             other => Err(r.bad(format!("unknown kind {other}"))),
         }
+    }
+
+    /// Takes or renews the leader lock `lock` for `id`; true while `id` leads.
+    pub async fn lead(&self, lock: &str, id: &str, ttl_ms: u64) -> Result<bool, StoreError> {
+        let v: i64 = self
+            .redis
+            .client()
+            .fcall("cf1_lead", vec![lock.to_string()], vec![id.to_string(), ttl_ms.to_string()])
+            .await?;
+        Ok(v == 1)
+    }
+
+    /// A lasting connection of the session closed; returns how many are still attached.
+    pub async fn detach(&self, base: &str) -> Result<i64, StoreError> {
+        let n: i64 = self.redis.client().fcall("cf1_detach", vec![base.to_string()], Vec::<String>::new()).await?;
+        Ok(n)
     }
 
     /// Events after `after`, at most `count`, if the session is still on `epoch`.

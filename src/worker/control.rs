@@ -63,9 +63,7 @@ impl Shared {
     pub(super) fn request_stop(&self, turn_id: &str) {
         let signals = self.running.lock().ok().and_then(|m| m.get(turn_id).cloned());
         if let Some(s) = signals {
-            if let Ok(mut at) = s.cancel_at.lock() {
-                at.get_or_insert_with(tokio::time::Instant::now);
-            }
+            s.mark_cancel_requested();
             s.cancel.cancel();
         }
     }

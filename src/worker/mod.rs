@@ -5,7 +5,8 @@
 //!   partition streams (a BLOCK holds its connection, so nothing else shares that client);
 //! - one **turn** task per claimed turn ([`turn`]), bounded by `worker.max_concurrent_turns`;
 //! - the **sweeper** ([`sweep`]): on a timer, takes over turns whose lease expired;
-//! - the **control listener** ([`control`]): receives stop requests pushed by `cancel_turn`.
+//! - the **control listener** ([`control`]): receives stop requests pushed by `cancel_turn`;
+//! - the **queue exporter** ([`exporter`]): per-partition gauges, from one elected worker.
 //!
 //! Shutdown (drain): stop claiming, let running turns finish until `worker.drain_timeout_ms`,
 //! then release the rest so another worker takes them over at once, then leave the consumer
@@ -13,6 +14,7 @@
 
 pub mod coalesce;
 mod control;
+mod exporter;
 mod read;
 mod sweep;
 mod turn;
@@ -45,6 +47,15 @@ struct TurnSignals {
     cancel: CancellationToken,
     /// Set when the stop request arrived (for the stop-latency metric).
     cancel_at: Arc<Mutex<Option<tokio::time::Instant>>>,
+}
+
+impl TurnSignals {
+    /// Records when this worker learned of a stop request (the first time only).
+    fn mark_cancel_requested(&self) {
+        if let Ok(mut at) = self.cancel_at.lock() {
+            at.get_or_insert_with(tokio::time::Instant::now);
+        }
+    }
 }
 
 /// State shared by a worker's tasks.
@@ -117,6 +128,7 @@ async fn run(
     let tasks = TaskTracker::new();
     tasks.spawn(read::run(shared.clone(), reader, stop_claiming.clone()));
     tasks.spawn(sweep::run(shared.clone(), stop_claiming.clone()));
+    tasks.spawn(exporter::run(shared.clone(), stop_claiming.clone()));
     let control_stop = CancellationToken::new();
     tasks.spawn(control.run(shared.clone(), control_stop.clone()));
     tasks.close();

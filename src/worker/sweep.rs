@@ -12,11 +12,7 @@ use super::{Delivery, Shared};
 use crate::settings::ms;
 
 pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
-    let w = &shared.settings.worker;
-    let interval = ms(w.sweep_interval_ms);
-    // The lock outlives one interval so the holder keeps it while alive, and expires well before
-    // a lease does when the holder dies.
-    let lock_ms = w.sweep_interval_ms * 2;
+    let interval = ms(shared.settings.worker.sweep_interval_ms);
     let mut cursors = vec![String::from("-"); shared.store.keys().partitions() as usize];
     loop {
         // Jitter spreads the sweeps of many workers over the interval.
@@ -27,7 +23,7 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         }
         for (p, cursor) in cursors.iter_mut().enumerate() {
             let p = p as u16;
-            let res = shared.store.reclaim(p, &shared.id, cursor, lock_ms, w.sweep_batch, w.max_attempts).await;
+            let res = shared.store.reclaim(p, &shared.id, cursor).await;
             let (next, claimed) = match res {
                 Ok(r) => r,
                 Err(e) => {

@@ -22,6 +22,8 @@ enum Ending {
     Failed {
         code: &'static str,
         message: String,
+        /// Also record the turn in the dead-letter stream (the upstream never answered).
+        dead_letter: bool,
     },
     /// This attempt lost the turn (reclaimed): write nothing more.
     Fenced,
@@ -61,7 +63,7 @@ async fn run_inner(shared: &Arc<Shared>, d: Delivery) {
     }
     metrics::gauge!(m::WORKER_ACTIVE_TURNS).increment(1.0);
     let began = Instant::now();
-    let mut stats = Stats { deltas: 0, first_delta: None, queue_wait };
+    let mut stats = Stats { deltas: 0, queue_wait };
     let ending = stream_turn(shared, &d, attempt, history, &signals, &mut stats).await;
     metrics::gauge!(m::WORKER_ACTIVE_TURNS).decrement(1.0);
     if let Ok(mut map) = shared.running.lock() {
@@ -75,7 +77,6 @@ async fn run_inner(shared: &Arc<Shared>, d: Delivery) {
 
 struct Stats {
     deltas: u64,
-    first_delta: Option<Instant>,
     queue_wait: Duration,
 }
 
@@ -93,7 +94,13 @@ async fn stream_turn(
     let turn_deadline = began + ms(w.turn_timeout_ms);
     let heartbeat = ms(w.heartbeat_ms);
     let mut next_heartbeat = began + heartbeat;
-    let mut model = shared.model.stream(ModelRequest { messages: history });
+    let request = ModelRequest { messages: history };
+    let abandon_ms = shared.settings.abandon_ms(tenant_of(&d.base));
+    // `None` while waiting to retry an upstream that failed before its first token.
+    let mut model = Some(shared.model.stream(request.clone()));
+    let mut retry_at: Option<Instant> = None;
+    let mut retries = 0;
+    let mut first_token = false;
     let mut co = Coalescer::new(ms(w.coalesce_ms), w.max_delta_bytes);
     let mut usage = None;
     let mut model_open = true;
@@ -105,47 +112,65 @@ async fn stream_turn(
             _ = signals.cancel.cancelled() => return cancelled(signals, model),
             _ = shared.release.cancelled() => return Ending::Released,
             _ = sleep_until(due.unwrap_or(turn_deadline)), if due.is_some() => {}
-            ev = model.next(), if model_open => match ev {
+            _ = sleep_until(retry_at.unwrap_or(turn_deadline)), if retry_at.is_some() => {
+                retry_at = None;
+                model = Some(shared.model.stream(request.clone()));
+            }
+            ev = next_event(&mut model), if model.is_some() && model_open => match ev {
                 Some(Ok(ModelEvent::Text(t))) => {
-                    if stats.first_delta.is_none() && co.deadline().is_none() {
+                    if !first_token {
+                        first_token = true;
                         metrics::histogram!(m::TURN_MODEL_TTFT_SECONDS).record(began.elapsed().as_secs_f64());
                     }
                     co.push_str(&t, Instant::now());
                 }
                 Some(Ok(ModelEvent::Done(u))) => { usage = Some(u); model_open = false; }
                 Some(Err(e)) => {
-                    return Ending::Failed { code: "upstream_error", message: e.to_string() };
+                    model = None; // dropping the stream closes the upstream request
+                    if first_token {
+                        return Ending::Failed { code: "upstream_failed", message: e.to_string(), dead_letter: false };
+                    }
+                    if !e.retryable() || retries >= w.upstream_retries {
+                        return Ending::Failed { code: "upstream_unavailable", message: e.to_string(), dead_letter: true };
+                    }
+                    retries += 1;
+                    metrics::counter!(m::WORKER_UPSTREAM_RETRIES).increment(1);
+                    let backoff = full_jitter(w.upstream_retry_base_ms, w.upstream_retry_max_ms, retries);
+                    tracing::info!(retry = retries, backoff_ms = backoff.as_millis() as u64, error = %e, "retrying upstream");
+                    retry_at = Some(Instant::now() + backoff);
                 }
                 None => model_open = false,
             },
             _ = sleep_until(next_heartbeat) => {
                 next_heartbeat = Instant::now() + heartbeat;
-                match store.heartbeat(&d.base, &d.turn_id, attempt).await {
+                match store.heartbeat(&d.base, &d.turn_id, attempt, abandon_ms).await {
                     Ok(None) => return Ending::Fenced,
-                    Ok(Some(true)) => return cancelled(signals, model),
+                    Ok(Some(true)) => {
+                        signals.mark_cancel_requested();
+                        return cancelled(signals, model);
+                    }
                     Ok(Some(false)) => {}
                     Err(e) => return Ending::Abandoned(e),
                 }
             }
             _ = sleep_until(turn_deadline) => {
-                return Ending::Failed { code: "turn_timeout", message: "the answer took too long".into() };
+                return Ending::Failed { code: "turn_timeout", message: "the answer took too long".into(), dead_letter: false };
             }
         }
         // Flush what is due; at the end of the stream, flush everything.
         let now = Instant::now();
         while co.ready(now) || (!model_open && co.deadline().is_some()) {
             let Some(text) = (if model_open { co.take(now) } else { co.finish() }) else { break };
-            match store.emit(&d.base, &d.turn_id, attempt, &text).await {
+            match store.emit(&d.base, &d.turn_id, attempt, &text, abandon_ms).await {
                 Ok(WriteOutcome::Written { cancel, .. }) => {
                     stats.deltas += 1;
                     next_heartbeat = Instant::now() + heartbeat;
-                    if stats.first_delta.is_none() {
-                        stats.first_delta = Some(Instant::now());
+                    if stats.deltas == 1 {
                         metrics::histogram!(m::TURN_TTFT_SECONDS)
                             .record((stats.queue_wait + began.elapsed()).as_secs_f64());
                     }
                     if cancel {
-                        signals.cancel_at.lock().map(|mut a| *a.get_or_insert(now)).ok();
+                        signals.mark_cancel_requested();
                         return cancelled(signals, model);
                     }
                 }
@@ -159,13 +184,36 @@ async fn stream_turn(
     }
 }
 
-/// Drops the model stream (aborting the upstream request) and records the stop latency.
-fn cancelled<S>(signals: &TurnSignals, model: S) -> Ending {
+/// The tenant named in a session base (`<prefix>:{pNN}:s:<tenant>:<sid>`).
+fn tenant_of(base: &str) -> &str {
+    base.split(':').nth(3).unwrap_or_default()
+}
+
+/// The next model event; only polled while a stream exists.
+async fn next_event(model: &mut Option<ModelStream>) -> Option<Result<ModelEvent, crate::model::ModelError>> {
+    match model {
+        Some(m) => m.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+type ModelStream = futures::stream::BoxStream<'static, Result<ModelEvent, crate::model::ModelError>>;
+
+/// Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^(n-1))].
+fn full_jitter(base_ms: u64, cap_ms: u64, n: u32) -> Duration {
+    let ceiling = base_ms.saturating_mul(1 << (n - 1).min(20)).min(cap_ms);
+    Duration::from_millis(rand::Rng::random_range(&mut rand::rng(), 0..=ceiling))
+}
+
+/// Drops the model stream (aborting the upstream request) and records the stop latency: from
+/// the moment this worker learned of the stop (push, emit or heartbeat) to the abort.
+fn cancelled(signals: &TurnSignals, model: Option<ModelStream>) -> Ending {
     drop(model);
     let asked = signals.cancel_at.lock().ok().and_then(|a| *a);
     if let Some(at) = asked {
         metrics::histogram!(m::WORKER_CANCEL_SECONDS).record(at.elapsed().as_secs_f64());
     }
+    metrics::counter!(m::WORKER_CANCELS).increment(1);
     Ending::Cancelled
 }
 
@@ -191,12 +239,16 @@ async fn finish(shared: &Arc<Shared>, d: &Delivery, attempt: u32, ending: Ending
             metrics::histogram!(m::TURN_TOKENS).record(u.completion_tokens as f64);
         }
         Ending::Cancelled => args.outcome = "cancelled",
-        Ending::Failed { code, message: msg } => {
-            tracing::warn!(code, error = %msg, "turn failed");
+        Ending::Failed { code, message: msg, dead_letter } => {
+            tracing::warn!(code, error = %msg, dead_letter, "turn failed");
             message = msg;
             args.outcome = "error";
             args.error_code = code;
             args.error_message = &message;
+            args.dead_letter = dead_letter;
+            if dead_letter {
+                metrics::counter!(m::WORKER_DEAD_LETTERS).increment(1);
+            }
         }
         Ending::Fenced => {
             tracing::info!("turn was taken over by another worker; stopping");

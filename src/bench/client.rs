@@ -1,0 +1,133 @@
+//! The load client's socket and frame handling: a WebSocket opened from a chosen 127.0.0.x
+//! source address, `hello`, and a lean parse of server frames (one flat struct with borrowed
+//! strings, because the load generator shares two cores with the system it measures).
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::protocol::ClientMsg;
+
+/// A client socket.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Time allowed for TCP connect, upgrade and the welcome.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The fields of any server frame the load client looks at; others are skipped unread.
+#[derive(Debug, Deserialize)]
+pub struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    pub seq: Option<u64>,
+    pub first_seq: Option<u64>,
+    #[serde(borrow)]
+    pub turn_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub text: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub client_msg_id: Option<Cow<'a, str>>,
+    pub epoch: Option<String>,
+    #[serde(borrow)]
+    pub code: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub resume: Option<Cow<'a, str>>,
+    pub active: Option<Active>,
+    pub retry_after_ms: Option<u64>,
+}
+
+/// The running turn of a snapshot.
+#[derive(Debug, Deserialize)]
+pub struct Active {
+    pub turn_id: String,
+    pub text: String,
+}
+
+impl Frame<'_> {
+    /// True for conversation events (they carry a seq and are not welcome or snapshot).
+    pub fn is_event(&self) -> bool {
+        self.seq.is_some() && !matches!(self.kind.as_ref(), "welcome" | "snapshot")
+    }
+}
+
+/// Opens `ws://target/v1/ws?session_id=…` from `source` (port chosen by the kernel).
+pub async fn open(target: SocketAddr, source: IpAddr, session: &str) -> anyhow::Result<Ws> {
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(source, 0)).with_context(|| format!("cannot bind {source}"))?;
+    let tcp = sock.connect(target).await.with_context(|| format!("cannot connect to {target}"))?;
+    tcp.set_nodelay(true)?;
+    // A small read buffer: tungstenite's default reserves 128 KiB per socket.
+    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    let url = format!("ws://{target}/v1/ws?session_id={session}");
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config)).await?;
+    Ok(ws)
+}
+
+/// Sends a client frame.
+pub async fn send(ws: &mut Ws, msg: &ClientMsg) -> anyhow::Result<()> {
+    let text = serde_json::to_string(msg)?;
+    ws.send(Message::Text(text.into())).await?;
+    Ok(())
+}
+
+/// What `hello` got back.
+#[derive(Debug)]
+pub struct Welcome {
+    pub epoch: String,
+    pub seq: u64,
+    /// True when the server answered with a snapshot instead of a replay.
+    pub snapshot: bool,
+    /// The running turn in that snapshot, if any.
+    pub active: Option<Active>,
+}
+
+/// Says hello (resuming from `last` when given) and reads the welcome and its snapshot. Replayed
+/// events that follow are left to the caller.
+pub async fn hello(ws: &mut Ws, session: &str, last: Option<(&str, u64)>) -> anyhow::Result<Welcome> {
+    let hello = ClientMsg::Hello {
+        session_id: session.into(),
+        last_seq: last.map(|l| l.1),
+        epoch: last.map(|l| l.0.to_string()),
+        coalesce_ms: None,
+    };
+    send(ws, &hello).await?;
+    let mut welcome: Option<Welcome> = None;
+    loop {
+        let msg = match ws.next().await {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => bail!("read failed before welcome: {e}"),
+            None => bail!("closed before welcome"),
+        };
+        let Message::Text(t) = msg else {
+            if let Message::Close(c) = msg {
+                bail!("closed before welcome: {c:?}");
+            }
+            continue;
+        };
+        let f: Frame = serde_json::from_str(&t).with_context(|| format!("bad frame {t}"))?;
+        match (f.kind.as_ref(), welcome.as_mut()) {
+            ("welcome", None) => {
+                let snapshot = f.resume.as_deref() == Some("snapshot");
+                let w = Welcome { epoch: f.epoch.unwrap_or_default(), seq: f.seq.unwrap_or(0), snapshot, active: None };
+                if !snapshot {
+                    return Ok(w);
+                }
+                welcome = Some(w);
+            }
+            ("snapshot", Some(w)) => {
+                w.seq = f.seq.unwrap_or(w.seq);
+                w.active = f.active;
+                return Ok(welcome.expect("set above"));
+            }
+            (kind, _) => bail!("unexpected {kind} before welcome"),
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The system under test, started by the bench itself: a private Redis and gateway and worker
+//! **processes** spawned from the current executable with `CHATFLEET__…` overrides. Each process
+//! gets fixed free ports chosen here (so its `/metrics` can be scraped), its own process group,
+//! and is killed when dropped (and by the kernel if the bench dies: `PR_SET_PDEATHSIG`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::process::{Child, Command};
+
+use super::procstat::{self, Sample};
+use super::scrape;
+use crate::local_redis::LocalRedis;
+
+/// Time a spawned process has to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Time a process has to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Which role a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Gateway,
+    Worker,
+}
+
+impl Role {
+    fn arg(self) -> &'static str {
+        match self {
+            Role::Gateway => "gateway",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+/// One spawned chatfleet process.
+pub struct Proc {
+    pub role: Role,
+    pub index: usize,
+    pub pid: u32,
+    /// The client listener (gateways only).
+    pub listen: Option<SocketAddr>,
+    pub metrics: SocketAddr,
+    child: Child,
+}
+
+/// The demo model and worker knobs a scenario sets.
+#[derive(Debug, Clone)]
+pub struct FleetSpec {
+    pub gateways: usize,
+    pub workers: usize,
+    pub ttft_ms: u64,
+    pub tokens_per_sec: u64,
+    pub max_tokens: usize,
+    pub coalesce_ms: u64,
+    pub max_concurrent_turns: usize,
+    /// Extra `CHATFLEET__…` variables (name, value).
+    pub extra_env: Vec<(String, String)>,
+}
+
+/// A running Redis and chatfleet processes.
+pub struct Fleet {
+    pub redis: LocalRedis,
+    pub redis_pid: u32,
+    pub gateways: Vec<Proc>,
+    pub workers: Vec<Proc>,
+    env: Vec<(String, String)>,
+    logs: PathBuf,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Fleet {
+    /// Starts Redis, then the workers and gateways, and waits until each is ready.
+    pub async fn start(spec: &FleetSpec, logs: PathBuf) -> anyhow::Result<Self> {
+        let redis = LocalRedis::start(&[]).await?;
+        let redis_pid = redis_pid(&redis.url()).await?;
+        let prefix = format!("b{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+        let mut env: Vec<(String, String)> = vec![
+            ("REDIS__URL".into(), redis.url()),
+            ("REDIS__KEY_PREFIX".into(), prefix),
+            ("MODEL__DEMO__TTFT_MS".into(), spec.ttft_ms.to_string()),
+            ("MODEL__DEMO__TOKENS_PER_SEC".into(), spec.tokens_per_sec.to_string()),
+            ("MODEL__DEMO__MAX_TOKENS".into(), spec.max_tokens.to_string()),
+            ("WORKER__COALESCE_MS".into(), spec.coalesce_ms.to_string()),
+            ("WORKER__MAX_CONCURRENT_TURNS".into(), spec.max_concurrent_turns.to_string()),
+            ("TELEMETRY__FILTER".into(), "warn".into()),
+        ];
+        env.extend(spec.extra_env.iter().cloned());
+        std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+        let mut fleet = Fleet { redis, redis_pid, gateways: Vec::new(), workers: Vec::new(), env, logs };
+        for i in 0..spec.workers {
+            let p = fleet.spawn(Role::Worker, i, None).await?;
+            fleet.workers.push(p);
+        }
+        for i in 0..spec.gateways {
+            let p = fleet.spawn(Role::Gateway, i, None).await?;
+            fleet.gateways.push(p);
+        }
+        Ok(fleet)
+    }
+
+    /// Spawns one process and waits for readiness. A gateway restarted keeps its `listen`.
+    pub async fn spawn(&self, role: Role, index: usize, listen: Option<SocketAddr>) -> anyhow::Result<Proc> {
+        let exe = std::env::current_exe().context("cannot find the chatfleet executable")?;
+        let metrics: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let listen = match (role, listen) {
+            (Role::Gateway, None) => Some(([127, 0, 0, 1], free_port()?).into()),
+            (_, l) => l,
+        };
+        let log_path = self.logs.join(format!("{}-{index}.log", role.arg()));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let mut cmd = Command::new(exe);
+        cmd.arg(role.arg())
+            .env_remove("RUST_LOG")
+            .envs(self.env.iter().map(|(k, v)| (format!("CHATFLEET__{k}"), v)))
+            .env("CHATFLEET__METRICS__LISTEN", metrics.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .process_group(0);
+        if let Some(l) = listen {
+            cmd.env("CHATFLEET__GATEWAY__LISTEN", l.to_string());
+        }
+        // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().context("cannot spawn a chatfleet process")?;
+        let pid = child.id().context("the child exited at once")?;
+        let mut p = Proc { role, index, pid, listen, metrics, child };
+        p.wait_ready(&log_path).await?;
+        Ok(p)
+    }
+
+    /// Client-facing addresses of the gateways.
+    pub fn gateway_addrs(&self) -> Vec<SocketAddr> {
+        self.gateways.iter().filter_map(|g| g.listen).collect()
+    }
+
+    /// CPU and RSS of Redis, every gateway and every worker (in that order, with names).
+    pub fn sample(&self) -> Vec<(String, Option<Sample>)> {
+        let mut out = vec![("redis".to_string(), procstat::sample(self.redis_pid))];
+        for p in self.gateways.iter().chain(&self.workers) {
+            out.push((format!("{}-{}", p.role.arg(), p.index), procstat::sample(p.pid)));
+        }
+        out
+    }
+
+    /// Metrics pages of all chatfleet processes, concatenated (histograms add up across them).
+    pub async fn scrape(&self, role: Role) -> String {
+        let mut page = String::new();
+        for p in self.gateways.iter().chain(&self.workers).filter(|p| p.role == role) {
+            if let Ok(t) = scrape::fetch(p.metrics).await {
+                page.push_str(&t);
+            }
+        }
+        page
+    }
+
+    /// Stops everything: SIGTERM to the chatfleet processes (they drain), then Redis.
+    pub async fn stop(mut self) {
+        for p in self.gateways.iter_mut().chain(self.workers.iter_mut()) {
+            p.terminate().await;
+        }
+        self.redis.stop().await;
+    }
+}
+
+impl Proc {
+    async fn wait_ready(&mut self, log: &std::path::Path) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} exited during start-up ({status}); see {}", self.role.arg(), log.display());
+            }
+            let ready = match (self.role, self.listen) {
+                (Role::Gateway, Some(l)) => matches!(scrape::get(l, "/readyz").await, Ok((200, _))),
+                // A worker sets its capacity gauge once it is connected and claiming.
+                _ => scrape::fetch(self.metrics).await.is_ok_and(|p| p.contains(crate::metrics::WORKER_CAPACITY)),
+            };
+            if ready {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{} not ready in {READY_TIMEOUT:?}; see {}", self.role.arg(), log.display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, wait for the drain, SIGKILL if it takes too long.
+    pub async fn terminate(&mut self) {
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGTERM);
+        }
+        if tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// The pid of the Redis server behind `url` (`INFO server`).
+pub async fn redis_pid(url: &str) -> anyhow::Result<u32> {
+    use fred::prelude::*;
+    let c = fred::clients::Client::new(Config::from_url(url)?, None, None, None);
+    c.init().await?;
+    let info: String = c.info(Some(fred::types::InfoKind::Server)).await?;
+    let _ = c.quit().await;
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("INFO server has no process_id")
+}

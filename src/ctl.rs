@@ -1,0 +1,183 @@
+//! `chatfleet ctl`: the operator's tool. Queue state per partition, workers and their turns, dead
+//! letters (list, show, replay), and stopping a turn by id.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use clap::Subcommand;
+use fred::prelude::*;
+
+use crate::keys::{SessionKeys, GROUP};
+use crate::queue::{entry_ms, partition_stats};
+use crate::store::{CancelOutcome, EnqueueOutcome, Store};
+
+/// Operator commands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum CtlCommand {
+    /// Per-partition length, lag, pending and oldest age; then the workers and their turns.
+    Status,
+    /// Dead-lettered turns.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Stop a turn (queued or running) by its id.
+    Cancel { turn_id: String },
+}
+
+/// Dead-letter commands. Entries are named `<partition>/<entry id>`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters, newest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        count: u64,
+    },
+    /// Show one dead letter and its turn.
+    Show { id: String },
+    /// Run a dead-lettered turn again: its user message becomes a new turn of the same session.
+    Replay { id: String },
+}
+
+/// Runs a ctl command and returns what to print.
+pub async fn run(store: &Store, cmd: CtlCommand) -> anyhow::Result<String> {
+    match cmd {
+        CtlCommand::Status => status(store).await,
+        CtlCommand::Dlq(DlqCommand::List { count }) => dlq_list(store, count).await,
+        CtlCommand::Dlq(DlqCommand::Show { id }) => dlq_show(store, &id).await,
+        CtlCommand::Dlq(DlqCommand::Replay { id }) => dlq_replay(store, &id).await,
+        CtlCommand::Cancel { turn_id } => cancel(store, &turn_id).await,
+    }
+}
+
+async fn status(store: &Store) -> anyhow::Result<String> {
+    let mut out = String::new();
+    writeln!(out, "{:>9} {:>8} {:>8} {:>8} {:>12}", "partition", "length", "lag", "pending", "oldest_ms")?;
+    let (mut total_lag, mut total_pending) = (0, 0);
+    for p in 0..store.keys().partitions() {
+        let s = partition_stats(store, p).await?;
+        total_lag += s.lag;
+        total_pending += s.pending;
+        if s.length > 0 || s.pending > 0 {
+            writeln!(out, "{:>9} {:>8} {:>8} {:>8} {:>12}", p, s.length, s.lag, s.pending, s.oldest_age_ms)?;
+        }
+    }
+    writeln!(out, "total: lag {total_lag}, pending {total_pending} (partitions with nothing queued are not listed)")?;
+    writeln!(out, "\n{:<28} {:>8} {:<34} {:<10} {:>7}", "worker", "pending", "turn", "status", "attempt")?;
+    let client = store.redis().client();
+    for p in 0..store.keys().partitions() {
+        let stream = store.keys().stream(p);
+        let pending: Vec<(String, String, u64, u64)> = client.xpending(&stream, GROUP, ("-", "+", 1000)).await?;
+        for (id, consumer, _idle, _deliveries) in pending {
+            let entries: Vec<(String, HashMap<String, String>)> = client.xrange(&stream, &id, &id, None).await?;
+            let Some((_, fields)) = entries.first() else { continue };
+            let (Some(base), Some(tid)) = (fields.get("b"), fields.get("t")) else { continue };
+            let turn: HashMap<String, String> = client.hgetall(format!("{base}:turn:{tid}")).await?;
+            let get = |k: &str| turn.get(k).cloned().unwrap_or_else(|| "-".into());
+            writeln!(out, "{:<28} {:>8} {:<34} {:<10} {:>7}", consumer, p, tid, get("status"), get("attempt"))?;
+        }
+    }
+    Ok(out)
+}
+
+fn parse_id(id: &str) -> anyhow::Result<(u16, &str)> {
+    let (p, entry) =
+        id.split_once('/').ok_or_else(|| anyhow::anyhow!("dead letter ids look like <partition>/<entry id>"))?;
+    Ok((p.parse()?, entry))
+}
+
+async fn dlq_entry(store: &Store, id: &str) -> anyhow::Result<(u16, HashMap<String, String>)> {
+    let (p, entry) = parse_id(id)?;
+    let entries: Vec<(String, HashMap<String, String>)> =
+        store.redis().client().xrange(store.keys().dlq(p), entry, entry, None).await?;
+    let (_, fields) = entries.into_iter().next().ok_or_else(|| anyhow::anyhow!("no dead letter {id}"))?;
+    Ok((p, fields))
+}
+
+async fn dlq_list(store: &Store, count: u64) -> anyhow::Result<String> {
+    let mut rows = Vec::new();
+    for p in 0..store.keys().partitions() {
+        let entries: Vec<(String, HashMap<String, String>)> =
+            store.redis().client().xrevrange(store.keys().dlq(p), "+", "-", Some(count)).await?;
+        rows.extend(entries.into_iter().map(|(id, f)| (p, id, f)));
+    }
+    rows.sort_by_key(|(_, id, _)| std::cmp::Reverse(entry_ms(id).unwrap_or(0)));
+    rows.truncate(count as usize);
+    let mut out = format!("{:<24} {:<34} {:<22} {}\n", "id", "turn", "reason", "detail");
+    for (p, id, f) in rows {
+        let get = |k: &str| f.get(k).cloned().unwrap_or_default();
+        writeln!(out, "{:<24} {:<34} {:<22} {}", format!("{p}/{id}"), get("t"), get("reason"), get("detail"))?;
+    }
+    Ok(out)
+}
+
+async fn dlq_show(store: &Store, id: &str) -> anyhow::Result<String> {
+    let (_, fields) = dlq_entry(store, id).await?;
+    let mut out = String::new();
+    let mut keys: Vec<_> = fields.iter().collect();
+    keys.sort();
+    for (k, v) in keys {
+        writeln!(out, "{k}: {v}")?;
+    }
+    if let (Some(base), Some(tid)) = (fields.get("b"), fields.get("t")) {
+        let turn: HashMap<String, String> = store.redis().client().hgetall(format!("{base}:turn:{tid}")).await?;
+        let mut keys: Vec<_> = turn.iter().filter(|(k, _)| k.as_str() != "opts").collect();
+        keys.sort();
+        writeln!(out, "turn:")?;
+        for (k, v) in keys {
+            writeln!(out, "  {k}: {v}")?;
+        }
+    }
+    Ok(out)
+}
+
+async fn dlq_replay(store: &Store, id: &str) -> anyhow::Result<String> {
+    let (p, fields) = dlq_entry(store, id).await?;
+    let (Some(base), Some(tid)) = (fields.get("b"), fields.get("t")) else {
+        anyhow::bail!("dead letter {id} names no turn (its payload was lost); nothing to replay")
+    };
+    let text: Option<String> = store.redis().client().hget(format!("{base}:turn:{tid}"), "text").await?;
+    let text = text.ok_or_else(|| anyhow::anyhow!("turn {tid} has expired; nothing to replay"))?;
+    let keys = SessionKeys { partition: p, base: base.clone(), stream: store.keys().stream(p) };
+    let new_tid = uuid::Uuid::now_v7().simple().to_string();
+    let epoch = uuid::Uuid::new_v4().simple().to_string();
+    // The client_msg_id is derived from the dead turn, so replaying twice makes one new turn.
+    let cmid = format!("replay.{tid}");
+    match store.enqueue_turn(&keys, &new_tid, &cmid, &text, &epoch, &[]).await? {
+        EnqueueOutcome::New { turn_id, .. } | EnqueueOutcome::Duplicate { turn_id, .. } => {
+            let (_, entry) = parse_id(id)?;
+            let _: i64 = store.redis().client().xdel(store.keys().dlq(p), entry).await?;
+            Ok(format!("replayed {tid} as turn {turn_id}\n"))
+        }
+        EnqueueOutcome::Busy { active_turn } => {
+            anyhow::bail!("the session is running turn {active_turn}; replay again after it ends")
+        }
+    }
+}
+
+async fn cancel(store: &Store, turn_id: &str) -> anyhow::Result<String> {
+    // Streams hold only waiting and running turns, so the turn's entry names its session.
+    let client = store.redis().client();
+    for p in 0..store.keys().partitions() {
+        let stream = store.keys().stream(p);
+        let mut start = "-".to_string();
+        loop {
+            let page: Vec<(String, HashMap<String, String>)> = client.xrange(&stream, &start, "+", Some(1000)).await?;
+            for (_, f) in &page {
+                if f.get("t").map(String::as_str) == Some(turn_id) {
+                    let base = f.get("b").cloned().unwrap_or_default();
+                    let keys = SessionKeys { partition: p, base, stream: stream.clone() };
+                    return Ok(match store.cancel_turn(&keys, turn_id).await? {
+                        CancelOutcome::Cancelled { .. } => format!("turn {turn_id} was queued; cancelled\n"),
+                        CancelOutcome::Cancelling { worker } => format!("turn {turn_id} is stopping on {worker}\n"),
+                        CancelOutcome::Ended { status } => format!("turn {turn_id} had already ended: {status}\n"),
+                        CancelOutcome::Unknown => format!("turn {turn_id} has expired\n"),
+                    });
+                }
+            }
+            match page.last() {
+                Some((id, _)) if page.len() == 1000 => start = format!("({id}"),
+                _ => break,
+            }
+        }
+    }
+    anyhow::bail!("no waiting or running turn {turn_id}")
+}
