@@ -182,7 +182,10 @@ $("text").addEventListener("keydown", (e) => {
   }
 });
 document.addEventListener("keydown", (e) => {
-  if (e.key === "Escape" && client.conversation.activeTurnId) {
+  if (e.key === "Escape" && document.body.classList.contains("sidebar-open")) {
+    closeSidebar();
+    $("toggle-sidebar").focus();
+  } else if (e.key === "Escape" && client.conversation.activeTurnId) {
     e.preventDefault();
     stop();
   }
@@ -209,7 +212,8 @@ $("full-mode").addEventListener("change", (e) => {
 $("toggle-sidebar").addEventListener("click", () => {
   const openNow = document.body.classList.toggle("sidebar-open");
   $("toggle-sidebar").setAttribute("aria-expanded", String(openNow));
-  if (openNow) $("new-chat").focus();
+  // After the style change has applied: a hidden element cannot take focus.
+  if (openNow) requestAnimationFrame(() => $("new-chat").focus());
 });
 $("notice-close").addEventListener("click", hideNotice);
 
