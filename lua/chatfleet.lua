@@ -327,7 +327,8 @@ end
 --[[ reclaim: one sweep of a partition for turns whose worker is gone.
 KEYS: turns stream, sweep lock, dead-letter stream
 ARGV: group, consumer (the sweeping worker), lock_ms, min_idle_ms, count, max_attempts,
-      log_max, hist_max, ttl_s, cursor ('-' to start at the oldest pending entry)
+      log_max, hist_max, ttl_s, cursor ('-' to start at the oldest pending entry),
+      consumer_gc_idle_ms (0 = off)
 Returns {next cursor, {{entry id, base, tid}, ...}}: the entries now claimed by the caller, to
 run like new deliveries. The cursor pages through the pending list across calls, so healthy long
 turns at its head never hide expired ones behind them.
@@ -336,6 +337,9 @@ turn is never taken over; idle time only pre-filters. A reclaimed running turn g
 queued (its old attempt is fenced from here on) and clients get `reset`. Past max_attempts the
 turn is dead-lettered and clients get `error`. Entries whose payload is gone are acked and
 recorded in the dead-letter stream. One sweeper per partition at a time, by the lock.
+Then consumers with nothing pending that were idle for consumer_gc_idle_ms are removed (workers
+that exited): checked and deleted in this one script, so no delivery can slip in between and
+be destroyed with the consumer. A live worker removed by mistake is recreated by its next read.
 ]]
 local function reclaim(keys, args)
   local stream, lock, dlq = keys[1], keys[2], keys[3]
@@ -391,6 +395,20 @@ local function reclaim(keys, args)
           redis.call('XCLAIM', stream, group, consumer, 0, eid, 'JUSTID')
           claimed[#claimed + 1] = { eid, base, tid }
         end
+      end
+    end
+  end
+  local gc_idle = tonumber(args[11] or 0) or 0
+  if gc_idle > 0 and cursor == '-' then
+    for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', stream, group)) do
+      local name, pend, idle
+      for i = 1, #c, 2 do
+        if c[i] == 'name' then name = c[i + 1]
+        elseif c[i] == 'pending' then pend = c[i + 1]
+        elseif c[i] == 'idle' then idle = c[i + 1] end
+      end
+      if pend == 0 and idle >= gc_idle and name ~= consumer then
+        redis.call('XGROUP', 'DELCONSUMER', stream, group, name)
       end
     end
   end

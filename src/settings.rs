@@ -156,6 +156,9 @@ pub struct WorkerSettings {
     pub drain_timeout_ms: u64,
     /// Longest a whole turn may run.
     pub turn_timeout_ms: u64,
+    /// Consumers (exited workers) idle this long with nothing pending are removed from the group
+    /// by the sweep; 0 keeps them.
+    pub consumer_gc_idle_ms: u64,
     /// Retries of an upstream that fails before its first token (connect error, 429, 5xx).
     pub upstream_retries: u32,
     /// First retry delay; doubles per retry, with full jitter, up to `upstream_retry_max_ms`.
@@ -294,6 +297,11 @@ impl Settings {
         )?;
         check(w.sweep_interval_ms >= 50, "worker.sweep_interval_ms", "must be at least 50")?;
         check(w.max_attempts >= 1, "worker.max_attempts", "must be at least 1")?;
+        check(
+            w.consumer_gc_idle_ms == 0 || w.consumer_gc_idle_ms > w.read_block_ms * 2,
+            "worker.consumer_gc_idle_ms",
+            "must be 0 (off) or well above worker.read_block_ms, or live idle workers churn",
+        )?;
         check(["demo"].contains(&self.model.kind.as_str()), "model.kind", "must be one of: demo")?;
         check(
             ["pretty", "json"].contains(&self.telemetry.format.as_str()),

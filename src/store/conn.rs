@@ -89,6 +89,12 @@ impl Redis {
         self.ensure_group(&stream, crate::keys::GROUP).await
     }
 
+    /// Adds `consumer` to the `workers` group of `stream` (XGROUP CREATECONSUMER; idempotent).
+    pub async fn create_consumer(&self, stream: String, consumer: &str) -> Result<(), StoreError> {
+        let _: Value = self.client().xgroup_createconsumer(stream, crate::keys::GROUP, consumer).await?;
+        Ok(())
+    }
+
     pub fn settings(&self) -> &RedisSettings {
         &self.settings
     }

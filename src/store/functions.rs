@@ -149,6 +149,7 @@ struct SweepParams {
     min_idle_ms: u64,
     batch: u64,
     max_attempts: u32,
+    consumer_gc_idle_ms: u64,
 }
 
 impl Store {
@@ -168,6 +169,7 @@ impl Store {
                 min_idle_ms: settings.worker.heartbeat_ms,
                 batch: settings.worker.sweep_batch,
                 max_attempts: settings.worker.max_attempts,
+                consumer_gc_idle_ms: settings.worker.consumer_gc_idle_ms,
             },
         }
     }
@@ -419,6 +421,7 @@ impl Store {
                     self.hist_max.as_str().into(),
                     self.ttl.as_str().into(),
                     cursor.into(),
+                    w.consumer_gc_idle_ms.to_string().into(),
                 ],
             )
             .await?;

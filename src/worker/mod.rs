@@ -88,6 +88,10 @@ impl Worker {
     ) -> Result<Self, StoreError> {
         let id = format!("w-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let reader = store.redis().dedicated().await?;
+        // Join every partition's group at once: Redis 7.0 creates a consumer only when a read
+        // delivers something, and an idle worker should still show in XINFO CONSUMERS and ctl.
+        let joins = (0..store.keys().partitions()).map(|p| store.redis().create_consumer(store.keys().stream(p), &id));
+        futures::future::try_join_all(joins).await?;
         let control = control::Listener::connect(&store, &id).await?;
         metrics::gauge!(crate::metrics::WORKER_CAPACITY).set(settings.worker.max_concurrent_turns as f64);
         let shared = Arc::new(Shared {

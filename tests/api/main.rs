@@ -4,5 +4,7 @@ mod helpers;
 
 mod backpressure;
 mod e2e;
+mod procs;
 mod resume;
 mod transports;
+mod workers;
