@@ -33,6 +33,8 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         workers: usize,
     },
+    /// Load and benchmark scenarios over real sockets (docs/benchmarks.md).
+    Bench(chatfleet::bench::BenchArgs),
 }
 
 #[tokio::main]
@@ -57,6 +59,7 @@ async fn main() -> ExitCode {
         Command::Gateway => chatfleet::app::run_gateway(settings, shutdown).await,
         Command::Worker => chatfleet::app::run_worker(settings, shutdown).await,
         Command::Dev { workers } => chatfleet::app::run_dev(settings, workers, shutdown).await,
+        Command::Bench(args) => chatfleet::bench::run(args, shutdown).await,
         Command::Ctl(cmd) => chatfleet::app::run_ctl(settings, cmd).await,
     };
     match result {

@@ -13,9 +13,11 @@
 //! - [`app`]: assembles the roles (`gateway`, `worker`, `dev`) for the binary.
 //! - [`ctl`], [`queue`]: the operator tool and per-partition queue statistics.
 //! - [`local_redis`]: a private redis-server for `dev` and tests.
+//! - [`bench`]: `chatfleet bench`, the load generator and benchmark scenarios (docs/benchmarks.md).
 //! - [`metrics`], [`telemetry`], [`shutdown`]: operations.
 
 pub mod app;
+pub mod bench;
 pub mod ctl;
 pub mod gateway;
 pub mod keys;

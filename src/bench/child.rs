@@ -172,12 +172,8 @@ pub async fn run() -> anyhow::Result<()> {
     tracker.wait().await;
     progress.abort();
     let m = std::mem::take(&mut *ctx.measured.lock().expect("no panics while locked"));
-    let report = ChildReport {
-        counters: ctx.snapshot(),
-        hists: m.hists,
-        series: m.series,
-        resets_unix_us: m.resets_unix_us,
-    };
+    let report =
+        ChildReport { counters: ctx.snapshot(), hists: m.hists, series: m.series, resets_unix_us: m.resets_unix_us };
     emit(&ChildLine::Report(Box::new(report)));
     Ok(())
 }

@@ -52,9 +52,10 @@ pub struct Active {
 }
 
 impl Frame<'_> {
-    /// True for conversation events (they carry a seq and are not welcome or snapshot).
+    /// True for conversation events. Control frames `welcome`, `snapshot` and `ack` carry a
+    /// seq too, so the type decides (an `error` is an event only with a seq).
     pub fn is_event(&self) -> bool {
-        self.seq.is_some() && !matches!(self.kind.as_ref(), "welcome" | "snapshot")
+        self.seq.is_some() && !matches!(self.kind.as_ref(), "welcome" | "snapshot" | "ack")
     }
 }
 

@@ -45,6 +45,8 @@ pub struct Timeline {
 /// What a run produced.
 pub struct LoadResult {
     pub report: ChildReport,
+    /// CPU and RSS of each server process before any load child connected.
+    pub baseline: BTreeMap<String, Sample>,
     pub connected: u64,
     /// CPU and RSS of each process at `go` and at the end.
     pub before: BTreeMap<String, Sample>,
@@ -144,6 +146,7 @@ pub async fn run(
     let total: usize = plans.iter().map(|p| p.count).sum();
     let run_ms = plans.iter().map(|p| p.run_ms + p.drain_ms).max().unwrap_or(0);
     let connect_time = plans.iter().map(|p| p.count as u64 * 1000 / p.connect_per_sec.max(1)).max().unwrap_or(0);
+    let baseline = sample_all(fleet.as_deref(), &[]);
     let (tx, mut rx) = mpsc::channel(1024);
     let mut children = Vec::new();
     for p in &plans {
@@ -241,7 +244,7 @@ pub async fn run(
         report.series.merge(&r.series);
         report.resets_unix_us.extend(r.resets_unix_us);
     }
-    Ok(LoadResult { report, connected, before, after, pages_before, pages_after, timeline, t0_unix_ms, wall })
+    Ok(LoadResult { report, baseline, connected, before, after, pages_before, pages_after, timeline, t0_unix_ms, wall })
 }
 
 async fn tell_plan(c: &mut LoadChild, p: &Plan) -> anyhow::Result<()> {

@@ -8,6 +8,11 @@ use plotters::prelude::*;
 
 use super::stats::Hist;
 
+/// A row of the per-second series: (second, turns, frames, p50 ms, p99 ms).
+pub type Row = (u64, u64, u64, f64, f64);
+/// A named line drawn from the rows.
+type Line<'a> = (&'a str, fn(&Row) -> f64);
+
 const COLORS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
@@ -38,19 +43,18 @@ pub fn cdf(path: &Path, title: &str, hists: &[(&str, &Hist)]) -> anyhow::Result<
         .y_label_area_size(50)
         .build_cartesian_2d((lo * 0.8..hi * 1.25).log_scale(), 0.0..1.0)
         .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("latency (ms, log scale)")
-        .y_desc("fraction at or below")
-        .draw()
-        .map_err(err)?;
+    chart.configure_mesh().x_desc("latency (ms, log scale)").y_desc("fraction at or below").draw().map_err(err)?;
     for (i, (name, h)) in hists.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
         let pts: Vec<(f64, f64)> = h.cdf().into_iter().map(|(us, f)| (us / 1000.0, f)).collect();
         chart
             .draw_series(LineSeries::new(pts, c.stroke_width(2)))
             .map_err(err)?
-            .label(format!("{name} (p50 {:.2} ms, p99 {:.2} ms)", h.quantile_us(0.5) as f64 / 1e3, h.quantile_us(0.99) as f64 / 1e3))
+            .label(format!(
+                "{name} (p50 {:.2} ms, p99 {:.2} ms)",
+                h.quantile_us(0.5) as f64 / 1e3,
+                h.quantile_us(0.99) as f64 / 1e3
+            ))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
     }
     chart
@@ -70,7 +74,7 @@ pub fn timeline(
     path: &Path,
     title: &str,
     latency_name: &str,
-    series: &[(u64, u64, u64, f64, f64)],
+    series: &[Row],
     marks: &[(f64, String)],
 ) -> anyhow::Result<()> {
     if series.is_empty() {
@@ -89,8 +93,7 @@ pub fn timeline(
         .build_cartesian_2d(0.0..t_max, 0.0..y_max)
         .map_err(err)?;
     up.configure_mesh().y_desc("per second").draw().map_err(err)?;
-    let lines: [(&str, Box<dyn Fn(&(u64, u64, u64, f64, f64)) -> f64>); 2] =
-        [("turns/s", Box::new(|s| s.1 as f64)), ("delivered frames/s", Box::new(|s| s.2 as f64))];
+    let lines: [Line; 2] = [("turns/s", |s| s.1 as f64), ("delivered frames/s", |s| s.2 as f64)];
     for (i, (name, f)) in lines.iter().enumerate() {
         let c = COLORS[i];
         let pts: Vec<(f64, f64)> = series.iter().map(|s| (s.0 as f64, f(s))).collect();
@@ -111,8 +114,7 @@ pub fn timeline(
         .build_cartesian_2d(0.0..t_max, 0.0..l_max)
         .map_err(err)?;
     down.configure_mesh().x_desc("seconds since start").y_desc(format!("{latency_name} (ms)")).draw().map_err(err)?;
-    let lat: [(&str, Box<dyn Fn(&(u64, u64, u64, f64, f64)) -> f64>); 2] =
-        [("p50", Box::new(|s| s.3)), ("p99", Box::new(|s| s.4))];
+    let lat: [Line; 2] = [("p50", |s| s.3), ("p99", |s| s.4)];
     for (i, (name, f)) in lat.iter().enumerate() {
         let c = COLORS[i + 2];
         let pts: Vec<(f64, f64)> = series.iter().filter(|s| s.4 > 0.0).map(|s| (s.0 as f64, f(s))).collect();

@@ -120,14 +120,20 @@ fn fmt(v: f64) -> String {
 /// The summary table: figures (medians when several runs), checks, processes.
 pub fn print_table(scenario: &str, runs: &[Outcome], figures: &[Figure]) {
     println!("\n== {scenario} ({} run{}) ==", runs.len(), if runs.len() == 1 { "" } else { "s" });
-    println!("{:<44} {:>12} {:<10} {:<14} {}", "figure", "value", "unit", "target", "");
+    println!("{:<44} {:>12} {:<10} target", "figure", "value", "unit");
     for f in figures {
         let verdict = match f.met {
             Some(true) => "met",
             Some(false) => "MISSED",
             None => "",
         };
-        println!("{:<44} {:>12} {:<10} {:<14} {verdict}", f.name, fmt(f.value), f.unit, f.target.as_deref().unwrap_or(""));
+        println!(
+            "{:<44} {:>12} {:<10} {:<14} {verdict}",
+            f.name,
+            fmt(f.value),
+            f.unit,
+            f.target.as_deref().unwrap_or("")
+        );
     }
     if let Some(last) = runs.last() {
         println!("\n{:<20} {:>10} {:>8} {:>12} {:>12}", "process", "cpu ms", "cores", "rss start", "rss end");
@@ -140,7 +146,10 @@ pub fn print_table(scenario: &str, runs: &[Outcome], figures: &[Figure]) {
         let failed: Vec<String> =
             runs.iter().flat_map(|r| &r.checks).filter(|c| !c.ok).map(|c| format!("{}={}", c.name, c.value)).collect();
         if failed.is_empty() {
-            println!("\nfunctional checks: all passed ({})", last.checks.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "));
+            println!(
+                "\nfunctional checks: all passed ({})",
+                last.checks.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+            );
         } else {
             println!("\nfunctional checks FAILED: {}", failed.join(", "));
         }

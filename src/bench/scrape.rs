@@ -125,7 +125,12 @@ impl PromHist {
 
     pub fn stage(&self) -> Stage {
         let ms = |v: Option<f64>| v.map(|s| s * 1000.0);
-        Stage { count: self.count as u64, mean_ms: ms(self.mean()), p50_ms: ms(self.quantile(0.5)), p99_ms: ms(self.quantile(0.99)) }
+        Stage {
+            count: self.count as u64,
+            mean_ms: ms(self.mean()),
+            p50_ms: ms(self.quantile(0.5)),
+            p99_ms: ms(self.quantile(0.99)),
+        }
     }
 }
 

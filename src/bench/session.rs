@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use rand::Rng;
 use tokio::sync::Semaphore;
 use tokio::time::{sleep_until, timeout, Instant};
@@ -93,11 +93,10 @@ pub async fn run(ctx: Arc<Ctx>, i: usize, connected: Arc<Semaphore>) {
             ok = trigger(&ctx, next_at), if may_start => {
                 if ok && ctx.take_turn() {
                     let t = new_turn(&ctx, &mut s);
-                    if client::send(&mut ws, &send_msg(&t)).await.is_err() {
-                        turn = Some(t);
-                        ws = match resume(&ctx, i, &mut s, &mut turn, Some(ws)).await { Some(w) => w, None => break };
-                    } else {
-                        turn = Some(t);
+                    let sent = client::send(&mut ws, &send_msg(&t)).await;
+                    turn = Some(t);
+                    if sent.is_err() && !resume(&ctx, i, &mut s, &mut turn, &mut ws).await {
+                        break;
                     }
                 } else {
                     break;
@@ -109,8 +108,8 @@ pub async fn run(ctx: Arc<Ctx>, i: usize, connected: Arc<Semaphore>) {
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => false,
                     Some(Ok(_)) => true,
                 };
-                if !alive {
-                    ws = match resume(&ctx, i, &mut s, &mut turn, Some(ws)).await { Some(w) => w, None => break };
+                if !alive && !resume(&ctx, i, &mut s, &mut turn, &mut ws).await {
+                    break;
                 }
             }
             _ = sleep_until(deadline), if turn.is_some() => {
@@ -298,15 +297,15 @@ async fn connect(ctx: &Ctx, i: usize, s: &Session, last: Option<(&str, u64)>) ->
 }
 
 /// Reconnects after a drop (to the next gateway, with backoff) and resumes from the last seq.
-async fn resume(ctx: &Ctx, i: usize, s: &mut Session, turn: &mut Option<Turn>, old: Option<Ws>) -> Option<Ws> {
-    drop(old);
+/// Replaces `ws` with the new socket; false when the run ended first.
+async fn resume(ctx: &Ctx, i: usize, s: &mut Session, turn: &mut Option<Turn>, ws: &mut Ws) -> bool {
     ctx.add("disconnects", 1);
     let began = Instant::now();
     let mut backoff = Duration::from_millis(20);
     while !ctx.hard.is_cancelled() {
         s.target = (s.target + 1) % ctx.plan.targets.len();
         let last = (s.epoch.clone(), s.last_seq);
-        if let Ok(Ok((mut ws, w))) = timeout(CONNECT_TIMEOUT, connect(ctx, i, s, Some((&last.0, last.1)))).await {
+        if let Ok(Ok((mut new, w))) = timeout(CONNECT_TIMEOUT, connect(ctx, i, s, Some((&last.0, last.1)))).await {
             record(ctx, "reconnect", began.elapsed());
             ctx.add("reconnects", 1);
             if w.snapshot {
@@ -324,11 +323,12 @@ async fn resume(ctx: &Ctx, i: usize, s: &mut Session, turn: &mut Option<Turn>, o
             }
             if let Some(t) = turn.as_ref().filter(|t| !t.acked) {
                 // Not acknowledged: retry with the same id, which never creates a second turn.
-                if client::send(&mut ws, &send_msg(t)).await.is_err() {
+                if client::send(&mut new, &send_msg(t)).await.is_err() {
                     continue;
                 }
             }
-            return Some(ws);
+            *ws = new;
+            return true;
         }
         tokio::select! { _ = tokio::time::sleep(backoff) => {}, _ = ctx.hard.cancelled() => {} }
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -336,5 +336,5 @@ async fn resume(ctx: &Ctx, i: usize, s: &mut Session, turn: &mut Option<Turn>, o
     if turn.is_some() {
         ctx.add("unfinished", 1);
     }
-    None
+    false
 }

@@ -1,0 +1,281 @@
+//! Peer systems run side by side on the same Redis and box, through the node scripts in
+//! `bench/` (installed with `npm ci --prefix bench` when missing): BullMQ for `dispatch`, and
+//! Socket.IO with the Redis Streams adapter for `stream`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+use super::procstat::{self, Sample};
+
+/// Longest any peer step may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Where the peer scripts live: `bench/` under the working directory (the repository root).
+pub fn dir() -> anyhow::Result<PathBuf> {
+    let d = PathBuf::from("bench");
+    if !d.join("package.json").exists() {
+        bail!("bench/package.json not found: run from the repository root, or pass --no-peer");
+    }
+    if !d.join("node_modules").exists() {
+        eprintln!("installing the peer harnesses (npm ci --prefix bench) …");
+        let st =
+            std::process::Command::new("npm").args(["ci", "--prefix", "bench", "--no-audit", "--no-fund"]).status();
+        if !st.is_ok_and(|s| s.success()) {
+            bail!("`npm ci --prefix bench` failed; install Node.js 20 and npm, or pass --no-peer");
+        }
+    }
+    Ok(d)
+}
+
+/// A node process with its stdout read line by line as JSON.
+pub struct Node {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Node {
+    pub fn spawn(dir: &Path, script: &str, args: &[String], log: &Path) -> anyhow::Result<Self> {
+        let mut cmd = Command::new("node");
+        cmd.arg(script)
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log)?)
+            .kill_on_drop(true)
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().context("cannot run node (Node.js 20 is needed for the peers)")?;
+        let out = child.stdout.take().context("stdout is piped")?;
+        Ok(Self { child, lines: BufReader::new(out).lines() })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    pub fn sample(&self) -> Sample {
+        self.pid().and_then(procstat::sample).unwrap_or_default()
+    }
+
+    /// The next JSON line that has `key`; fails on timeout, exit, or an `error` line.
+    pub async fn expect(&mut self, key: &str) -> anyhow::Result<Value> {
+        let r = tokio::time::timeout(STEP_TIMEOUT, async {
+            while let Some(l) = self.lines.next_line().await? {
+                let Ok(v) = serde_json::from_str::<Value>(&l) else { continue };
+                if let Some(e) = v.get("error") {
+                    bail!("peer failed: {e}");
+                }
+                if v.get(key).is_some() {
+                    return Ok(v);
+                }
+            }
+            bail!("peer exited before printing `{key}`")
+        })
+        .await;
+        r.with_context(|| format!("peer did not print `{key}` in time"))?
+    }
+
+    pub async fn say(&mut self, line: &str) {
+        if let Some(stdin) = self.child.stdin.as_mut() {
+            let _ = stdin.write_all(format!("{line}\n").as_bytes()).await;
+        }
+    }
+
+    pub async fn wait(mut self) {
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// What a peer run measured.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PeerRun {
+    /// Jobs (BullMQ) or delivered messages (Socket.IO) per second.
+    pub rate: f64,
+    /// Jobs or delivered messages.
+    pub count: u64,
+    pub seconds: f64,
+    /// CPU ms of Redis and of each peer process over the run.
+    pub cpu_ms: Vec<(String, f64)>,
+}
+
+impl PeerRun {
+    pub fn cpu(&self, name: &str) -> f64 {
+        self.cpu_ms.iter().filter(|(n, _)| n.starts_with(name)).map(|(_, v)| v).sum()
+    }
+}
+
+fn delta_ms(a: Sample, b: Sample) -> f64 {
+    b.cpu_us.saturating_sub(a.cpu_us) as f64 / 1000.0
+}
+
+/// BullMQ: `jobs` no-op jobs through add → process → complete, `concurrency` in flight.
+pub async fn bullmq(
+    dir: &Path,
+    logs: &Path,
+    redis_url: &str,
+    redis_pid: u32,
+    jobs: u64,
+    concurrency: usize,
+) -> anyhow::Result<PeerRun> {
+    let queue = format!("q{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let args = |_: &str| {
+        vec![
+            "--redis".into(),
+            redis_url.into(),
+            "--jobs".into(),
+            jobs.to_string(),
+            "--concurrency".into(),
+            concurrency.to_string(),
+            "--queue".into(),
+            queue.clone(),
+        ]
+    };
+    let mut worker = Node::spawn(
+        dir,
+        "bullmq-dispatch.mjs",
+        &[vec!["work".to_string()], args("work")].concat(),
+        &logs.join("bullmq-work.log"),
+    )?;
+    worker.expect("ready").await?;
+    let r0 = procstat::sample(redis_pid).unwrap_or_default();
+    let w0 = worker.sample();
+    let mut producer = Node::spawn(
+        dir,
+        "bullmq-dispatch.mjs",
+        &[vec!["produce".to_string()], args("produce")].concat(),
+        &logs.join("bullmq-produce.log"),
+    )?;
+    let p0 = producer.sample();
+    let mut p1 = p0;
+    // Sample the producer just before it exits: it prints `added` last.
+    let added = producer.expect("added");
+    let done = worker.expect("done");
+    let (added, done) = tokio::join!(
+        async {
+            let v = added.await;
+            v
+        },
+        done
+    );
+    if let Some(s) = producer.pid().and_then(procstat::sample) {
+        p1 = s;
+    }
+    let done = done?;
+    added?;
+    let w1 = worker.sample();
+    let r1 = procstat::sample(redis_pid).unwrap_or_default();
+    producer.wait().await;
+    worker.wait().await;
+    Ok(PeerRun {
+        rate: done["jobs_per_sec"].as_f64().unwrap_or(0.0),
+        count: jobs,
+        seconds: done["seconds"].as_f64().unwrap_or(0.0),
+        cpu_ms: vec![
+            ("redis".into(), delta_ms(r0, r1)),
+            ("bullmq-worker".into(), delta_ms(w0, w1)),
+            ("bullmq-producer".into(), delta_ms(p0, p1)),
+        ],
+    })
+}
+
+/// Socket.IO: `rooms` sockets, one per room, each sent `rate` messages/s for `seconds`.
+pub async fn socketio(
+    dir: &Path,
+    logs: &Path,
+    redis_url: &str,
+    redis_pid: u32,
+    rooms: usize,
+    rate: f64,
+    seconds: u64,
+) -> anyhow::Result<PeerRun> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let s = |v: &str| v.to_string();
+    let mut gw = Node::spawn(
+        dir,
+        "sio-server.mjs",
+        &[s("gateway"), s("--redis"), s(redis_url), s("--port"), port.to_string()],
+        &logs.join("sio-gateway.log"),
+    )?;
+    gw.expect("ready").await?;
+    let halves = [(0, rooms / 2), (rooms / 2, rooms - rooms / 2)];
+    let mut clients = Vec::new();
+    for (i, (first, count)) in halves.iter().enumerate() {
+        let args = [
+            s("--url"),
+            format!("http://127.0.0.1:{port}"),
+            s("--first"),
+            first.to_string(),
+            s("--count"),
+            count.to_string(),
+        ];
+        clients.push(Node::spawn(dir, "sio-client.mjs", &args, &logs.join(format!("sio-client-{i}.log")))?);
+    }
+    for c in &mut clients {
+        c.expect("ready").await?;
+    }
+    let r0 = procstat::sample(redis_pid).unwrap_or_default();
+    let g0 = gw.sample();
+    let args = [
+        s("producer"),
+        s("--redis"),
+        s(redis_url),
+        s("--rooms"),
+        rooms.to_string(),
+        s("--rate"),
+        format!("{rate:.2}"),
+        s("--seconds"),
+        seconds.to_string(),
+    ];
+    let mut producer = Node::spawn(dir, "sio-server.mjs", &args, &logs.join("sio-producer.log"))?;
+    let p0 = producer.sample();
+    let started = std::time::Instant::now();
+    // The producer's CPU is read while it is still alive, right after it reports.
+    let mut p1 = p0;
+    let emitted = producer.expect("emitted").await?;
+    if let Some(v) = producer.pid().and_then(procstat::sample) {
+        p1 = v;
+    }
+    // Let the last broadcasts drain through Redis and the gateway.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let g1 = gw.sample();
+    let r1 = procstat::sample(redis_pid).unwrap_or_default();
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut received = 0;
+    for mut c in clients {
+        c.say("report").await;
+        received += c.expect("received").await?["received"].as_u64().unwrap_or(0);
+        c.wait().await;
+    }
+    producer.wait().await;
+    let _ = gw.child.start_kill();
+    gw.wait().await;
+    let emitted = emitted["emitted"].as_u64().unwrap_or(0);
+    if received < emitted * 95 / 100 {
+        eprintln!("note: Socket.IO clients received {received} of {emitted} messages");
+    }
+    Ok(PeerRun {
+        rate: received as f64 / elapsed,
+        count: received,
+        seconds: elapsed,
+        cpu_ms: vec![
+            ("redis".into(), delta_ms(r0, r1)),
+            ("sio-gateway".into(), delta_ms(g0, g1)),
+            ("sio-producer".into(), delta_ms(p0, p1)),
+        ],
+    })
+}

@@ -1,0 +1,145 @@
+//! Each scenario's shape: sessions, load children, fleet size, demo model, run time. Defaults
+//! are sized for a 2-core box that Redis, chatfleet and the load generator share; `--quick`
+//! shrinks every scenario to about 20 s.
+
+use std::time::Duration;
+
+use super::super::driver::Action;
+use super::super::plan::Mode;
+use super::super::{BenchArgs, Scenario};
+
+/// The shape of one scenario run.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub sessions: usize,
+    pub clients: usize,
+    pub gateways: usize,
+    pub workers: usize,
+    pub mode: Mode,
+    pub run_ms: u64,
+    pub drain_ms: u64,
+    pub ttft_ms: u64,
+    pub tokens_per_sec: u64,
+    pub max_tokens: usize,
+    pub coalesce_ms: u64,
+    pub max_concurrent_turns: usize,
+    /// Connections per second, per load child.
+    pub connect_per_sec: u64,
+    pub series_metric: &'static str,
+    pub actions: Vec<(Duration, Action)>,
+    pub extra_env: Vec<(String, String)>,
+    /// Run the peer system side by side.
+    pub peer: bool,
+}
+
+pub fn params(args: &BenchArgs) -> Params {
+    let q = args.quick;
+    let pick = |full: u64, quick: u64| if q { quick } else { full };
+    let pickn = |full: usize, quick: usize| if q { quick } else { full };
+    let mut p = Params {
+        sessions: 100,
+        clients: 2,
+        gateways: 1,
+        workers: 1,
+        mode: Mode::Closed { think_ms: 0 },
+        run_ms: 10_000,
+        drain_ms: 5_000,
+        ttft_ms: 0,
+        tokens_per_sec: 0,
+        max_tokens: 0,
+        coalesce_ms: 30,
+        max_concurrent_turns: 256,
+        connect_per_sec: 2000,
+        series_metric: "turn",
+        actions: Vec::new(),
+        extra_env: Vec::new(),
+        peer: !args.no_peer,
+    };
+    match args.scenario {
+        Scenario::Dispatch => {
+            p.sessions = pickn(200, 100);
+            p.run_ms = pick(15_000, 5_000);
+            p.series_metric = "turn";
+        }
+        Scenario::ClaimLatency => {
+            p.sessions = pickn(400, 200);
+            p.mode = Mode::Paced { per_sec: 1000.0 };
+            p.run_ms = pick(20_000, 6_000);
+            p.series_metric = "turn_started";
+        }
+        Scenario::TtftOverhead => {
+            p.sessions = pickn(1000, 300);
+            p.mode = Mode::Closed { think_ms: 1000 };
+            p.max_tokens = 20;
+            p.tokens_per_sec = 50;
+            p.run_ms = pick(20_000, 6_000);
+            p.series_metric = "first_delta";
+        }
+        Scenario::Stream => {
+            p.sessions = pickn(2000, 200);
+            p.workers = 2;
+            p.max_tokens = pickn(500, 100);
+            p.tokens_per_sec = 50;
+            p.run_ms = pick(30_000, 6_000);
+            p.drain_ms = 15_000;
+            p.max_concurrent_turns = 2000;
+            p.series_metric = "gap";
+        }
+        Scenario::Idle => {
+            p.sessions = pickn(15_000, 2_000);
+            p.clients = pickn(3, 2);
+            p.run_ms = pick(5_000, 2_000);
+            p.connect_per_sec = 1500;
+            p.series_metric = "connect";
+            p.peer = false;
+        }
+        Scenario::Soak => {
+            p.sessions = pickn(1000, 200);
+            p.workers = 2;
+            p.mode = Mode::Closed { think_ms: 200 };
+            p.max_tokens = 100;
+            p.tokens_per_sec = 50;
+            p.run_ms = pick(600_000, 12_000);
+            p.max_concurrent_turns = 1000;
+            p.series_metric = "gap";
+            p.peer = false;
+        }
+        Scenario::Chaos => {
+            p.sessions = pickn(500, 150);
+            p.gateways = 2;
+            p.workers = 3;
+            p.mode = Mode::Closed { think_ms: 200 };
+            p.max_tokens = 100;
+            p.tokens_per_sec = 50;
+            p.run_ms = pick(40_000, 12_000);
+            p.drain_ms = 20_000;
+            p.max_concurrent_turns = 1000;
+            p.series_metric = "gap";
+            p.peer = false;
+            let at = |f: f64| Duration::from_millis((p.run_ms as f64 * f) as u64);
+            p.actions = vec![
+                (at(0.25), Action::KillWorker(0)),
+                (at(0.5), Action::RestartGateway(0)),
+                (at(0.75), Action::KillWorker(1)),
+            ];
+            // A short drain keeps a gateway restart brisk; clients are told to reconnect first.
+            p.extra_env.push(("GATEWAY__DRAIN_TIMEOUT_MS".into(), "3000".into()));
+        }
+        Scenario::LoadChild => {}
+    }
+    if let Some(d) = args.duration {
+        p.run_ms = d * 1000;
+    }
+    if let Some(s) = args.sessions {
+        p.sessions = s;
+    }
+    if let Some(c) = args.clients {
+        p.clients = c.max(1);
+    }
+    if let Some(w) = args.workers {
+        p.workers = w.max(1);
+    }
+    // Each load child holds at most ~9,000 sockets, far below the per-process file limit.
+    p.clients = p.clients.max(p.sessions.div_ceil(9_000));
+    p
+}
