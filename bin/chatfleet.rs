@@ -53,7 +53,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    chatfleet::telemetry::init(&settings.telemetry);
+    let telemetry = match chatfleet::telemetry::init(&settings.telemetry) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("chatfleet: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let shutdown = chatfleet::shutdown::on_signal();
     let result = match cli.command {
         Command::Gateway => chatfleet::app::run_gateway(settings, shutdown).await,
@@ -62,6 +68,7 @@ async fn main() -> ExitCode {
         Command::Bench(args) => chatfleet::bench::run(args, shutdown).await,
         Command::Ctl(cmd) => chatfleet::app::run_ctl(settings, cmd).await,
     };
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -107,7 +107,8 @@ end
 
 --[[ enqueue_turn: the gateway turns a client `send` into a turn.
 KEYS: base, turns stream of the partition
-ARGV: tid, client_msg_id, text, epoch_candidate, ttl_s, log_max, hist_max, opts (opaque bytes)
+ARGV: tid, client_msg_id, text, epoch_candidate, ttl_s, log_max, hist_max, opts (opaque bytes),
+      traceparent (W3C; rides in the stream entry so the worker joins the gateway's trace)
 Returns {status, turn_id, seq, epoch}; status is
   new   the message is stored and the turn queued; seq is the user_message event's seq
   dup   client_msg_id was seen: the original turn id and seq, nothing written (a retried send)
@@ -133,10 +134,11 @@ local function enqueue_turn(keys, args)
   local seq = append_event(base,
     { v = 1, type = 'user_message', turn_id = tid, client_msg_id = cmid, text = text }, log_max)
   push_hist(base, { v = 1, role = 'user', turn_id = tid, text = text }, hist_max)
-  local eid = redis.call('XADD', stream, '*', 'b', base, 't', tid)
+  local tp = args[9] or ''
+  local eid = redis.call('XADD', stream, '*', 'b', base, 't', tid, 'tp', tp)
   -- The user's text stays with the turn so an operator can replay a dead-lettered turn.
   redis.call('HSET', base .. ':turn:' .. tid, 'status', 'queued', 'cmid', cmid, 'attempt', 0,
-    'eid', eid, 'epoch', epoch, 'useq', seq, 'created', now, 'opts', args[8], 'text', text)
+    'eid', eid, 'epoch', epoch, 'useq', seq, 'created', now, 'opts', args[8], 'text', text, 'tp', tp)
   redis.call('HSET', base .. ':dedupe', cmid, tid)
   redis.call('HSET', base .. ':meta', 'active', tid)
   touch(base, tid, ttl)
@@ -329,7 +331,7 @@ KEYS: turns stream, sweep lock, dead-letter stream
 ARGV: group, consumer (the sweeping worker), lock_ms, min_idle_ms, count, max_attempts,
       log_max, hist_max, ttl_s, cursor ('-' to start at the oldest pending entry),
       consumer_gc_idle_ms (0 = off)
-Returns {next cursor, {{entry id, base, tid}, ...}}: the entries now claimed by the caller, to
+Returns {next cursor, {{entry id, base, tid, traceparent}, ...}}: the entries now claimed by the caller, to
 run like new deliveries. The cursor pages through the pending list across calls, so healthy long
 turns at its head never hide expired ones behind them.
 Decides on the turn's lease (server time), never on pending idle time alone, so a healthy long
@@ -366,9 +368,9 @@ local function reclaim(keys, args)
       redis.call('XADD', dlq, '*', 'eid', eid, 'reason', 'payload_missing', 'at', now)
     else
       local f = entry[1][2]
-      local base, tid
+      local base, tid, tp
       for i = 1, #f, 2 do
-        if f[i] == 'b' then base = f[i + 1] elseif f[i] == 't' then tid = f[i + 1] end
+        if f[i] == 'b' then base = f[i + 1] elseif f[i] == 't' then tid = f[i + 1] elseif f[i] == 'tp' then tp = f[i + 1] end
       end
       local tkey = base .. ':turn:' .. tid
       local st = redis.call('HMGET', tkey, 'status', 'attempt', 'lease', 'cancel')
@@ -393,7 +395,7 @@ local function reclaim(keys, args)
             append_event(base, { v = 1, type = 'reset', turn_id = tid, attempt = tonumber(st[2]) }, log_max)
           end
           redis.call('XCLAIM', stream, group, consumer, 0, eid, 'JUSTID')
-          claimed[#claimed + 1] = { eid, base, tid }
+          claimed[#claimed + 1] = { eid, base, tid, tp or '' }
         end
       end
     end

@@ -14,7 +14,7 @@
 //! - [`ctl`], [`queue`]: the operator tool and per-partition queue statistics.
 //! - [`local_redis`]: a private redis-server for `dev` and tests.
 //! - [`bench`]: `chatfleet bench`, the load generator and benchmark scenarios (docs/benchmarks.md).
-//! - [`metrics`], [`telemetry`], [`shutdown`]: operations.
+//! - [`metrics`], [`telemetry`], [`trace`], [`shutdown`]: operations.
 
 pub mod app;
 pub mod bench;
@@ -31,4 +31,5 @@ pub mod settings;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod trace;
 pub mod worker;

@@ -202,6 +202,10 @@ pub struct TelemetrySettings {
     pub format: String,
     /// `tracing` filter directive; `RUST_LOG` overrides it.
     pub filter: String,
+    /// OTLP/HTTP traces endpoint (e.g. `http://otel-collector:4318/v1/traces`); empty = no export.
+    /// Needs a build with `--features otlp`.
+    #[serde(default)]
+    pub otlp_endpoint: String,
 }
 
 impl Settings {

@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 use fred::prelude::*;
+use tracing::Instrument;
 
 use super::reply::Reply;
 use super::{Redis, StoreError};
@@ -78,6 +79,8 @@ pub struct Claimed {
     pub entry_id: String,
     pub base: String,
     pub turn_id: String,
+    /// W3C trace context of the turn ('' when none was recorded).
+    pub traceparent: String,
 }
 
 /// Result of `open_session`.
@@ -204,6 +207,9 @@ impl Store {
         epoch_candidate: &str,
         opts: &[u8],
     ) -> Result<EnqueueOutcome, StoreError> {
+        // The turn's trace starts here, as a child of the caller's span (the gateway connection).
+        let span = tracing::info_span!("enqueue_turn", turn_id);
+        let traceparent = crate::trace::traceparent_of(&span);
         let mut r = self
             .call(
                 "cf1_enqueue_turn",
@@ -217,8 +223,10 @@ impl Store {
                     self.log_max.as_str().into(),
                     self.hist_max.as_str().into(),
                     Value::Bytes(Bytes::copy_from_slice(opts)),
+                    traceparent.as_str().into(),
                 ],
             )
+            .instrument(span)
             .await?;
         let status = r.string()?;
         let turn_id = r.string()?;
@@ -430,7 +438,12 @@ impl Store {
         let mut claimed = Vec::with_capacity(list.len());
         while list.len() > 0 {
             let mut c = list.array()?;
-            claimed.push(Claimed { entry_id: c.string()?, base: c.string()?, turn_id: c.string()? });
+            claimed.push(Claimed {
+                entry_id: c.string()?,
+                base: c.string()?,
+                turn_id: c.string()?,
+                traceparent: c.string()?,
+            });
         }
         Ok((next, claimed))
     }

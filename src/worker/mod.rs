@@ -38,6 +38,8 @@ pub struct Delivery {
     pub entry_id: String,
     pub base: String,
     pub turn_id: String,
+    /// W3C trace context from the gateway that enqueued the turn.
+    pub traceparent: Option<String>,
 }
 
 /// Stop signals of one running turn.

@@ -76,7 +76,8 @@ pub(super) async fn run(shared: Arc<Shared>, reader: Client, stop: CancellationT
                     tracing::error!(%stream, %entry_id, "turn entry without base or turn id");
                     continue;
                 };
-                let d = Delivery { partition: partition as u16, entry_id, base, turn_id };
+                let traceparent = fields.remove("tp");
+                let d = Delivery { partition: partition as u16, entry_id, base, turn_id, traceparent };
                 if !shared.dispatch(d, &stop).await {
                     break;
                 }

@@ -35,7 +35,8 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             for c in claimed {
                 tracing::info!(turn_id = %c.turn_id, partition = p, "taking over turn");
                 metrics::counter!(crate::metrics::WORKER_RECLAIMS).increment(1);
-                let d = Delivery { partition: p, entry_id: c.entry_id, base: c.base, turn_id: c.turn_id };
+                let traceparent = Some(c.traceparent);
+                let d = Delivery { partition: p, entry_id: c.entry_id, base: c.base, turn_id: c.turn_id, traceparent };
                 if !shared.dispatch(d, &stop).await {
                     return;
                 }

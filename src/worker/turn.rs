@@ -35,6 +35,7 @@ enum Ending {
 
 pub(super) async fn run(shared: &Arc<Shared>, d: Delivery) {
     let span = tracing::info_span!("turn", turn_id = %d.turn_id, partition = d.partition);
+    crate::trace::adopt(&span, d.traceparent.as_deref());
     run_inner(shared, d).instrument(span).await
 }
 

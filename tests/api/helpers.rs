@@ -62,9 +62,10 @@ impl TestApp {
     /// Starts `gateways` gateways and `workers` workers sharing one fresh Redis.
     pub async fn with(mut settings: Settings, gateways: usize, workers: usize) -> Self {
         // Logs go to the captured test output; RUST_LOG selects them (default: warnings).
-        chatfleet::telemetry::init(&chatfleet::settings::TelemetrySettings {
+        let _ = chatfleet::telemetry::init(&chatfleet::settings::TelemetrySettings {
             format: "pretty".into(),
             filter: "warn".into(),
+            otlp_endpoint: String::new(),
         });
         let redis = LocalRedis::start(&[]).await.expect("redis-server starts");
         settings.redis.url = redis.url();

@@ -4,6 +4,7 @@ mod helpers;
 
 mod backpressure;
 mod e2e;
+mod observability;
 mod procs;
 mod resume;
 mod transports;

@@ -44,9 +44,25 @@ pub struct WorkerProc {
 
 impl WorkerProc {
     pub fn spawn(s: &Settings) -> Self {
+        Self::spawn_with(s, &[])
+    }
+
+    /// Starts a worker whose `/metrics` listens on a port of its own; returns it with the port.
+    pub fn spawn_with_metrics(s: &Settings) -> (Self, u16) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let listen = format!("127.0.0.1:{port}");
+        let w = Self::spawn_with(
+            s,
+            &[("CHATFLEET__METRICS__LISTEN", &listen), ("CHATFLEET__METRICS__QUEUE_INTERVAL_MS", "200")],
+        );
+        (w, port)
+    }
+
+    fn spawn_with(s: &Settings, extra: &[(&str, &str)]) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_chatfleet"))
             .arg("worker")
             .envs(env_for(s))
+            .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
