@@ -33,18 +33,47 @@ pub fn build_model(settings: &Settings) -> Arc<dyn Model> {
     Arc::new(DemoModel::new(settings.model.demo.clone()))
 }
 
-/// Binds the metrics listener and serves `/metrics` until shutdown.
-pub async fn start_metrics(addr: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+/// The store once connected, for the ops listener's readiness check (the listener binds first,
+/// so liveness does not depend on Redis).
+pub type ReadyStore = Arc<std::sync::OnceLock<Store>>;
+
+/// Binds the ops listener (`metrics.listen`) and serves until shutdown:
+/// `/metrics`; `/healthz` (the process runs); `/readyz` (connected, Redis answers, this build's
+/// functions are loaded, not draining). Workers have no other HTTP port, so their probes use it.
+pub async fn start_metrics(
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    store: ReadyStore,
+) -> anyhow::Result<SocketAddr> {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::routing::get;
     let handle = crate::metrics::install();
     let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot bind metrics.listen = {addr}"))?;
     let local = listener.local_addr()?;
-    let router = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let h = handle.clone();
-            async move { h.render() }
-        }),
-    );
+    let draining = shutdown.clone();
+    let router = axum::Router::new()
+        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let (store, draining) = (store.clone(), draining.clone());
+                async move {
+                    let ready = match store.get() {
+                        _ if draining.is_cancelled() => Err("draining"),
+                        None => Err("connecting to redis"),
+                        Some(s) if !s.redis().ping().await => Err("redis unreachable"),
+                        Some(s) if !s.redis().functions_loaded().await => Err("functions not loaded"),
+                        Some(_) => Ok("ready"),
+                    };
+                    match ready {
+                        Ok(m) => m.into_response(),
+                        Err(m) => (StatusCode::SERVICE_UNAVAILABLE, m).into_response(),
+                    }
+                }
+            }),
+        );
     tokio::spawn(async move {
         let _ = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await;
     });
@@ -53,8 +82,10 @@ pub async fn start_metrics(addr: SocketAddr, shutdown: CancellationToken) -> any
 
 /// Runs a gateway until shutdown.
 pub async fn run_gateway(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    start_metrics(settings.metrics.listen, shutdown.clone()).await?;
+    let ready = ReadyStore::default();
+    start_metrics(settings.metrics.listen, shutdown.clone(), ready.clone()).await?;
     let store = connect_store(&settings).await?;
+    let _ = ready.set(store.clone());
     let listener = TcpListener::bind(settings.gateway.listen)
         .await
         .with_context(|| format!("cannot bind gateway.listen = {}", settings.gateway.listen))?;
@@ -67,8 +98,10 @@ pub async fn run_gateway(settings: Settings, shutdown: CancellationToken) -> any
 
 /// Runs a worker until shutdown, then drains.
 pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    start_metrics(settings.metrics.listen, shutdown.clone()).await?;
+    let ready = ReadyStore::default();
+    start_metrics(settings.metrics.listen, shutdown.clone(), ready.clone()).await?;
     let store = connect_store(&settings).await?;
+    let _ = ready.set(store.clone());
     let model = build_model(&settings);
     let worker = Worker::start(settings, store.clone(), model, shutdown).await?;
     worker.wait().await;
@@ -81,8 +114,10 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
 pub async fn run_dev(mut settings: Settings, workers: usize, shutdown: CancellationToken) -> anyhow::Result<()> {
     let redis = LocalRedis::start(&[]).await?;
     settings.redis.url = redis.url();
-    start_metrics(settings.metrics.listen, shutdown.clone()).await?;
+    let ready = ReadyStore::default();
+    start_metrics(settings.metrics.listen, shutdown.clone(), ready.clone()).await?;
     let store = connect_store(&settings).await?;
+    let _ = ready.set(store.clone());
     let mut running = Vec::new();
     for _ in 0..workers {
         let w = Worker::start(settings.clone(), store.clone(), build_model(&settings), shutdown.clone()).await?;

@@ -88,6 +88,8 @@ async fn metrics_after_known_turns_and_a_takeover_have_exact_values() {
     }
     let text = scrape(port_b).await;
     assert_eq!(value(&text, "chatfleet_worker_reclaims_total"), Some(1.0), "{text}");
+    let ready = reqwest::get(format!("http://127.0.0.1:{port_b}/readyz")).await.unwrap();
+    assert_eq!((ready.status().as_u16(), ready.text().await.unwrap()), (200, "ready".to_string()));
     assert_eq!(value(&text, "chatfleet_worker_active_turns"), Some(1.0));
     drop(b);
 }
