@@ -196,6 +196,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let hard = go + Duration::from_millis(run_ms) + REPORT_SLACK;
     let mut last_turns = 0;
+    let mut retired: BTreeMap<String, u64> = BTreeMap::new();
     while reports.len() < children.len() {
         tokio::select! {
             m = rx.recv() => match m {
@@ -218,8 +219,10 @@ pub async fn run(
                 while pending.first().is_some_and(|a| a.0 <= go.elapsed()) {
                     let (_, action) = pending.remove(0);
                     if let Some(f) = fleet.as_deref_mut() {
-                        let what = act(f, action).await?;
-                        timeline.actions.push(what);
+                        let (at, what, name, last) = act(f, action).await?;
+                        // The replacement starts from zero CPU: carry the old one's time over.
+                        *retired.entry(name).or_default() += last.cpu_us;
+                        timeline.actions.push((at, what));
                     }
                 }
                 if Instant::now() > hard {
@@ -230,7 +233,12 @@ pub async fn run(
     }
     pb.finish();
     let wall = go.elapsed();
-    let after = sample_all(fleet.as_deref(), &children);
+    let mut after = sample_all(fleet.as_deref(), &children);
+    for (name, cpu) in retired {
+        if let Some(s) = after.get_mut(&name) {
+            s.cpu_us += cpu;
+        }
+    }
     let pages_after = pages(fleet.as_deref()).await;
     for mut c in children {
         let _ = tokio::time::timeout(Duration::from_secs(5), c.proc.wait()).await;
@@ -254,25 +262,27 @@ async fn tell_plan(c: &mut LoadChild, p: &Plan) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Executes one action; returns when it happened (unix µs, at the kill) and what it was.
-async fn act(fleet: &mut Fleet, action: Action) -> anyhow::Result<(u64, String)> {
-    match action {
-        Action::KillWorker(i) => {
-            let i = i % fleet.workers.len();
-            let at = unix_us();
-            fleet.workers[i].kill().await;
-            let p = fleet.spawn(Role::Worker, i, None).await?;
-            fleet.workers[i] = p;
-            Ok((at, format!("kill worker-{i}")))
-        }
-        Action::RestartGateway(i) => {
-            let i = i % fleet.gateways.len();
-            let at = unix_us();
-            let listen = fleet.gateways[i].listen;
-            fleet.gateways[i].terminate().await;
-            let p = fleet.spawn(Role::Gateway, i, listen).await?;
-            fleet.gateways[i] = p;
-            Ok((at, format!("restart gateway-{i}")))
-        }
-    }
+/// Executes one action. Returns when it happened (unix µs, at the signal), what it was, the
+/// process name, and that process's last reading before it went away.
+async fn act(fleet: &mut Fleet, action: Action) -> anyhow::Result<(u64, String, String, Sample)> {
+    let (role, i) = match action {
+        Action::KillWorker(i) => (Role::Worker, i % fleet.workers.len()),
+        Action::RestartGateway(i) => (Role::Gateway, i % fleet.gateways.len()),
+    };
+    let procs = if role == Role::Worker { &mut fleet.workers } else { &mut fleet.gateways };
+    let name = format!("{}-{i}", if role == Role::Worker { "worker" } else { "gateway" });
+    let last = procstat::sample(procs[i].pid).unwrap_or_default();
+    let at = unix_us();
+    let listen = procs[i].listen;
+    let what = if role == Role::Worker {
+        procs[i].kill().await;
+        format!("kill {name}")
+    } else {
+        procs[i].terminate().await;
+        format!("restart {name}")
+    };
+    let p = fleet.spawn(role, i, listen).await?;
+    let procs = if role == Role::Worker { &mut fleet.workers } else { &mut fleet.gateways };
+    procs[i] = p;
+    Ok((at, what, name, last))
 }

@@ -144,7 +144,12 @@ pub fn specific(s: Scenario, p: &Params, r: &LoadResult, o: &mut Outcome) {
             let rule = format!("≤ {} ms", 2 * p.coalesce_ms);
             o.target("delta gap p99", gap99, "ms", &rule, gap99 <= 2.0 * p.coalesce_ms as f64);
             let (_, lag99) = lat(o, "lag");
-            o.target("turn lag behind the model p99", lag99, "ms", "≤ 1000 ms", lag99 <= 1000.0);
+            if s == Scenario::Chaos {
+                // Taken-over turns restart from scratch, so they end late by design.
+                o.fig("turn lag behind the model p99", lag99, "ms");
+            } else {
+                o.target("turn lag behind the model p99", lag99, "ms", "≤ 1000 ms", lag99 <= 1000.0);
+            }
             o.fig("merged frames (client was behind)", counter(r, "merged_frames") as f64, "frames");
             o.fig(
                 "slow-client closes (4008)",

@@ -57,7 +57,8 @@ pub fn params(args: &BenchArgs) -> Params {
     };
     match args.scenario {
         Scenario::Dispatch => {
-            p.sessions = pickn(200, 100);
+            // Closed loop: enough sessions that CPU, not one turn's latency, bounds throughput.
+            p.sessions = pickn(1000, 300);
             p.run_ms = pick(15_000, 5_000);
             p.series_metric = "turn";
         }
@@ -88,6 +89,7 @@ pub fn params(args: &BenchArgs) -> Params {
         Scenario::Idle => {
             p.sessions = pickn(15_000, 2_000);
             p.clients = pickn(3, 2);
+            p.mode = Mode::Idle;
             p.run_ms = pick(5_000, 2_000);
             p.connect_per_sec = 1500;
             p.series_metric = "connect";
