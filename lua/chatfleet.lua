@@ -551,6 +551,75 @@ local function lead(keys, args)
   return 1
 end
 
+--[[
+Tenant quotas (src/quota). These two functions touch only the tenant's own quota keys, which carry
+the tenant hash tag `{t:<tenant>}` and never a partition's: in Redis Cluster they live in their
+own slot, so they are called as separate commands next to enqueue_turn, never inside it. The cost
+is a small, documented inconsistency (docs/security.md): a gateway that dies between acquire and
+enqueue leaves a slot held until the caller's reconciliation or `stale_ms` frees it.
+
+  KEYS[1]  the tenant quota base `<prefix>:{t:<tenant>}:q`; keys hang off it:
+             <base>:inflight    ZSET  member "<session base>|<turn id>", score = admitted (ms)
+             <base>:tpm:<min>   STRING turns admitted in that clock minute (Redis time)
+
+cf1_quota_acquire  ARGV: member, max_inflight (0 = off), max_per_minute (0 = off), stale_ms,
+                         max_listed
+  returns {'ok'}
+        | {'per_minute', retry_after_ms}          nothing written
+        | {'inflight', now_ms, member, admitted_ms, member, admitted_ms, ...}
+                                                  the oldest holders (up to max_listed), for the
+                                                  caller to check against their turns' status
+  Atomic so that two gateways admitting at once cannot both take the last slot.
+]]
+local function quota_acquire(keys, args)
+  local base = keys[1]
+  local member, max_inflight, max_pm = args[1], tonumber(args[2]), tonumber(args[3])
+  local stale_ms, max_listed = tonumber(args[4]), tonumber(args[5])
+  local now = now_ms()
+  local inflight = base .. ':inflight'
+  local minute = math.floor(now / 60000)
+  local tpm = base .. ':tpm:' .. minute
+  redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now - stale_ms)
+  if max_pm > 0 and tonumber(redis.call('GET', tpm) or '0') >= max_pm then
+    return { 'per_minute', (minute + 1) * 60000 - now }
+  end
+  if max_inflight > 0 and redis.call('ZSCORE', inflight, member) == false
+      and redis.call('ZCARD', inflight) >= max_inflight then
+    local oldest = redis.call('ZRANGE', inflight, 0, max_listed - 1, 'WITHSCORES')
+    local out = { 'inflight', now }
+    for i = 1, #oldest, 2 do
+      out[#out + 1] = oldest[i]
+      out[#out + 1] = tonumber(oldest[i + 1])
+    end
+    return out
+  end
+  redis.call('ZADD', inflight, now, member)
+  redis.call('PEXPIRE', inflight, stale_ms)
+  redis.call('INCR', tpm)
+  redis.call('EXPIRE', tpm, 120)
+  return { 'ok' }
+end
+
+--[[
+cf1_quota_release  KEYS[1] the tenant quota base; ARGV: uncount ('1' also takes one turn back from
+  this minute's count: the send stored nothing new), member, member, ...
+  returns the number of members removed.
+]]
+local function quota_release(keys, args)
+  local base = keys[1]
+  if args[1] == '1' then
+    local tpm = base .. ':tpm:' .. math.floor(now_ms() / 60000)
+    if tonumber(redis.call('GET', tpm) or '0') > 0 then
+      redis.call('DECR', tpm)
+    end
+  end
+  local removed = 0
+  for i = 2, #args do
+    removed = removed + redis.call('ZREM', base .. ':inflight', args[i])
+  end
+  return removed
+end
+
 redis.register_function('cf1_enqueue_turn', enqueue_turn)
 redis.register_function('cf1_lead', lead)
 redis.register_function('cf1_start_turn', start_turn)
@@ -564,3 +633,5 @@ redis.register_function('cf1_release_turn', release_turn)
 redis.register_function('cf1_open_session', open_session)
 redis.register_function('cf1_detach', detach)
 redis.register_function{ function_name = 'cf1_read_log', callback = read_log, flags = { 'no-writes' } }
+redis.register_function('cf1_quota_acquire', quota_acquire)
+redis.register_function('cf1_quota_release', quota_release)

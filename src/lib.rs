@@ -7,6 +7,8 @@
 //! - [`payload`]: MessagePack payloads stored in Redis (versioned), written by `lua/`.
 //! - [`protocol`]: the client protocol v1 (JSON frames), see docs/protocol.md.
 //! - [`store`]: Redis connections and one typed call per function of `lua/chatfleet.lua`.
+//! - [`auth`]: who a client is (JWT or local `dev`), and so which tenant it acts for.
+//! - [`quota`]: per-tenant quotas shared through Redis (turns in flight, turns per minute).
 //! - [`gateway`]: the socket node: WebSocket (and later SSE, long-poll), the pub/sub hub, feeds.
 //! - [`worker`]: claims turns, streams the model, coalesces deltas, leases, reclaims.
 //! - [`model`]: the model trait and the built-in demo model.
@@ -17,6 +19,7 @@
 //! - [`metrics`], [`telemetry`], [`trace`], [`shutdown`]: operations.
 
 pub mod app;
+pub mod auth;
 pub mod bench;
 pub mod ctl;
 pub mod gateway;
@@ -27,6 +30,7 @@ pub mod model;
 pub mod payload;
 pub mod protocol;
 pub mod queue;
+pub mod quota;
 pub mod settings;
 pub mod shutdown;
 pub mod store;

@@ -16,6 +16,17 @@ pub const GATEWAY_FRAMES_OUT: &str = "chatfleet_gateway_frames_out_total";
 pub const GATEWAY_BYTES_OUT: &str = "chatfleet_gateway_bytes_out_total";
 /// Counter: client frames or requests refused, by `code`.
 pub const GATEWAY_REJECTED: &str = "chatfleet_gateway_rejected_total";
+/// Counter: requests whose credentials were refused, by `reason` (missing, expired, invalid).
+pub const GATEWAY_AUTH_FAILURES: &str = "chatfleet_gateway_auth_failures_total";
+/// Counter: WebSockets closed for abuse or policy, by `reason` (rejected_frames, token_expired,
+/// forbidden, invalid_utf8).
+pub const GATEWAY_POLICY_CLOSES: &str = "chatfleet_gateway_policy_closes_total";
+/// Counter: sends refused by admission control (`degraded`), because a partition's queue was too
+/// long or too old.
+pub const GATEWAY_DEGRADED: &str = "chatfleet_gateway_degraded_total";
+/// Gauge: turns finished per second across all partitions, as measured by this gateway's
+/// admission control from Redis (the basis of `retry_after_ms`).
+pub const GATEWAY_MEASURED_TURNS_PER_SEC: &str = "chatfleet_gateway_measured_turns_per_second";
 /// Counter: connections closed because they read too slowly.
 pub const GATEWAY_SLOW_CLOSES: &str = "chatfleet_gateway_slow_client_closes_total";
 /// Counter: catch-ups from the session log after a pub/sub gap, by `cause`.

@@ -55,6 +55,11 @@ pub enum ErrorCode {
     NotFound,
     /// The server could not do it right now (e.g. Redis unreachable); safe to retry.
     Unavailable,
+    /// The tenant's quota (turns in flight, turns per minute) is used up; `retry_after_ms` says
+    /// when to try again when it is known.
+    QuotaExceeded,
+    /// This user has too many connections open on this gateway; close one first.
+    TooManyConnections,
 }
 
 /// A frame to the client that is not a conversation event.

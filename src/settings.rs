@@ -36,6 +36,10 @@ pub struct Settings {
     pub model: ModelSettings,
     pub metrics: MetricsSettings,
     pub telemetry: TelemetrySettings,
+    /// Authentication: `dev` (local only) or JWT with the accepted keys.
+    pub auth: crate::auth::AuthSettings,
+    /// Per-tenant quotas shared by every gateway through Redis.
+    pub quota: crate::quota::QuotaSettings,
     /// Per-tenant overrides, by tenant name (`[tenants.acme]`).
     #[serde(default)]
     pub tenants: std::collections::HashMap<String, TenantSettings>,
@@ -129,6 +133,13 @@ pub struct GatewaySettings {
     pub drain_timeout_ms: u64,
     /// Upper bound of the `coalesce_ms` a client may ask for in `hello`.
     pub max_client_coalesce_ms: u64,
+    /// Log the text of user messages (debug level). Off by default: message text is the users'
+    /// data and must not reach log pipelines unless someone is debugging on purpose.
+    pub log_message_text: bool,
+    /// Per-connection and per-user limits (`[gateway.limits]`).
+    pub limits: crate::gateway::LimitSettings,
+    /// Refusing new sends while the queue is too long (`[gateway.admission]`).
+    pub admission: crate::gateway::AdmissionSettings,
 }
 
 /// Worker concurrency, coalescing and lease timing.
@@ -290,6 +301,10 @@ impl Settings {
             "gateway.pong_timeout_ms",
             "must exceed gateway.ping_interval_ms",
         )?;
+        g.limits.validate()?;
+        g.admission.validate()?;
+        self.auth.validate(g.listen)?;
+        self.quota.validate(self.worker.turn_timeout_ms)?;
         let w = &self.worker;
         check(w.max_concurrent_turns >= 1, "worker.max_concurrent_turns", "must be at least 1")?;
         check((100..=10_000).contains(&w.read_block_ms), "worker.read_block_ms", "must be 100..=10000")?;

@@ -2,31 +2,42 @@
 
 use super::error::ApiError;
 use super::App;
+use crate::auth::Identity;
 use crate::keys::{is_valid_component, SessionKeys};
 use crate::metrics as m;
 use crate::protocol::{ClientMsg, ControlMsg};
 use crate::store::{CancelOutcome, EnqueueOutcome};
 
-/// Handles a frame after `hello`; returns the control frame to answer with, if any.
-pub async fn handle(app: &App, keys: &SessionKeys, msg: ClientMsg) -> Option<ControlMsg> {
+/// Handles a frame after `hello`; returns the control frame to answer with, if any, and whether
+/// the frame was refused.
+pub async fn handle(app: &App, who: &Identity, keys: &SessionKeys, msg: ClientMsg) -> (Option<ControlMsg>, bool) {
     let reply = match msg {
-        ClientMsg::Send { client_msg_id, text } => send(app, keys, &client_msg_id, &text).await.map(Some),
+        ClientMsg::Send { client_msg_id, text } => send(app, who, keys, &client_msg_id, &text).await.map(Some),
         ClientMsg::Cancel { turn_id } => cancel(app, keys, &turn_id).await.map(|_| None),
         ClientMsg::Ping => Ok(Some(ControlMsg::Pong)),
         ClientMsg::Hello { .. } => Err(ApiError::BadRequest("hello was already received".into())),
     };
     match reply {
-        Ok(r) => r,
+        Ok(r) => (r, false),
         Err(e) => {
             metrics::counter!(m::GATEWAY_REJECTED, "code" => super::ws::code_label(e.code())).increment(1);
-            Some(e.to_control())
+            (Some(e.to_control()), true)
         }
     }
 }
 
 /// Stores a user message as a new turn (or finds the turn of an earlier identical send) and
 /// returns the `ack`. The message is in Redis before this returns (invariant I2).
-pub async fn send(app: &App, keys: &SessionKeys, client_msg_id: &str, text: &str) -> Result<ControlMsg, ApiError> {
+///
+/// Before anything is stored: admission control (the partition's queue) and the tenant's quota.
+/// A send that stores no new turn (a duplicate, or `busy`) hands its quota slot back.
+pub async fn send(
+    app: &App,
+    who: &Identity,
+    keys: &SessionKeys,
+    client_msg_id: &str,
+    text: &str,
+) -> Result<ControlMsg, ApiError> {
     let started = std::time::Instant::now();
     if !is_valid_component(client_msg_id) {
         return Err(ApiError::BadRequest("client_msg_id must be 1-64 characters of [A-Za-z0-9_.-]".into()));
@@ -38,10 +49,32 @@ pub async fn send(app: &App, keys: &SessionKeys, client_msg_id: &str, text: &str
     if text.len() > max {
         return Err(ApiError::TooLarge(format!("text is {} bytes; the limit is {max}", text.len())));
     }
+    if app.settings.gateway.log_message_text {
+        tracing::debug!(tenant = %who.tenant, user = %who.user, client_msg_id, text, "send");
+    } else {
+        tracing::debug!(tenant = %who.tenant, user = %who.user, client_msg_id, bytes = text.len(), "send");
+    }
     let turn_id = uuid::Uuid::now_v7().simple().to_string();
     let epoch = uuid::Uuid::new_v4().simple().to_string();
+    let slot = match admit(app, who, keys, &turn_id).await {
+        Ok(slot) => Some(slot),
+        // A retry of a send that was stored gets its ack, whatever the load: its turn already
+        // holds its place. Checked only on refusal, so the common path costs nothing more.
+        Err(e) => match app.store.known_send(&keys.base, client_msg_id).await? {
+            Some(_) => None,
+            None => return Err(e),
+        },
+    };
+    // If this fails, whether the turn was stored is unknown: the slot is kept, and freed when
+    // the tenant next reaches its limit and the turn is found ended or missing.
     let outcome = app.store.enqueue_turn(keys, &turn_id, client_msg_id, text, &epoch, &[]).await?;
     metrics::histogram!(m::GATEWAY_ACK_SECONDS).record(started.elapsed().as_secs_f64());
+    if let (Some(slot), false) = (slot, matches!(outcome, EnqueueOutcome::New { .. })) {
+        if let Err(e) = app.quotas.release(&app.store, slot, true).await {
+            // Not fatal: the slot is freed later by reconciliation or `quota.stale_ms`.
+            tracing::warn!(error = %e, "cannot release a quota slot");
+        }
+    }
     match outcome {
         EnqueueOutcome::New { turn_id, seq, .. } | EnqueueOutcome::Duplicate { turn_id, seq, .. } => {
             Ok(ControlMsg::Ack { client_msg_id: client_msg_id.to_string(), turn_id, seq })
@@ -50,7 +83,18 @@ pub async fn send(app: &App, keys: &SessionKeys, client_msg_id: &str, text: &str
     }
 }
 
-/// Asks for a turn to stop. Its `cancelled` event follows on the session feed.
+/// Admission control (the partition's queue), then the tenant's quota slot for `turn_id`.
+async fn admit(app: &App, who: &Identity, keys: &SessionKeys, turn_id: &str) -> Result<crate::quota::Slot, ApiError> {
+    if let Some(retry_after_ms) = app.admission.check(keys.partition) {
+        metrics::counter!(m::GATEWAY_DEGRADED).increment(1);
+        return Err(ApiError::Degraded { retry_after_ms });
+    }
+    Ok(app.quotas.acquire(&app.store, &who.tenant, keys, turn_id).await?)
+}
+
+/// Asks for a turn to stop. Its `cancelled` event follows on the session feed. The turn is looked
+/// up in this session only (whose keys carry the caller's tenant), so another tenant's turn id
+/// is simply unknown here: `not_found`, and the other turn is untouched.
 pub async fn cancel(app: &App, keys: &SessionKeys, turn_id: &str) -> Result<(), ApiError> {
     if !is_valid_component(turn_id) {
         return Err(ApiError::BadRequest("turn_id must be 1-64 characters of [A-Za-z0-9_.-]".into()));

@@ -1,11 +1,13 @@
 //! The gateway's error type: one variant per refusal, each mapped in one place to an HTTP status
 //! and a protocol `error{code}`. Internal causes are logged once, here, and never sent to clients.
 
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use crate::auth::AuthError;
 use crate::protocol::{ControlMsg, ErrorCode};
+use crate::quota::QuotaError;
 use crate::store::StoreError;
 
 /// A refused request or frame.
@@ -14,6 +16,13 @@ pub enum ApiError {
     /// 400 `bad_request`: the frame or request is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// 401 `unauthorized`: no token, or a forged, malformed or expired one. The message names the
+    /// reason, never the token.
+    #[error("{0}")]
+    Unauthorized(#[from] AuthError),
+    /// 403 `forbidden`: the token does not allow this session.
+    #[error("{0}")]
+    Forbidden(String),
     /// 413 `too_large`: over a size limit.
     #[error("{0}")]
     TooLarge(String),
@@ -23,6 +32,18 @@ pub enum ApiError {
     /// 409 `busy`: a turn of the session is running; send again after it ends.
     #[error("turn {active_turn} is still running")]
     Busy { active_turn: String },
+    /// 429 `rate_limited`: too many frames or requests; retry after the hint.
+    #[error("too many messages; retry after {retry_after_ms} ms")]
+    RateLimited { retry_after_ms: u64 },
+    /// 429 `too_many_connections`: this user's connections on this gateway are all open.
+    #[error("you have {limit} connections open on this gateway, the most allowed")]
+    TooManyConnections { limit: usize },
+    /// 429 `quota_exceeded`: the tenant's turns in flight or per minute are used up.
+    #[error("{message}")]
+    QuotaExceeded { message: String, retry_after_ms: u64 },
+    /// 503 `degraded`: the queue is too long or too old; retry after the measured hint.
+    #[error("the service is overloaded; retry after {retry_after_ms} ms")]
+    Degraded { retry_after_ms: u64 },
     /// 503 `unavailable`: this gateway is at its connection limit or draining.
     #[error("{0}")]
     Overloaded(&'static str),
@@ -34,13 +55,32 @@ pub enum ApiError {
 /// Retry hint for `busy`: about one coalescing window of a typical answer.
 const BUSY_RETRY_MS: u64 = 1000;
 
+impl From<QuotaError> for ApiError {
+    fn from(e: QuotaError) -> Self {
+        match e {
+            QuotaError::Store(s) => Self::Store(s),
+            QuotaError::PerMinute { retry_after_ms } => Self::QuotaExceeded { message: e.to_string(), retry_after_ms },
+            // Slots free as turns end; about one answer's time.
+            QuotaError::InFlight { .. } => {
+                Self::QuotaExceeded { message: e.to_string(), retry_after_ms: BUSY_RETRY_MS }
+            }
+        }
+    }
+}
+
 impl ApiError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::BadRequest(_) => ErrorCode::BadRequest,
+            Self::Unauthorized(_) => ErrorCode::Unauthorized,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::TooLarge(_) => ErrorCode::TooLarge,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Busy { .. } => ErrorCode::Busy,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::TooManyConnections { .. } => ErrorCode::TooManyConnections,
+            Self::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
+            Self::Degraded { .. } => ErrorCode::Degraded,
             Self::Overloaded(_) | Self::Store(_) => ErrorCode::Unavailable,
         }
     }
@@ -48,10 +88,25 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Busy { .. } => StatusCode::CONFLICT,
-            Self::Overloaded(_) | Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited { .. } | Self::TooManyConnections { .. } | Self::QuotaExceeded { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::Degraded { .. } | Self::Overloaded(_) | Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            Self::Busy { .. } | Self::Store(_) | Self::Overloaded(_) => Some(BUSY_RETRY_MS),
+            Self::RateLimited { retry_after_ms }
+            | Self::QuotaExceeded { retry_after_ms, .. }
+            | Self::Degraded { retry_after_ms } => Some(*retry_after_ms),
+            _ => None,
         }
     }
 
@@ -60,18 +115,22 @@ impl ApiError {
         if let Self::Store(e) = self {
             tracing::error!(error = %e, "request failed on storage");
         }
-        let retry_after_ms = match self {
-            Self::Busy { .. } => Some(BUSY_RETRY_MS),
-            Self::Store(_) | Self::Overloaded(_) => Some(BUSY_RETRY_MS),
-            _ => None,
-        };
-        ControlMsg::Error { code: self.code(), message: self.to_string(), retry_after_ms }
+        ControlMsg::Error { code: self.code(), message: self.to_string(), retry_after_ms: self.retry_after_ms() }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        (status, Json(self.to_control())).into_response()
+        let mut response = (status, Json(self.to_control())).into_response();
+        let headers = response.headers_mut();
+        if let Some(ms) = self.retry_after_ms() {
+            // Whole seconds, rounded up, as RFC 9110 defines Retry-After.
+            headers.insert(header::RETRY_AFTER, ms.div_ceil(1000).into());
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }

@@ -4,11 +4,14 @@
 //! restarted gateway loses nothing. The caller hands in the listener and the shutdown token;
 //! [`Gateway::serve`] returns after draining.
 
+mod admission;
+mod authn;
 mod commands;
 mod error;
 mod feed;
 mod http;
 pub mod hub;
+mod limits;
 mod rest;
 mod sse;
 mod ws;
@@ -23,12 +26,30 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use admission::AdmissionSettings;
 pub use error::ApiError;
+pub use limits::LimitSettings;
 pub use ws::close;
 
-use crate::settings::{ms, Settings};
+use crate::auth::{AuthMode, Authenticator, Identity};
+use crate::quota::Quotas;
+use crate::settings::{ms, Settings, SettingsError};
 use crate::store::{Store, StoreError};
+use admission::Admission;
 use hub::Hub;
+use limits::{GatewayLimits, UserSlot};
+
+/// How often idle users' HTTP rate-limit state is dropped.
+const FORGET_IDLE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Why a gateway could not be built or served.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+}
 
 /// State shared by the gateway's handlers. Cheap to clone.
 #[derive(Clone)]
@@ -38,8 +59,14 @@ pub(crate) struct AppInner {
     pub settings: Settings,
     pub store: Store,
     pub hub: Hub,
-    /// Tenant of every session (authentication will assign it per token).
-    pub tenant: String,
+    /// Turns a request's credentials into an identity (tenant, user).
+    pub auth: Authenticator,
+    /// Per-connection and per-user limits of this gateway.
+    pub limits: GatewayLimits,
+    /// Per-tenant quotas, shared through Redis.
+    pub quotas: Quotas,
+    /// Refuses sends while a partition's queue is too long or old.
+    pub admission: Admission,
     /// One permit per open client connection (`gateway.max_connections`).
     pub connections: Arc<Semaphore>,
     /// Fired on shutdown; every socket task watches it.
@@ -55,9 +82,10 @@ impl std::ops::Deref for App {
     }
 }
 
-/// Held by an open connection: its slot and its gauge.
+/// Held by an open connection: its slots and its gauge.
 pub(crate) struct ConnGuard {
     _permit: OwnedSemaphorePermit,
+    _user: Option<UserSlot>,
     transport: &'static str,
     _task: tokio_util::task::task_tracker::TaskTrackerToken,
 }
@@ -69,11 +97,21 @@ impl Drop for ConnGuard {
 }
 
 impl App {
-    /// Takes a connection slot, or refuses when the gateway is full or draining.
-    pub(crate) fn admit(&self, transport: &'static str) -> Result<ConnGuard, ApiError> {
+    /// Takes a connection slot of the gateway and of the user, or refuses when the gateway is
+    /// full or draining, or the user has all of theirs open. In dev mode every client is the same
+    /// user, so the per-user bound does not apply there.
+    pub(crate) fn admit(&self, transport: &'static str, who: &Identity) -> Result<ConnGuard, ApiError> {
         if self.shutdown.is_cancelled() {
             return Err(ApiError::Overloaded("this gateway is draining; reconnect"));
         }
+        let user = match self.auth.mode() {
+            AuthMode::Dev => None,
+            AuthMode::Jwt => Some(
+                self.limits
+                    .connect(&who.tenant, &who.user)
+                    .ok_or(ApiError::TooManyConnections { limit: self.limits.settings().max_connections_per_user })?,
+            ),
+        };
         let permit = self
             .connections
             .clone()
@@ -81,7 +119,7 @@ impl App {
             .map_err(|_| ApiError::Overloaded("this gateway is at its connection limit"))?;
         metrics::gauge!(crate::metrics::GATEWAY_CONNECTIONS, "transport" => transport).increment(1.0);
         metrics::counter!(crate::metrics::GATEWAY_CONNECTS, "transport" => transport).increment(1);
-        Ok(ConnGuard { _permit: permit, transport, _task: self.tracker.token() })
+        Ok(ConnGuard { _permit: permit, _user: user, transport, _task: self.tracker.token() })
     }
 }
 
@@ -91,13 +129,21 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Builds the gateway: connects its pub/sub client and starts the hub.
-    pub async fn build(settings: Settings, store: Store, shutdown: CancellationToken) -> Result<Self, StoreError> {
-        let sub = store.redis().subscriber().await?;
+    /// Builds the gateway: loads the auth keys, connects its pub/sub client, and starts the hub
+    /// and the admission refresher.
+    pub async fn build(settings: Settings, store: Store, shutdown: CancellationToken) -> Result<Self, GatewayError> {
         let g = &settings.gateway;
+        settings.auth.validate(g.listen)?;
+        let auth = Authenticator::new(&settings.auth, &g.tenant)
+            .map_err(|e| SettingsError::Invalid { key: "auth.keys", reason: e.to_string() })?;
+        let sub = store.redis().subscriber().await?;
         let hub = Hub::start(sub, g.send_queue_events, g.send_queue_bytes, shutdown.clone());
+        let admission = Admission::start(g.admission.clone(), store.clone(), shutdown.clone());
         let app = App(Arc::new(AppInner {
-            tenant: g.tenant.clone(),
+            auth,
+            limits: GatewayLimits::new(&g.limits),
+            quotas: Quotas::new(settings.quota.clone(), store.keys().clone()),
+            admission,
             connections: Arc::new(Semaphore::new(g.max_connections)),
             settings,
             store,
@@ -105,6 +151,16 @@ impl Gateway {
             shutdown,
             tracker: TaskTracker::new(),
         }));
+        let janitor = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FORGET_IDLE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = janitor.shutdown.cancelled() => return,
+                    _ = tick.tick() => janitor.limits.forget_idle(),
+                }
+            }
+        });
         Ok(Self { app })
     }
 
@@ -122,7 +178,19 @@ impl Gateway {
 
     /// Serves on `listener` until the shutdown token fires, then drains: every socket is told to
     /// reconnect and closed, within `gateway.drain_timeout_ms`.
+    /// In dev mode, a listener on a non-loopback address is refused (like `gateway.listen` in
+    /// settings) unless `auth.force_dev_on_non_loopback` is set.
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+        let a = &self.app.settings.auth;
+        let addr = listener.local_addr()?;
+        if a.mode == AuthMode::Dev && !a.force_dev_on_non_loopback && !addr.ip().is_loopback() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "auth.mode = \"dev\" refuses the non-loopback address {addr}; see auth.force_dev_on_non_loopback"
+                ),
+            ));
+        }
         let shutdown = self.app.shutdown.clone();
         let router = self.router();
         axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;

@@ -1,15 +1,18 @@
 //! HTTP routes for clients without a socket: send and cancel (SSE and long-poll clients use these).
+//! Both need `Authorization: Bearer` in jwt mode and count against the user's HTTP rate.
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
+use super::authn::{identify, session_keys, Source};
 use super::error::ApiError;
 use super::{commands, App};
-use crate::keys::{is_valid_component, SessionKeys};
+use crate::auth::{AuthMode, Identity};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,22 +21,38 @@ struct SendBody {
     text: String,
 }
 
-/// The session named in a path, if its id is valid.
-pub(super) fn session_keys(app: &App, session_id: &str) -> Result<SessionKeys, ApiError> {
-    if !is_valid_component(session_id) {
-        return Err(ApiError::BadRequest("session id must be 1-64 characters of [A-Za-z0-9_.-]".into()));
+/// Authenticates and counts one request against the user's HTTP rate (jwt mode: in dev mode all
+/// clients are one user, and one client's burst would throttle everyone).
+fn caller(app: &App, headers: &HeaderMap) -> Result<Identity, ApiError> {
+    let who = identify(app, headers, Source::Header)?;
+    if app.auth.mode() == AuthMode::Jwt {
+        app.limits
+            .http_request(&who.tenant, &who.user)
+            .map_err(|retry_after_ms| ApiError::RateLimited { retry_after_ms })?;
     }
-    Ok(app.store.keys().session(&app.tenant, session_id))
+    Ok(who)
 }
 
 /// `POST /v1/sessions/{id}/messages` → the `ack` frame.
-pub(super) async fn send(State(app): State<App>, Path(session_id): Path<String>, body: Bytes) -> Response {
+pub(super) async fn send(
+    State(app): State<App>,
+    Path(session_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let run = async {
-        let keys = session_keys(&app, &session_id)?;
+        let who = caller(&app, &headers)?;
+        let keys = session_keys(&app, &who, &session_id)?;
+        let body = body.map_err(|e| match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::TooLarge(format!("the body exceeds {} bytes", app.settings.gateway.max_frame_bytes))
+            }
+            _ => ApiError::BadRequest("the body could not be read".into()),
+        })?;
         // Parsed here, not by axum's Json extractor, so a bad body gets our error format.
         let body: SendBody =
             serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?;
-        commands::send(&app, &keys, &body.client_msg_id, &body.text).await
+        commands::send(&app, &who, &keys, &body.client_msg_id, &body.text).await
     };
     match run.await {
         Ok(ack) => Json(ack).into_response(),
@@ -42,9 +61,14 @@ pub(super) async fn send(State(app): State<App>, Path(session_id): Path<String>,
 }
 
 /// `POST /v1/sessions/{id}/turns/{turn_id}/cancel` → 202; the `cancelled` event follows on the feed.
-pub(super) async fn cancel(State(app): State<App>, Path((session_id, turn_id)): Path<(String, String)>) -> Response {
+pub(super) async fn cancel(
+    State(app): State<App>,
+    Path((session_id, turn_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
     let run = async {
-        let keys = session_keys(&app, &session_id)?;
+        let who = caller(&app, &headers)?;
+        let keys = session_keys(&app, &who, &session_id)?;
         commands::cancel(&app, &keys, &turn_id).await
     };
     match run.await {

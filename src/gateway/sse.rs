@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -17,10 +18,11 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::authn::{identify, session_keys, Source};
 use super::error::ApiError;
 use super::feed::{merge_deltas, Feed, FeedError, Item, Opening};
-use super::rest::session_keys;
 use super::App;
+use crate::auth::{AuthError, Identity};
 use crate::protocol::{self, ControlMsg};
 use crate::settings::ms;
 
@@ -37,45 +39,73 @@ pub(super) struct EventsQuery {
     epoch: Option<String>,
     /// Long-poll: how long to wait for events.
     wait_ms: Option<u64>,
+    /// The token, for clients that cannot set `Authorization` (EventSource).
+    token: Option<String>,
 }
 
 pub(super) async fn events(
     State(app): State<App>,
     Path(session_id): Path<String>,
-    Query(q): Query<EventsQuery>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
     let wants_sse =
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/event-stream"));
-    let result = if wants_sse { sse(app, session_id, q, &headers).await } else { long_poll(app, session_id, q).await };
-    result.unwrap_or_else(|e| e.into_response())
+    let run = async {
+        // A fixed message: the rejection's text could quote the query, token included.
+        let Query(q) =
+            q.map_err(|_| ApiError::BadRequest("invalid query: after, last_seq and wait_ms are integers".into()))?;
+        let who = identify(&app, &headers, Source::HeaderOrQuery(q.token.as_deref()))?;
+        if wants_sse {
+            sse(app, who, session_id, q, &headers).await
+        } else {
+            long_poll(app, who, session_id, q).await
+        }
+    };
+    run.await.unwrap_or_else(|e| e.into_response())
 }
 
-async fn sse(app: App, session_id: String, q: EventsQuery, headers: &HeaderMap) -> Result<Response, ApiError> {
-    let keys = session_keys(&app, &session_id)?;
+async fn sse(
+    app: App,
+    who: Identity,
+    session_id: String,
+    q: EventsQuery,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let keys = session_keys(&app, &who, &session_id)?;
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().parse::<u64>().map_err(|_| ApiError::BadRequest("Last-Event-ID must be a seq".into())))
         .transpose()?;
     let last_seq = last_event_id.or(q.last_seq);
-    let guard = app.admit("sse")?;
+    let guard = app.admit("sse", &who)?;
     let (feed, opening) = Feed::open(&app.hub, &app.store, keys, &session_id, q.epoch.as_deref(), last_seq, true)
         .await
         .map_err(feed_error)?;
     let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(SSE_BUFFER);
     let task_app = app.clone();
+    let expiry = who.time_left();
     tokio::spawn(async move {
-        pump(task_app, feed, opening, tx).await;
+        pump(task_app, feed, opening, tx, expiry).await;
         drop(guard);
     });
     let keep_alive = KeepAlive::new().interval(ms(app.settings.gateway.sse_heartbeat_ms)).text("hb");
     Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(keep_alive).into_response())
 }
 
-/// Moves the feed into the SSE body until the client leaves or the gateway drains.
-async fn pump(app: App, mut feed: Feed, opening: Opening, tx: mpsc::Sender<Result<SseEvent, Infallible>>) {
+/// Moves the feed into the SSE body until the client leaves, the gateway drains, or the token
+/// expires (then an `error{unauthorized}` control event ends the stream).
+async fn pump(
+    app: App,
+    mut feed: Feed,
+    opening: Opening,
+    tx: mpsc::Sender<Result<SseEvent, Infallible>>,
+    expiry: Option<Duration>,
+) {
     let write_timeout = ms(app.settings.gateway.write_timeout_ms);
+    let expired = super::ws::expiry_timer(expiry);
+    tokio::pin!(expired);
     if send_control(&tx, &opening.welcome, write_timeout).await.is_err() {
         return;
     }
@@ -90,6 +120,11 @@ async fn pump(app: App, mut feed: Feed, opening: Opening, tx: mpsc::Sender<Resul
                     return;
                 }
                 _ = tx.closed() => return,
+                _ = &mut expired => {
+                    let e = ApiError::Unauthorized(AuthError::Expired);
+                    let _ = send_control(&tx, &e.to_control(), write_timeout).await;
+                    return;
+                }
                 r = feed.next() => match r {
                     Ok(i) => i,
                     Err(FeedError::Overflow) => {
@@ -148,10 +183,12 @@ async fn push(
 }
 
 /// Long-poll: one response with the events after `after`, waiting up to `wait_ms` for some.
-async fn long_poll(app: App, session_id: String, q: EventsQuery) -> Result<Response, ApiError> {
-    let keys = session_keys(&app, &session_id)?;
+async fn long_poll(app: App, who: Identity, session_id: String, q: EventsQuery) -> Result<Response, ApiError> {
+    let keys = session_keys(&app, &who, &session_id)?;
     let wait = ms(q.wait_ms.unwrap_or(0).min(app.settings.gateway.longpoll_max_wait_ms));
-    let _guard = app.admit("poll")?;
+    // A poll never outlives its token.
+    let wait = who.time_left().map_or(wait, |left| wait.min(left));
+    let _guard = app.admit("poll", &who)?;
     let (mut feed, opening) = Feed::open(&app.hub, &app.store, keys, &session_id, q.epoch.as_deref(), q.after, false)
         .await
         .map_err(feed_error)?;

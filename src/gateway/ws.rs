@@ -5,11 +5,17 @@
 //! the client is slow or asked for a coalescing window), WebSocket pings with a pong deadline,
 //! and shutdown (which sends `reconnect` and closes 1012). axum's graceful shutdown does not wait
 //! for upgraded sockets, so the task watches the shutdown token itself.
+//!
+//! The client is authenticated before the upgrade (`?token=` or the `bearer.<token>` subprotocol);
+//! the socket closes with 4001 when its token expires. Every incoming frame counts against the
+//! connection's rate (`gateway.limits`); a connection refused too often in a row closes with 4029.
 
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -18,7 +24,9 @@ use tokio::time::{timeout, Instant};
 use super::commands;
 use super::error::ApiError;
 use super::feed::{merge_deltas, Feed, FeedError, Item};
+use super::limits::{FrameLimiter, Verdict};
 use super::{App, ConnGuard};
+use crate::auth::{self, AuthError, Identity};
 use crate::metrics as m;
 use crate::protocol::{self, ClientMsg, ControlMsg, ErrorCode};
 use crate::settings::ms;
@@ -27,8 +35,12 @@ use crate::settings::ms;
 pub mod close {
     /// The server is restarting or draining: reconnect (resume) at once.
     pub const GOING_AWAY: u16 = 1012;
-    /// A frame broke the protocol (e.g. no `hello` first, binary data).
+    /// A frame broke the protocol (e.g. no `hello` first, a bad first frame).
     pub const PROTOCOL: u16 = 1002;
+    /// A text frame was not valid UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
+    /// The token does not allow this session (after `error{forbidden}`).
+    pub const POLICY: u16 = 1008;
     /// A frame or message exceeded its size limit.
     pub const TOO_LARGE: u16 = 1009;
     /// No hello, or no traffic and no pong, in time.
@@ -37,6 +49,10 @@ pub mod close {
     pub const UNAVAILABLE: u16 = 4003;
     /// The client read too slowly and its send queue overflowed: reconnect and resume.
     pub const SLOW_CONSUMER: u16 = 4008;
+    /// The token expired (after `error{unauthorized}`): reconnect with a fresh token and resume.
+    pub const TOKEN_EXPIRED: u16 = 4001;
+    /// Too many frames were refused in a row (`gateway.limits.max_rejected_frames`).
+    pub const ABUSE: u16 = 4029;
 }
 
 /// How long a closing socket waits for the peer's close frame.
@@ -51,19 +67,43 @@ const WRITE_BUFFER: usize = 16 * 1024;
 #[derive(Debug, Deserialize)]
 pub(super) struct WsQuery {
     session_id: Option<String>,
+    /// The token (browsers cannot set headers on a WebSocket); or the `bearer.` subprotocol.
+    token: Option<String>,
 }
 
-/// Upgrades to a WebSocket, if a connection slot is free.
-pub(super) async fn upgrade(State(app): State<App>, Query(q): Query<WsQuery>, ws: WebSocketUpgrade) -> Response {
-    let guard = match app.admit("ws") {
-        Ok(g) => g,
+/// Authenticates and upgrades to a WebSocket, if a connection slot is free. Refusals are HTTP
+/// responses with the `error` object, before any WebSocket exists.
+pub(super) async fn upgrade(
+    State(app): State<App>,
+    q: Result<Query<WsQuery>, QueryRejection>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return ApiError::BadRequest("invalid query string".into()).into_response();
+    };
+    let offered = headers.get(header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let (sub_token, offers_v1) = auth::from_subprotocols(offered);
+    let who = match super::authn::check(&app, q.token.as_deref().or(sub_token)) {
+        Ok(who) => who,
         Err(e) => return e.into_response(),
     };
     if let Some(sid) = &q.session_id {
-        if !crate::keys::is_valid_component(sid) {
-            return ApiError::BadRequest("session_id must be 1-64 characters of [A-Za-z0-9_.-]".into()).into_response();
+        if let Err(e) = super::authn::session_keys(&app, &who, sid) {
+            return e.into_response();
         }
     }
+    let guard = match app.admit("ws", &who) {
+        Ok(g) => g,
+        Err(e) => return e.into_response(),
+    };
+    // A browser fails the handshake unless one offered subprotocol is echoed: the protocol name
+    // when offered, else the bearer entry itself (it only goes back to the client that sent it).
+    let ws = match (offers_v1, sub_token) {
+        (true, _) => ws.protocols([auth::SUBPROTOCOL]),
+        (false, Some(t)) => ws.protocols([format!("{}{t}", auth::BEARER_SUBPROTOCOL_PREFIX)]),
+        (false, None) => ws,
+    };
     let limit = app.settings.gateway.max_frame_bytes;
     // tungstenite flushes at `write_buffer_size` and refuses to grow past the max; the max must
     // exceed the flush threshold, so the threshold is derived from the configured bound.
@@ -77,17 +117,17 @@ pub(super) async fn upgrade(State(app): State<App>, Query(q): Query<WsQuery>, ws
         .max_write_buffer_size(queue.max(MAX_FRAME_OUT))
         .on_upgrade(move |socket| {
             let span = tracing::info_span!("conn", transport = "ws");
-            tracing::Instrument::instrument(serve(app, socket, q.session_id, guard), span)
+            tracing::Instrument::instrument(serve(app, socket, who, q.session_id, guard), span)
         })
 }
 
 /// Why a socket loop ended, and the close frame to send (if any).
 struct Ending(Option<(u16, &'static str)>);
 
-async fn serve(app: App, socket: WebSocket, query_sid: Option<String>, guard: ConnGuard) {
+async fn serve(app: App, socket: WebSocket, who: Identity, query_sid: Option<String>, guard: ConnGuard) {
     let (mut tx, mut rx) = socket.split();
     let write_timeout = ms(app.settings.gateway.write_timeout_ms);
-    let ending = match session(&app, &mut tx, &mut rx, query_sid).await {
+    let ending = match session(&app, &mut tx, &mut rx, &who, query_sid).await {
         Ok(e) | Err(e) => e,
     };
     if let Some((code, reason)) = ending.0 {
@@ -106,52 +146,63 @@ async fn serve(app: App, socket: WebSocket, query_sid: Option<String>, guard: Co
 type Tx = futures::stream::SplitSink<WebSocket, Message>;
 type Rx = futures::stream::SplitStream<WebSocket>;
 
-async fn session(app: &App, tx: &mut Tx, rx: &mut Rx, query_sid: Option<String>) -> Result<Ending, Ending> {
+async fn session(
+    app: &App,
+    tx: &mut Tx,
+    rx: &mut Rx,
+    who: &Identity,
+    query_sid: Option<String>,
+) -> Result<Ending, Ending> {
     let g = &app.settings.gateway;
     let write_timeout = ms(g.write_timeout_ms);
+    let expired = expiry_timer(who.time_left());
+    tokio::pin!(expired);
+    let mut limiter = FrameLimiter::new(&g.limits);
     // 1. hello
     let hello = tokio::select! {
         r = timeout(ms(g.hello_timeout_ms), rx.next()) => r.map_err(|_| Ending(Some((close::TIMEOUT, "no hello in time"))))?,
         _ = app.shutdown.cancelled() => return Err(Ending(Some((close::GOING_AWAY, "draining")))),
+        _ = &mut expired => return Err(token_expired(tx, write_timeout).await),
     };
-    let (session_id, epoch, last_seq, coalesce) = match read_frame(hello) {
-        Ok(ClientMsg::Hello { session_id, epoch, last_seq, coalesce_ms }) => (session_id, epoch, last_seq, coalesce_ms),
-        Ok(_) => {
-            return Err(reject(tx, app, ErrorCode::BadRequest, "the first frame must be hello", write_timeout).await)
+    limiter.check();
+    let refuse = |e: ApiError| (e.code(), e.to_string(), close::PROTOCOL);
+    let first_frame = || refuse(ApiError::BadRequest("the first frame must be hello".into()));
+    let hello = match read_frame(hello) {
+        Ok(ClientMsg::Hello { session_id, epoch, last_seq, coalesce_ms }) => {
+            if query_sid.as_deref().is_some_and(|q| q != session_id) {
+                Err(refuse(ApiError::BadRequest("hello.session_id differs from the URL".into())))
+            } else {
+                match super::authn::session_keys(app, who, &session_id) {
+                    Ok(keys) => Ok((keys, session_id, epoch, last_seq, coalesce_ms)),
+                    Err(e @ ApiError::Forbidden(_)) => Err((e.code(), e.to_string(), close::POLICY)),
+                    Err(e) => Err(refuse(e)),
+                }
+            }
         }
+        Ok(_) | Err(FrameError::Ignore) => Err(first_frame()),
         Err(FrameError::Closed) => return Err(Ending(None)),
-        Err(FrameError::Ignore) => {
-            return Err(reject(tx, app, ErrorCode::BadRequest, "the first frame must be hello", write_timeout).await)
-        }
-        Err(FrameError::Bad(code, msg)) => return Err(reject(tx, app, code, &msg, write_timeout).await),
+        Err(FrameError::Bad(code, msg)) => Err((code, msg, close::PROTOCOL)),
+        Err(FrameError::Fatal(code, msg, close)) => Err((code, msg, close)),
     };
-    if query_sid.as_deref().is_some_and(|q| q != session_id) {
-        return Err(
-            reject(tx, app, ErrorCode::BadRequest, "hello.session_id differs from the URL", write_timeout).await
-        );
-    }
-    if !crate::keys::is_valid_component(&session_id) {
-        return Err(reject(
-            tx,
-            app,
-            ErrorCode::BadRequest,
-            "session_id must be 1-64 characters of [A-Za-z0-9_.-]",
-            write_timeout,
-        )
-        .await);
-    }
+    let (keys, session_id, epoch, last_seq, coalesce) = match hello {
+        Ok(h) => h,
+        Err((code, msg, close)) => return Err(reject(tx, code, &msg, close, write_timeout).await),
+    };
     let coalesce = ms(coalesce.unwrap_or(0).min(g.max_client_coalesce_ms));
-    let keys = app.store.keys().session(&app.tenant, &session_id);
     let (mut feed, opening) =
         match Feed::open(&app.hub, &app.store, keys, &session_id, epoch.as_deref(), last_seq, true).await {
             Ok(f) => f,
             Err(e) => {
                 tracing::error!(error = %e, "cannot open session");
-                return Err(
-                    reject(tx, app, ErrorCode::Unavailable, "the session cannot be opened now", write_timeout).await
-                );
+                let msg = "the session cannot be opened now";
+                return Err(reject(tx, ErrorCode::Unavailable, msg, close::UNAVAILABLE, write_timeout).await);
             }
         };
+    if matches!(&opening.first, Item::Snapshot(ControlMsg::Snapshot { reason, .. }) if reason == "future") {
+        // The client claims events the session never had: say so plainly, then resync it.
+        let e = ApiError::BadRequest("hello.last_seq is ahead of the session; a snapshot follows".into());
+        send_control(tx, &e.to_control(), write_timeout).await?;
+    }
     send_control(tx, &opening.welcome, write_timeout).await?;
     send_item(tx, &feed, opening.first, write_timeout).await?;
 
@@ -167,28 +218,44 @@ async fn session(app: &App, tx: &mut Tx, rx: &mut Rx, query_sid: Option<String>)
                 let _ = send_control(tx, &msg, write_timeout).await;
                 return Ok(Ending(Some((close::GOING_AWAY, "draining"))));
             }
+            _ = &mut expired => return Err(token_expired(tx, write_timeout).await),
             incoming = rx.next() => {
                 last_heard = Instant::now();
-                match read_frame(incoming) {
+                let is_data = matches!(incoming, Some(Ok(Message::Text(_) | Message::Binary(_))));
+                if is_data {
+                    if let Verdict::Limited { retry_after_ms } = limiter.check() {
+                        let e = ApiError::RateLimited { retry_after_ms };
+                        metrics::counter!(m::GATEWAY_REJECTED, "code" => code_label(e.code())).increment(1);
+                        send_control(tx, &e.to_control(), write_timeout).await?;
+                        strike(&mut limiter, true)?;
+                        continue;
+                    }
+                }
+                let refused = match read_frame(incoming) {
                     Ok(ClientMsg::Hello { .. }) => {
                         let e = ApiError::BadRequest("hello was already received".into());
                         send_control(tx, &e.to_control(), write_timeout).await?;
+                        true
                     }
                     Ok(msg) => {
-                        if let Some(reply) = commands::handle(app, feed.keys(), msg).await {
+                        let (reply, refused) = commands::handle(app, who, feed.keys(), msg).await;
+                        if let Some(reply) = reply {
                             send_control(tx, &reply, write_timeout).await?;
                         }
+                        refused
                     }
                     Err(FrameError::Closed) => return Ok(Ending(None)),
-                    Err(FrameError::Ignore) => {}
+                    Err(FrameError::Ignore) => false,
+                    Err(FrameError::Fatal(code, msg, close)) => return Err(reject(tx, code, &msg, close, write_timeout).await),
                     Err(FrameError::Bad(code, msg)) => {
-                        if code == ErrorCode::TooLarge {
-                            return Err(reject(tx, app, code, &msg, write_timeout).await);
-                        }
                         metrics::counter!(m::GATEWAY_REJECTED, "code" => code_label(code)).increment(1);
                         let e = ControlMsg::Error { code, message: msg, retry_after_ms: None };
                         send_control(tx, &e, write_timeout).await?;
+                        true
                     }
+                };
+                if is_data {
+                    strike(&mut limiter, refused)?;
                 }
             }
             item = feed.next() => {
@@ -215,6 +282,30 @@ async fn session(app: &App, tx: &mut Tx, rx: &mut Rx, query_sid: Option<String>)
             }
         }
     }
+}
+
+/// Records a frame's fate; a connection refused too often in a row is closed (4029).
+fn strike(limiter: &mut FrameLimiter, refused: bool) -> Result<(), Ending> {
+    if limiter.record(refused) {
+        metrics::counter!(m::GATEWAY_POLICY_CLOSES, "reason" => "rejected_frames").increment(1);
+        return Err(Ending(Some((close::ABUSE, "too many refused frames"))));
+    }
+    Ok(())
+}
+
+/// Completes when a token with `left` to live expires; never, for a token without expiry.
+pub(super) async fn expiry_timer(left: Option<Duration>) {
+    match left {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn token_expired(tx: &mut Tx, write_timeout: Duration) -> Ending {
+    metrics::counter!(m::GATEWAY_POLICY_CLOSES, "reason" => "token_expired").increment(1);
+    let e = ApiError::Unauthorized(AuthError::Expired);
+    let _ = send_control(tx, &e.to_control(), write_timeout).await;
+    Ending(Some((close::TOKEN_EXPIRED, "token expired")))
 }
 
 /// For a client that asked for `coalesce_ms`: waits out the window, collecting what arrives.
@@ -287,33 +378,44 @@ async fn write(tx: &mut Tx, msg: Message, write_timeout: Duration) -> Result<(),
     }
 }
 
-/// Sends an error and ends the connection with the close code matching it.
-async fn reject(tx: &mut Tx, _app: &App, code: ErrorCode, message: &str, write_timeout: Duration) -> Ending {
+/// Sends an error and ends the connection with `close`.
+async fn reject(tx: &mut Tx, code: ErrorCode, message: &str, close: u16, write_timeout: Duration) -> Ending {
     metrics::counter!(m::GATEWAY_REJECTED, "code" => code_label(code)).increment(1);
+    if matches!(close, close::POLICY | close::INVALID_DATA) {
+        let reason = if close == close::POLICY { "forbidden" } else { "invalid_utf8" };
+        metrics::counter!(m::GATEWAY_POLICY_CLOSES, "reason" => reason).increment(1);
+    }
     let msg = ControlMsg::Error { code, message: message.to_string(), retry_after_ms: None };
     let _ = send_control(tx, &msg, write_timeout).await;
-    let close = match code {
-        ErrorCode::TooLarge => close::TOO_LARGE,
-        ErrorCode::Unavailable => close::UNAVAILABLE,
-        _ => close::PROTOCOL,
-    };
     Ending(Some((close, "refused")))
 }
 
 enum FrameError {
     Closed,
     Ignore,
+    /// Refused; the connection stays open.
     Bad(ErrorCode, String),
+    /// Refused, and the connection closes with this code.
+    Fatal(ErrorCode, String, u16),
 }
 
 fn read_frame(msg: Option<Result<Message, axum::Error>>) -> Result<ClientMsg, FrameError> {
     match msg {
         None => Err(FrameError::Closed),
         Some(Err(e)) => {
+            // axum hides tungstenite's error type behind its own, so its text is all there is.
             let text = e.to_string();
             tracing::debug!(error = %text, "websocket read error");
             if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
-                Err(FrameError::Bad(ErrorCode::TooLarge, "frame exceeds the size limit".into()))
+                Err(FrameError::Fatal(ErrorCode::TooLarge, "frame exceeds the size limit".into(), close::TOO_LARGE))
+            } else if text.contains("UTF-8") {
+                Err(FrameError::Fatal(
+                    ErrorCode::BadRequest,
+                    "text frame is not valid UTF-8".into(),
+                    close::INVALID_DATA,
+                ))
+            } else if text.contains("protocol error") {
+                Err(FrameError::Fatal(ErrorCode::BadRequest, "WebSocket protocol violation".into(), close::PROTOCOL))
             } else {
                 Err(FrameError::Closed)
             }
@@ -340,5 +442,7 @@ pub(super) fn code_label(code: ErrorCode) -> &'static str {
         ErrorCode::Degraded => "degraded",
         ErrorCode::NotFound => "not_found",
         ErrorCode::Unavailable => "unavailable",
+        ErrorCode::QuotaExceeded => "quota_exceeded",
+        ErrorCode::TooManyConnections => "too_many_connections",
     }
 }

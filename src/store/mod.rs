@@ -8,12 +8,14 @@
 
 mod conn;
 mod functions;
+mod quota;
 mod reply;
 
 pub use conn::{Redis, FUNCTIONS_LIBRARY, LIBRARY_NAME};
 pub use functions::{
     CancelOutcome, Claimed, EnqueueOutcome, FinishArgs, LogRead, Opened, StartOutcome, Store, WriteOutcome,
 };
+pub use quota::QuotaOutcome;
 
 /// A failed Redis call or an unexpected reply.
 #[derive(Debug, thiserror::Error)]

@@ -140,7 +140,7 @@ impl Drop for TestApp {
     }
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A WebSocket client speaking protocol v1.
 pub struct Client {
@@ -309,4 +309,98 @@ pub fn assert_contiguous(events: &[Event], from: u64) {
 /// A unique id for client_msg_id and session names.
 pub fn uid(prefix: &str) -> String {
     format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// HS256 secret of the test signing key (kid `test`).
+pub const TEST_SECRET: &str = "chatfleet-test-signing-secret-0123456789";
+
+/// Test settings in jwt mode, accepting tokens signed with [`TEST_SECRET`].
+pub fn jwt_settings() -> Settings {
+    use chatfleet::auth::{AuthMode, KeyAlg, KeySettings};
+    let mut s = test_settings();
+    s.auth.mode = AuthMode::Jwt;
+    s.auth.keys = vec![KeySettings {
+        kid: Some("test".into()),
+        alg: KeyAlg::HS256,
+        secret: Some(secrecy::SecretString::from(TEST_SECRET.to_string())),
+        secret_file: None,
+        public_key_pem: None,
+        public_key_file: None,
+    }];
+    s
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// A token for `user` of `tenant` that expires in `ttl_secs` (negative: already expired),
+/// optionally restricted to `sessions`.
+pub fn token(tenant: &str, user: &str, ttl_secs: i64, sessions: Option<&[&str]>) -> String {
+    let mut claims = serde_json::json!({"tenant": tenant, "sub": user, "exp": unix_now() + ttl_secs});
+    if let Some(list) = sessions {
+        claims["sessions"] = serde_json::json!(list);
+    }
+    sign(&claims, TEST_SECRET, Some("test"))
+}
+
+/// Signs `claims` with an HS256 `secret` (for forged tokens, a secret the server does not know).
+pub fn sign(claims: &serde_json::Value, secret: &str, kid: Option<&str>) -> String {
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    h.kid = kid.map(String::from);
+    jsonwebtoken::encode(&h, claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())).unwrap()
+}
+
+/// How a WebSocket client presents its token.
+#[derive(Debug, Clone, Copy)]
+pub enum TokenVia {
+    Query,
+    /// `Sec-WebSocket-Protocol: chatfleet.v1, bearer.<token>`.
+    Subprotocol,
+}
+
+/// Opens a WebSocket to `addr` for `session` with `token`; the handshake's outcome as is.
+pub async fn ws_open(
+    addr: SocketAddr,
+    session: &str,
+    token: Option<&str>,
+    via: TokenVia,
+) -> Result<(Ws, tokio_tungstenite::tungstenite::handshake::client::Response), tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut url = format!("ws://{addr}/v1/ws?session_id={session}");
+    if let (Some(t), TokenVia::Query) = (token, via) {
+        url.push_str(&format!("&token={t}"));
+    }
+    let mut req = url.into_client_request().unwrap();
+    if let (Some(t), TokenVia::Subprotocol) = (token, via) {
+        req.headers_mut().insert("sec-websocket-protocol", format!("chatfleet.v1, bearer.{t}").parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(req).await
+}
+
+impl Client {
+    /// Connects with a token and says hello on `session`.
+    pub async fn connect_with_token(addr: SocketAddr, session: &str, token: &str, via: TokenVia) -> Self {
+        let (ws, _) = ws_open(addr, session, Some(token), via).await.expect("websocket connects");
+        Self::hello(ws, session, None, None).await
+    }
+}
+
+/// The HTTP status and `error.code` of a refused handshake (or request) response.
+pub async fn refusal(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.expect("an error body");
+    (status, body["code"].as_str().unwrap_or_default().to_string())
+}
+
+/// The HTTP status and `error.code` of a refused WebSocket handshake.
+pub fn handshake_refusal(e: tokio_tungstenite::tungstenite::Error) -> (u16, String) {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            let body: serde_json::Value = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"{}")).unwrap();
+            (resp.status().as_u16(), body["code"].as_str().unwrap_or_default().to_string())
+        }
+        other => panic!("expected an HTTP refusal, got {other}"),
+    }
 }

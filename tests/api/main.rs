@@ -4,8 +4,11 @@ mod helpers;
 
 mod backpressure;
 mod e2e;
+mod hostile;
 mod observability;
 mod procs;
+mod quota;
 mod resume;
+mod tenancy;
 mod transports;
 mod workers;

@@ -1,0 +1,128 @@
+//! Unit tests of token verification: rotation, algorithms, and every way a token is refused.
+
+use jsonwebtoken::{encode, EncodingKey, Header};
+use secrecy::SecretString;
+use serde_json::json;
+
+use super::*;
+
+const SECRET_A: &str = "an-hs256-secret-of-at-least-32-bytes-A";
+const SECRET_B: &str = "an-hs256-secret-of-at-least-32-bytes-B";
+
+fn hs(kid: Option<&str>, secret: &str) -> KeySettings {
+    KeySettings {
+        kid: kid.map(String::from),
+        alg: KeyAlg::HS256,
+        secret: Some(SecretString::from(secret.to_string())),
+        secret_file: None,
+        public_key_pem: None,
+        public_key_file: None,
+    }
+}
+
+fn settings(keys: Vec<KeySettings>) -> AuthSettings {
+    AuthSettings {
+        mode: AuthMode::Jwt,
+        force_dev_on_non_loopback: false,
+        leeway_secs: 0,
+        max_token_bytes: 8192,
+        max_token_sessions: 4,
+        issuer: None,
+        audience: None,
+        keys,
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn token(kid: Option<&str>, secret: &str, claims: serde_json::Value) -> String {
+    let mut h = Header::new(jsonwebtoken::Algorithm::HS256);
+    h.kid = kid.map(String::from);
+    encode(&h, &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+}
+
+fn good_claims() -> serde_json::Value {
+    json!({"tenant": "acme", "sub": "u1", "exp": now() + 60})
+}
+
+#[test]
+fn either_of_two_rotating_keys_is_accepted_by_kid_or_by_trial() {
+    let v = Verifier::new(&settings(vec![hs(Some("a"), SECRET_A), hs(Some("b"), SECRET_B)])).unwrap();
+    for (kid, secret) in [(Some("a"), SECRET_A), (Some("b"), SECRET_B), (None, SECRET_B)] {
+        let id = v.verify(&token(kid, secret, good_claims())).unwrap();
+        assert_eq!((id.tenant.as_str(), id.user.as_str()), ("acme", "u1"));
+    }
+    // The right secret under the wrong kid does not verify.
+    assert!(v.verify(&token(Some("a"), SECRET_B, good_claims())).is_err());
+    assert_eq!(
+        v.verify(&token(Some("zz"), SECRET_A, good_claims())),
+        Err(AuthError::Invalid("no key accepts this token's kid and alg"))
+    );
+}
+
+#[test]
+fn expired_forged_none_and_claimless_tokens_are_refused() {
+    let v = Verifier::new(&settings(vec![hs(None, SECRET_A)])).unwrap();
+    let expired = json!({"tenant": "acme", "sub": "u1", "exp": now() - 5});
+    assert_eq!(v.verify(&token(None, SECRET_A, expired)), Err(AuthError::Expired));
+    let forged = token(None, "someone-elses-secret-of-32-bytes-or-more", good_claims());
+    assert!(matches!(v.verify(&forged), Err(AuthError::Invalid(_))));
+    // alg: none, signature stripped.
+    let body = forged.split('.').nth(1).unwrap();
+    let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{body}.");
+    assert_eq!(v.verify(&none), Err(AuthError::Invalid("malformed token")));
+    let no_tenant = token(None, SECRET_A, json!({"sub": "u1", "exp": now() + 60}));
+    assert!(matches!(v.verify(&no_tenant), Err(AuthError::Invalid(_))));
+    let bad_tenant = token(None, SECRET_A, json!({"tenant": "a:b", "sub": "u1", "exp": now() + 60}));
+    assert!(matches!(v.verify(&bad_tenant), Err(AuthError::Invalid(_))));
+    assert!(matches!(v.verify("garbage"), Err(AuthError::Invalid(_))));
+    assert!(matches!(v.verify(&"a".repeat(9000)), Err(AuthError::Invalid("token too long"))));
+}
+
+#[test]
+fn a_session_list_restricts_what_the_token_may_open() {
+    let v = Verifier::new(&settings(vec![hs(None, SECRET_A)])).unwrap();
+    let t = token(None, SECRET_A, json!({"tenant": "acme", "sub": "u", "exp": now() + 60, "sessions": ["s1"]}));
+    let id = v.verify(&t).unwrap();
+    assert!(id.may_open("s1") && !id.may_open("s2"));
+    let many = json!({"tenant": "acme", "sub": "u", "exp": now() + 60, "sessions": ["a", "b", "c", "d", "e"]});
+    assert!(v.verify(&token(None, SECRET_A, many)).is_err());
+}
+
+#[test]
+fn dev_mode_is_refused_on_a_public_address_unless_forced() {
+    let mut s = settings(vec![]);
+    s.mode = AuthMode::Dev;
+    assert!(s.validate("127.0.0.1:8080".parse().unwrap()).is_ok());
+    let err = s.validate("0.0.0.0:8080".parse().unwrap()).unwrap_err().to_string();
+    assert!(err.contains("auth.force_dev_on_non_loopback"), "{err}");
+    s.force_dev_on_non_loopback = true;
+    assert!(s.validate("0.0.0.0:8080".parse().unwrap()).is_ok());
+}
+
+#[test]
+fn short_secrets_and_bad_pems_are_refused_at_start_with_the_key_named() {
+    let err = settings(vec![hs(Some("k9"), "short")]).validate("127.0.0.1:1".parse().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("k9"), "{err}");
+    let mut rsa = hs(None, SECRET_A);
+    rsa.alg = KeyAlg::RS256;
+    rsa.secret = None;
+    rsa.public_key_pem = Some("not a pem".into());
+    assert!(settings(vec![rsa]).validate("127.0.0.1:1".parse().unwrap()).is_err());
+}
+
+#[test]
+fn secrets_never_appear_in_debug_output() {
+    let s = settings(vec![hs(Some("a"), SECRET_A)]);
+    assert!(!format!("{s:?}").contains(SECRET_A));
+}
+
+#[test]
+fn tokens_are_found_in_headers_and_subprotocols() {
+    assert_eq!(bearer("Bearer abc"), Some("abc"));
+    assert_eq!(bearer("basic abc"), None);
+    assert_eq!(from_subprotocols("chatfleet.v1, bearer.x.y.z"), (Some("x.y.z"), true));
+    assert_eq!(from_subprotocols("bearer.t"), (Some("t"), false));
+}

@@ -1,0 +1,167 @@
+//! Per-tenant quotas shared by every gateway through Redis: turns in flight (queued or running)
+//! and turns admitted per clock minute.
+//!
+//! A send takes a slot with `cf1_quota_acquire` before its turn is enqueued. The quota keys carry
+//! the tenant's own hash tag (`{t:<tenant>}`), never a partition's, so in Redis Cluster the acquire
+//! and the enqueue are two commands on two slots, not one script. Slots are released lazily: when
+//! a tenant is at its limit, the oldest holders are checked against their turns' status (which the
+//! workers write) and the ended ones are freed. A holder that is never checked again expires after
+//! `quota.stale_ms`. The cost of this split is a small inconsistency, documented in
+//! docs/security.md: a gateway that dies between acquire and enqueue holds a slot until one of
+//! those two frees it.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+use crate::keys::{Keyspace, SessionKeys};
+use crate::settings::SettingsError;
+use crate::store::{QuotaOutcome, Store, StoreError};
+
+/// Turn statuses after which a turn holds no slot (mirrors `TERMINAL` in lua/chatfleet.lua).
+const ENDED: [&str; 4] = ["done", "error", "cancelled", "dead"];
+
+/// A holder with no turn record is freed only when older than this: its gateway may still be
+/// between acquire and enqueue (bounded by the Redis command timeout, far below this).
+const ENQUEUE_GRACE_MS: u64 = 30_000;
+
+/// `[quota]`: per-tenant limits, with per-tenant overrides.
+#[derive(Debug, Clone, Deserialize)]
+pub struct QuotaSettings {
+    /// Turns of one tenant queued or running at once, across the fleet; 0 turns the limit off.
+    pub max_inflight_turns: u64,
+    /// Turns one tenant may start per clock minute, across the fleet; 0 turns the limit off.
+    pub turns_per_minute: u64,
+    /// A slot not freed by then (a lost gateway, a turn that never ended) is dropped. Keep it
+    /// above `worker.turn_timeout_ms` plus the longest queue wait.
+    pub stale_ms: u64,
+    /// Holders checked against their turns' status when a tenant is at its limit.
+    pub reconcile_batch: u64,
+    /// Overrides by tenant name (`[quota.tenants.acme]`).
+    #[serde(default)]
+    pub tenants: HashMap<String, TenantQuota>,
+}
+
+/// A tenant's own limits; unset fields use the `[quota]` defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TenantQuota {
+    pub max_inflight_turns: Option<u64>,
+    pub turns_per_minute: Option<u64>,
+}
+
+impl QuotaSettings {
+    pub fn validate(&self, turn_timeout_ms: u64) -> Result<(), SettingsError> {
+        if self.stale_ms <= turn_timeout_ms {
+            return Err(SettingsError::Invalid {
+                key: "quota.stale_ms",
+                reason: "must exceed worker.turn_timeout_ms, or running turns lose their slot".into(),
+            });
+        }
+        if !(1..=1000).contains(&self.reconcile_batch) {
+            return Err(SettingsError::Invalid { key: "quota.reconcile_batch", reason: "must be 1..=1000".into() });
+        }
+        Ok(())
+    }
+
+    fn limits(&self, tenant: &str) -> (u64, u64) {
+        let t = self.tenants.get(tenant);
+        (
+            t.and_then(|t| t.max_inflight_turns).unwrap_or(self.max_inflight_turns),
+            t.and_then(|t| t.turns_per_minute).unwrap_or(self.turns_per_minute),
+        )
+    }
+}
+
+/// Why a send was refused by its tenant's quota.
+#[derive(Debug, thiserror::Error)]
+pub enum QuotaError {
+    #[error("your organisation has {limit} turns in flight, its limit")]
+    InFlight { limit: u64 },
+    #[error("your organisation used its turns for this minute")]
+    PerMinute { retry_after_ms: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A held slot, to hand back with [`Quotas::release`] when the send stored no new turn.
+#[derive(Debug)]
+pub struct Slot {
+    base: String,
+    member: String,
+}
+
+/// The quota checks of one process.
+#[derive(Clone)]
+pub struct Quotas {
+    settings: QuotaSettings,
+    keys: Keyspace,
+}
+
+impl Quotas {
+    pub fn new(settings: QuotaSettings, keys: Keyspace) -> Self {
+        Self { settings, keys }
+    }
+
+    /// Tenant quota base: its own hash tag, so it never shares a slot with a partition.
+    pub fn base(&self, tenant: &str) -> String {
+        format!("{}:{{t:{}}}:q", self.keys.prefix(), tenant)
+    }
+
+    /// Takes a slot for `turn_id` of `session`, freeing ended holders once if the tenant is full.
+    pub async fn acquire(
+        &self,
+        store: &Store,
+        tenant: &str,
+        session: &SessionKeys,
+        turn_id: &str,
+    ) -> Result<Slot, QuotaError> {
+        let (max_inflight, per_minute) = self.settings.limits(tenant);
+        let slot = Slot { base: self.base(tenant), member: format!("{}|{turn_id}", session.base) };
+        let s = &self.settings;
+        for attempt in 0..2 {
+            let outcome = store
+                .quota_acquire(&slot.base, &slot.member, max_inflight, per_minute, s.stale_ms, s.reconcile_batch)
+                .await?;
+            match outcome {
+                QuotaOutcome::Admitted => return Ok(slot),
+                QuotaOutcome::PerMinute { retry_after_ms } => return Err(QuotaError::PerMinute { retry_after_ms }),
+                QuotaOutcome::InFlight { holders } if attempt == 0 => {
+                    if self.free_ended(store, &slot.base, holders).await? == 0 {
+                        break;
+                    }
+                }
+                QuotaOutcome::InFlight { .. } => break,
+            }
+        }
+        Err(QuotaError::InFlight { limit: max_inflight })
+    }
+
+    /// Hands a slot back; `uncount` also takes the turn back from this minute's count.
+    pub async fn release(&self, store: &Store, slot: Slot, uncount: bool) -> Result<(), StoreError> {
+        store.quota_release(&slot.base, uncount, &[slot.member]).await.map(|_| ())
+    }
+
+    /// Frees the holders whose turns have ended (or whose records are gone); returns how many.
+    async fn free_ended(&self, store: &Store, base: &str, holders: Vec<(String, u64)>) -> Result<u64, StoreError> {
+        let checks = holders.iter().map(|(m, _)| async move {
+            match m.rsplit_once('|') {
+                Some((session_base, tid)) => store.turn_status(session_base, tid).await,
+                None => Ok(None),
+            }
+        });
+        let statuses = futures::future::try_join_all(checks).await?;
+        let ended: Vec<String> = holders
+            .into_iter()
+            .zip(statuses)
+            .filter(|((_, age), status)| match status.as_deref() {
+                Some(s) => ENDED.contains(&s),
+                None => *age > ENQUEUE_GRACE_MS,
+            })
+            .map(|((m, _), _)| m)
+            .collect();
+        if ended.is_empty() {
+            return Ok(0);
+        }
+        store.quota_release(base, false, &ended).await
+    }
+}
