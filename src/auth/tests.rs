@@ -126,3 +126,44 @@ fn tokens_are_found_in_headers_and_subprotocols() {
     assert_eq!(from_subprotocols("chatfleet.v1, bearer.x.y.z"), (Some("x.y.z"), true));
     assert_eq!(from_subprotocols("bearer.t"), (Some("t"), false));
 }
+
+/// A throwaway RSA key pair made for these tests only (never used anywhere else).
+const RSA_PRIVATE: &str = include_str!("testdata/rs256-test-only.key");
+const RSA_PUBLIC: &str = include_str!("testdata/rs256-test-only.pub");
+
+fn public(alg: KeyAlg, kid: &str, pem: &str) -> KeySettings {
+    KeySettings {
+        kid: Some(kid.into()),
+        alg,
+        secret: None,
+        secret_file: None,
+        public_key_pem: Some(pem.into()),
+        public_key_file: None,
+    }
+}
+
+#[test]
+fn rs256_and_es256_verify_and_an_rs256_public_key_is_never_an_hmac_secret() {
+    let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let v = Verifier::new(&settings(vec![
+        public(KeyAlg::RS256, "rsa", RSA_PUBLIC),
+        public(KeyAlg::ES256, "ec", &ec.public_key_pem()),
+        hs(Some("hs"), SECRET_A),
+    ]))
+    .unwrap();
+    let sign = |alg, kid: &str, key: &EncodingKey| {
+        let mut h = Header::new(alg);
+        h.kid = Some(kid.into());
+        encode(&h, &good_claims(), key).unwrap()
+    };
+    let rsa_key = EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap();
+    let ec_key = EncodingKey::from_ec_pem(ec.serialize_pem().as_bytes()).unwrap();
+    assert_eq!(v.verify(&sign(jsonwebtoken::Algorithm::RS256, "rsa", &rsa_key)).unwrap().tenant, "acme");
+    assert_eq!(v.verify(&sign(jsonwebtoken::Algorithm::ES256, "ec", &ec_key)).unwrap().tenant, "acme");
+    // Algorithm confusion: HS256 "signed" with the RSA public key as the secret, under the RSA
+    // key's kid. The RSA key only checks RS256, so nothing accepts it.
+    let confused = sign(jsonwebtoken::Algorithm::HS256, "rsa", &EncodingKey::from_secret(RSA_PUBLIC.as_bytes()));
+    assert!(v.verify(&confused).is_err());
+    // An ES256 token presented under the RSA key's kid.
+    assert!(v.verify(&sign(jsonwebtoken::Algorithm::ES256, "rsa", &ec_key)).is_err());
+}

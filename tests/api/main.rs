@@ -10,5 +10,6 @@ mod procs;
 mod quota;
 mod resume;
 mod tenancy;
+mod tls;
 mod transports;
 mod workers;
