@@ -32,6 +32,15 @@ enum Command {
         /// Worker count.
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// Run on a private 3-primary Redis Cluster instead of one Redis.
+        #[arg(long)]
+        cluster: bool,
+    },
+    /// Start a private Redis Cluster on loopback, print its URL, run until stopped (for tests).
+    #[command(hide = true)]
+    LocalCluster {
+        #[arg(long, default_value_t = 3)]
+        primaries: usize,
     },
     /// Load and benchmark scenarios over real sockets (docs/benchmarks.md).
     Bench(chatfleet::bench::BenchArgs),
@@ -64,7 +73,8 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Gateway => chatfleet::app::run_gateway(settings, shutdown).await,
         Command::Worker => chatfleet::app::run_worker(settings, shutdown).await,
-        Command::Dev { workers } => chatfleet::app::run_dev(settings, workers, shutdown).await,
+        Command::Dev { workers, cluster } => chatfleet::app::run_dev(settings, workers, cluster, shutdown).await,
+        Command::LocalCluster { primaries } => chatfleet::app::run_local_cluster(primaries, shutdown).await,
         Command::Bench(args) => chatfleet::bench::run(args, shutdown).await,
         Command::Ctl(cmd) => chatfleet::app::run_ctl(settings, cmd).await,
     };

@@ -136,6 +136,9 @@ local function enqueue_turn(keys, args)
   push_hist(base, { v = 1, role = 'user', turn_id = tid, text = text }, hist_max)
   local tp = args[9] or ''
   local eid = redis.call('XADD', stream, '*', 'b', base, 't', tid, 'tp', tp)
+  -- Wake-up for workers in Redis Cluster, which cannot block on all partitions in one read; the
+  -- channel shares the stream's hash tag, so this stays in the slot. Cheap when nobody listens.
+  redis.call('SPUBLISH', stream .. ':wake', '1')
   -- The user's text stays with the turn so an operator can replay a dead-lettered turn.
   redis.call('HSET', base .. ':turn:' .. tid, 'status', 'queued', 'cmid', cmid, 'attempt', 0,
     'eid', eid, 'epoch', epoch, 'useq', seq, 'created', now, 'opts', args[8], 'text', text, 'tp', tp)

@@ -7,10 +7,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use fred::interfaces::EventInterface;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
+use crate::local_cluster::LocalCluster;
 use crate::local_redis::LocalRedis;
 use crate::model::{demo::DemoModel, Model};
 use crate::settings::Settings;
@@ -24,6 +26,17 @@ pub async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
         .with_context(|| format!("cannot connect to Redis (redis.url = {})", redact(&settings.redis.url)))?;
     let store = Store::new(redis, settings);
     store.ensure_schema().await.context("cannot load the Redis functions library")?;
+    if store.redis().is_clustered() {
+        // A primary added later starts without the functions: load them on every change.
+        let (watch, mut changes) = (store.clone(), store.redis().client().cluster_change_rx());
+        tokio::spawn(async move {
+            while let Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) = changes.recv().await {
+                if let Err(e) = watch.ensure_schema().await {
+                    tracing::warn!(error = %e, "reloading functions after a topology change failed");
+                }
+            }
+        });
+    }
     Ok(store)
 }
 
@@ -111,9 +124,22 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
 
 /// Everything locally: a private Redis, one gateway, two workers, the demo model. Prints the URL
 /// of the chat page on a line of its own once ready.
-pub async fn run_dev(mut settings: Settings, workers: usize, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let redis = LocalRedis::start(&[]).await?;
-    settings.redis.url = redis.url();
+pub async fn run_dev(
+    mut settings: Settings,
+    workers: usize,
+    cluster: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    // The private servers live until this function returns (they are killed on drop).
+    let (_single, _cluster) = if cluster {
+        let c = LocalCluster::start(3, 0, 2000).await?;
+        settings.redis.url = c.url();
+        (None, Some(c))
+    } else {
+        let r = LocalRedis::start(&[]).await?;
+        settings.redis.url = r.url();
+        (Some(r), None)
+    };
     let ready = ReadyStore::default();
     start_metrics(settings.metrics.listen, shutdown.clone(), ready.clone()).await?;
     let store = connect_store(&settings).await?;
@@ -141,7 +167,15 @@ pub async fn run_dev(mut settings: Settings, workers: usize, shutdown: Cancellat
         w.wait().await;
     }
     store.redis().quit().await;
-    redis.stop().await;
+    Ok(())
+}
+
+/// Starts a private cluster, prints its URL on a line of its own, and runs until shutdown.
+pub async fn run_local_cluster(primaries: usize, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let cluster = LocalCluster::start(primaries, 0, 2000).await?;
+    println!("{}", cluster.url());
+    shutdown.cancelled().await;
+    drop(cluster);
     Ok(())
 }
 

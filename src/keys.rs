@@ -73,6 +73,19 @@ impl Keyspace {
         format!("{}:{{p{:02}}}:turns", self.prefix, p)
     }
 
+    /// Wake-up channel of a partition (sharded pub/sub, same slot as its stream): workers in
+    /// Cluster read a partition when it is published.
+    pub fn wake_channel(&self, p: u16) -> String {
+        format!("{}:wake", self.stream(p))
+    }
+
+    /// The partition named by a `{pNN}` hash tag inside `key`.
+    pub fn partition_in(key: &str) -> Option<u16> {
+        let start = key.find("{p")? + 2;
+        let end = start + key[start..].find('}')?;
+        key[start..end].parse().ok()
+    }
+
     /// Dead-letter stream of a partition. Per partition, not global, so that a Lua function can
     /// write it in the same slot as the turn it buries.
     pub fn dlq(&self, p: u16) -> String {
@@ -148,6 +161,8 @@ mod tests {
         assert!(s.base.contains(&tag) && s.stream.contains(&tag) && s.channel().contains(&tag));
         assert!(ks.dlq(s.partition).contains(&tag));
         assert_eq!(SessionKeys::base_of_channel(&s.channel()), Some(s.base.as_str()));
+        assert!(ks.wake_channel(s.partition).contains(&tag));
+        assert_eq!(Keyspace::partition_in(&ks.wake_channel(7)), Some(7));
     }
 
     #[test]

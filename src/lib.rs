@@ -14,7 +14,7 @@
 //! - [`model`]: the model trait and the built-in demo model.
 //! - [`app`]: assembles the roles (`gateway`, `worker`, `dev`) for the binary.
 //! - [`ctl`], [`queue`]: the operator tool and per-partition queue statistics.
-//! - [`local_redis`]: a private redis-server for `dev` and tests.
+//! - [`local_redis`], [`local_cluster`]: a private redis-server or Redis Cluster for `dev` and tests.
 //! - [`bench`]: `chatfleet bench`, the load generator and benchmark scenarios (docs/benchmarks.md).
 //! - [`metrics`], [`telemetry`], [`trace`], [`shutdown`]: operations.
 
@@ -24,6 +24,7 @@ pub mod bench;
 pub mod ctl;
 pub mod gateway;
 pub mod keys;
+pub mod local_cluster;
 pub mod local_redis;
 pub mod metrics;
 pub mod model;

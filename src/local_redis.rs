@@ -82,6 +82,18 @@ impl LocalRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Runs `redis-cli -p <port> <args>` against this server and returns its output.
+    pub async fn cli(&self, args: &[&str]) -> Result<String, LocalRedisError> {
+        let cli = which::which("redis-cli").map_err(|_| LocalRedisError::NotInstalled)?;
+        let out = Command::new(cli).args(["-p", &self.port.to_string()]).args(args).output().await?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// Stops the server.
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;

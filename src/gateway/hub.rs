@@ -314,17 +314,21 @@ async fn dispatch(hub: Hub, sub: SubscriberClient, shutdown: CancellationToken) 
     }
 }
 
-/// After the subscriber connection comes back: resubscribe everything, then make every
-/// connection catch up from its log (what was published in between was lost).
+/// After the subscriber connection comes back, or the cluster's topology changed: resubscribe
+/// everything, then make every connection catch up from its log (what was published in between
+/// was lost).
 async fn watch_reconnects(hub: Hub, sub: SubscriberClient, shutdown: CancellationToken) {
     let mut rx = sub.reconnect_rx();
+    // In Cluster, a failover or resharding moves slots: Redis drops those subscriptions.
+    let mut topology = sub.cluster_change_rx();
     loop {
         let r = tokio::select! {
-            r = rx.recv() => r,
+            r = rx.recv() => r.map(|_| ()),
+            t = topology.recv() => t.map(|_| ()),
             _ = shutdown.cancelled() => break,
         };
         match r {
-            Ok(_) | Err(RecvError::Lagged(_)) => {
+            Ok(()) | Err(RecvError::Lagged(_)) => {
                 let (done, resubscribed) = oneshot::channel();
                 if hub.inner.commands.send(Command::Resubscribe(done)).await.is_err() {
                     break;

@@ -56,6 +56,11 @@ impl Redis {
         Ok(client)
     }
 
+    /// True when the URL names a Redis Cluster.
+    pub fn is_clustered(&self) -> bool {
+        self.builder_config.server.is_clustered()
+    }
+
     /// True when Redis answers a PING within the command timeout.
     pub async fn ping(&self) -> bool {
         self.client().ping::<String>(None).await.is_ok()

@@ -2,7 +2,8 @@
 //!
 //! Tasks of one worker process:
 //! - the **reader** ([`read`]): one dedicated Redis client blocked in XREADGROUP over the
-//!   partition streams (a BLOCK holds its connection, so nothing else shares that client);
+//!   partition streams (a BLOCK holds its connection, so nothing else shares that client); in
+//!   Redis Cluster, wake-ups per partition instead ([`read_cluster`]);
 //! - one **turn** task per claimed turn ([`turn`]), bounded by `worker.max_concurrent_turns`;
 //! - the **sweeper** ([`sweep`]): on a timer, takes over turns whose lease expired;
 //! - the **control listener** ([`control`]): receives stop requests pushed by `cancel_turn`;
@@ -16,6 +17,7 @@ pub mod coalesce;
 mod control;
 mod exporter;
 mod read;
+mod read_cluster;
 mod sweep;
 mod turn;
 
@@ -89,7 +91,12 @@ impl Worker {
         shutdown: CancellationToken,
     ) -> Result<Self, StoreError> {
         let id = format!("w-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let reader = store.redis().dedicated().await?;
+        // Standalone: one blocking read over every partition. Cluster: wake-ups per partition.
+        let reader = if store.redis().is_clustered() {
+            Reader::Cluster(store.redis().subscriber().await?)
+        } else {
+            Reader::Blocking(store.redis().dedicated().await?)
+        };
         // Join every partition's group at once: Redis 7.0 creates a consumer only when a read
         // delivers something, and an idle worker should still show in XINFO CONSUMERS and ctl.
         let joins = (0..store.keys().partitions()).map(|p| store.redis().create_consumer(store.keys().stream(p), &id));
@@ -124,15 +131,19 @@ impl Worker {
     }
 }
 
-async fn run(
-    shared: Arc<Shared>,
-    reader: fred::clients::Client,
-    control: control::Listener,
-    shutdown: CancellationToken,
-) {
+/// How this worker learns of new turns.
+enum Reader {
+    Blocking(fred::clients::Client),
+    Cluster(fred::clients::SubscriberClient),
+}
+
+async fn run(shared: Arc<Shared>, reader: Reader, control: control::Listener, shutdown: CancellationToken) {
     let stop_claiming = shutdown.child_token();
     let tasks = TaskTracker::new();
-    tasks.spawn(read::run(shared.clone(), reader, stop_claiming.clone()));
+    match reader {
+        Reader::Blocking(c) => tasks.spawn(read::run(shared.clone(), c, stop_claiming.clone())),
+        Reader::Cluster(s) => tasks.spawn(read_cluster::run(shared.clone(), s, stop_claiming.clone())),
+    };
     tasks.spawn(sweep::run(shared.clone(), stop_claiming.clone()));
     tasks.spawn(exporter::run(shared.clone(), stop_claiming.clone()));
     let control_stop = CancellationToken::new();

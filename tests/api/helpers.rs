@@ -1,4 +1,6 @@
-//! Test harness: a private redis-server per test app, gateways and workers in-process on port 0,
+//! Test harness: a private redis-server per test app (or, when `CHATFLEET_TEST_CLUSTER_URL` is
+//! set by bin/test's cluster pass, a shared Redis Cluster with a key prefix per test), gateways
+//! and workers in-process on port 0,
 //! and a WebSocket client with one method per protocol verb. Dropping the app shuts it down.
 
 use std::net::SocketAddr;
@@ -37,7 +39,8 @@ pub fn test_settings() -> Settings {
 
 /// A running system: one Redis, some gateways and workers.
 pub struct TestApp {
-    pub redis: LocalRedis,
+    /// The private server (killed when the app drops), or `None` on the shared cluster.
+    _redis: Option<LocalRedis>,
     pub settings: Settings,
     pub store: Store,
     pub gateways: Vec<SocketAddr>,
@@ -67,8 +70,17 @@ impl TestApp {
             filter: "warn".into(),
             otlp_endpoint: String::new(),
         });
-        let redis = LocalRedis::start(&[]).await.expect("redis-server starts");
-        settings.redis.url = redis.url();
+        let redis = match std::env::var("CHATFLEET_TEST_CLUSTER_URL") {
+            Ok(url) => {
+                settings.redis.url = url;
+                None
+            }
+            Err(_) => {
+                let r = LocalRedis::start(&[]).await.expect("redis-server starts");
+                settings.redis.url = r.url();
+                Some(r)
+            }
+        };
         let store = chatfleet::app::connect_store(&settings).await.expect("store connects");
         let shutdown = CancellationToken::new();
         let mut worker_ids = Vec::new();
@@ -89,7 +101,7 @@ impl TestApp {
             gateway_tokens.push(token);
         }
         let metrics = chatfleet::metrics::install();
-        Self { redis, settings, store, gateways: addrs, gateway_tokens, worker_ids, metrics, shutdown }
+        Self { _redis: redis, settings, store, gateways: addrs, gateway_tokens, worker_ids, metrics, shutdown }
     }
 
     /// The demo model's full answer to `prompt` under these settings.
@@ -110,7 +122,7 @@ impl TestApp {
     /// A plain Redis client for inspecting state.
     pub async fn raw(&self) -> fred::clients::Client {
         use fred::prelude::*;
-        let c = fred::clients::Client::new(Config::from_url(&self.redis.url()).unwrap(), None, None, None);
+        let c = fred::clients::Client::new(Config::from_url(&self.settings.redis.url).unwrap(), None, None, None);
         c.init().await.unwrap();
         c
     }

@@ -90,7 +90,12 @@ async fn metrics_after_known_turns_and_a_takeover_have_exact_values() {
     assert_eq!(value(&text, "chatfleet_worker_reclaims_total"), Some(1.0), "{text}");
     let ready = reqwest::get(format!("http://127.0.0.1:{port_b}/readyz")).await.unwrap();
     assert_eq!((ready.status().as_u16(), ready.text().await.unwrap()), (200, "ready".to_string()));
-    assert_eq!(value(&text, "chatfleet_worker_active_turns"), Some(1.0));
+    // `turn_started` is written inside start_turn, just before the worker counts the turn.
+    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
+    while value(&scrape(port_b).await, "chatfleet_worker_active_turns") != Some(1.0) {
+        assert!(tokio::time::Instant::now() < deadline, "the reclaimed turn never counted as active");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(b);
 }
 
