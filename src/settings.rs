@@ -303,7 +303,8 @@ impl Settings {
         )?;
         g.limits.validate()?;
         g.admission.validate()?;
-        self.auth.validate(g.listen)?;
+        // `auth` is validated (and its key files read) where it is used, in `Gateway::build`:
+        // workers load the same file but neither need nor mount the signing keys.
         self.quota.validate(self.worker.turn_timeout_ms)?;
         let w = &self.worker;
         check(w.max_concurrent_turns >= 1, "worker.max_concurrent_turns", "must be at least 1")?;
