@@ -14,8 +14,11 @@ Key conventions (the Rust side builds the names in src/keys.rs; these functions 
     <base>:dedupe             HASH   client_msg_id -> turn id
     <base>:ch                 sharded pub/sub channel; message = msgpack [seq, event, epoch]
     <base>:turn:<tid>         HASH   status, cmid, text (the user's), worker, attempt, lease, cancel,
-                                     eid, epoch, useq
+                                     eid, epoch, useq, and for audit upstream, model, template
     <base>:turn:<tid>:text    STRING partial assistant text (APPEND is O(1); a hash field is not)
+    <base>:turn:<tid>:tools   HASH   tool call records of the turn (msgpack), see tool_status
+    <base>:summary            HASH   epoch, upto, text, template: summary of older history
+    <base>:flags              SET    session flags for routing, kept by the application
   Derived keys share the base's hash tag, so they live in the slot that KEYS[1] routes to.
 
 Payloads: events and history messages are MessagePack maps carrying v = 1. src/payload.rs
@@ -232,6 +235,9 @@ end
 --[[ tool_status: a worker reports a tool call's state to the client (fenced like emit).
 KEYS: base
 ARGV: tid, attempt, name, state, lease_ms, log_max
+      [, record key, record (msgpack ToolRecord), ttl_s]  optional (added for tools): the call's
+      record is stored in <base>:turn:<tid>:tools under the record key, in the same step as the
+      event, so an attempt that takes the turn over knows exactly what ran and what the client saw
 Returns {seq, cancel} as emit.
 ]]
 local function tool_status(keys, args)
@@ -245,7 +251,72 @@ local function tool_status(keys, args)
   local seq = append_event(base,
     { v = 1, type = 'tool_status', turn_id = tid, name = args[3], state = args[4] }, args[6])
   redis.call('HSET', tkey, 'lease', now_ms() + tonumber(args[5]))
+  if args[7] then
+    redis.call('HSET', tkey .. ':tools', args[7], args[8])
+    redis.call('EXPIRE', tkey .. ':tools', tonumber(args[9]))
+  end
   return { seq, cancel == '1' and 1 or 0 }
+end
+
+--[[ turn_audit: a worker records who answered the turn (fenced like emit). Added for upstreams.
+KEYS: base
+ARGV: tid, attempt, upstream name, model name, prompt template version
+Returns 1 when recorded (turn hash fields upstream, model, template), 0 when fenced. A later
+round of the same turn (after tool calls) overwrites them with whoever answered it.
+]]
+local function turn_audit(keys, args)
+  local base = keys[1]
+  local tkey = base .. ':turn:' .. args[1]
+  if not fenced_turn(base, tkey, args[2]) then
+    return 0
+  end
+  redis.call('HSET', tkey, 'upstream', args[3], 'model', args[4], 'template', args[5])
+  return 1
+end
+
+--[[ turn_context: what a starting attempt needs besides start_turn's reply. Read-only.
+KEYS: base
+ARGV: tid
+Returns {epoch, flags, summary_upto, summary_text, tool records}:
+  flags           members of <base>:flags (a SET the application or an operator maintains;
+                  routing rules match them)
+  summary_*       <base>:summary (HASH epoch, upto, text, template) when it belongs to the current
+                  epoch, else '' and '': a summary of older history, up to turn id `upto`
+  tool records    values of <base>:turn:<tid>:tools (msgpack), written by earlier attempts
+]]
+local function turn_context(keys, args)
+  local base = keys[1]
+  local epoch = redis.call('HGET', base .. ':meta', 'epoch') or ''
+  local flags = redis.call('SMEMBERS', base .. ':flags')
+  local s = redis.call('HMGET', base .. ':summary', 'epoch', 'upto', 'text')
+  local upto, text = '', ''
+  if s[1] and s[1] == epoch then
+    upto, text = s[2] or '', s[3] or ''
+  end
+  local records = redis.call('HVALS', base .. ':turn:' .. args[1] .. ':tools')
+  return { epoch, flags, upto, text, records }
+end
+
+--[[ put_summary: stores a summary of a session's older history, written off the streaming path.
+KEYS: base
+ARGV: epoch, upto (turn id of the last summarised turn), text, template version, ttl_s
+Returns 1 when stored, 0 when the session moved to another epoch or the stored summary already
+covers as much (turn ids are time-ordered UUIDv7, so they compare as strings). Atomic so two
+summaries racing for one session keep the one that covers more.
+]]
+local function put_summary(keys, args)
+  local base = keys[1]
+  if redis.call('HGET', base .. ':meta', 'epoch') ~= args[1] then
+    return 0
+  end
+  local key = base .. ':summary'
+  local cur = redis.call('HMGET', key, 'epoch', 'upto')
+  if cur[1] == args[1] and cur[2] and cur[2] >= args[2] then
+    return 0
+  end
+  redis.call('HSET', key, 'epoch', args[1], 'upto', args[2], 'text', args[3], 'template', args[4])
+  redis.call('EXPIRE', key, tonumber(args[5]))
+  return 1
 end
 
 --[[ heartbeat: fenced lease extension while the model is silent.
@@ -628,6 +699,9 @@ redis.register_function('cf1_lead', lead)
 redis.register_function('cf1_start_turn', start_turn)
 redis.register_function('cf1_emit', emit)
 redis.register_function('cf1_tool_status', tool_status)
+redis.register_function('cf1_turn_audit', turn_audit)
+redis.register_function('cf1_put_summary', put_summary)
+redis.register_function{ function_name = 'cf1_turn_context', callback = turn_context, flags = { 'no-writes' } }
 redis.register_function('cf1_heartbeat', heartbeat)
 redis.register_function('cf1_finish_turn', finish_turn)
 redis.register_function('cf1_cancel_turn', cancel_turn)

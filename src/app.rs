@@ -14,9 +14,10 @@ use tokio_util::sync::CancellationToken;
 use crate::gateway::Gateway;
 use crate::local_cluster::LocalCluster;
 use crate::local_redis::LocalRedis;
-use crate::model::{demo::DemoModel, Model};
+use crate::model::Model;
 use crate::settings::Settings;
 use crate::store::{Redis, Store};
+use crate::upstream::Router;
 use crate::worker::Worker;
 
 /// Connects to Redis and makes sure the functions and consumer groups exist.
@@ -40,10 +41,9 @@ pub async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-/// The model the settings name.
+/// The model the worker talks to: the router over `[upstreams]` with `[routing]`.
 pub fn build_model(settings: &Settings) -> Arc<dyn Model> {
-    // `Settings::validate` admits only kinds built here; `demo` is the only one so far.
-    Arc::new(DemoModel::new(settings.model.demo.clone()))
+    Arc::new(Router::new(settings))
 }
 
 /// The store once connected, for the ops listener's readiness check (the listener binds first,

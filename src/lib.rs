@@ -12,6 +12,8 @@
 //! - [`gateway`]: the socket node: WebSocket (and later SSE, long-poll), the pub/sub hub, feeds.
 //! - [`worker`]: claims turns, streams the model, coalesces deltas, leases, reclaims.
 //! - [`model`]: the model trait and the built-in demo model.
+//! - [`upstream`]: real model upstreams (OpenAI-compatible, Anthropic), routing, fallback,
+//!   context packing and summaries; [`tools`]: the tools a model may call.
 //! - [`app`]: assembles the roles (`gateway`, `worker`, `dev`) for the binary.
 //! - [`ctl`], [`queue`]: the operator tool and per-partition queue statistics.
 //! - [`local_redis`], [`local_cluster`]: a private redis-server or Redis Cluster for `dev` and tests.
@@ -36,5 +38,7 @@ pub mod settings;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tools;
 pub mod trace;
+pub mod upstream;
 pub mod worker;

@@ -63,6 +63,33 @@ pub const WORKER_DEAD_LETTERS: &str = "chatfleet_worker_dead_letters_total";
 /// Histogram (s): stop requested to the upstream stream dropped.
 pub const WORKER_CANCEL_SECONDS: &str = "chatfleet_worker_cancel_seconds";
 
+/// Histogram (s): time a request waited for a concurrency slot of its upstream, by `upstream`.
+pub const UPSTREAM_QUEUE_WAIT_SECONDS: &str = "chatfleet_upstream_queue_wait_seconds";
+/// Gauge: requests waiting for a slot of their upstream (queued), by `upstream`.
+pub const UPSTREAM_QUEUED: &str = "chatfleet_upstream_queued";
+/// Gauge: requests holding a slot of their upstream, by `upstream`.
+pub const UPSTREAM_IN_FLIGHT: &str = "chatfleet_upstream_in_flight";
+/// Counter: upstream requests by `upstream` and `outcome` (`answered` or an error code).
+pub const UPSTREAM_REQUESTS: &str = "chatfleet_upstream_requests_total";
+/// Counter: fallbacks to the next upstream of a chain, by the `upstream` that failed.
+pub const UPSTREAM_FALLBACKS: &str = "chatfleet_upstream_fallbacks_total";
+/// Histogram (s): request sent to the first token, by `upstream`.
+pub const UPSTREAM_TTFT_SECONDS: &str = "chatfleet_upstream_ttft_seconds";
+/// Counter: upstream timeouts by `upstream` and `kind` (the error code).
+pub const UPSTREAM_TIMEOUTS: &str = "chatfleet_upstream_timeouts_total";
+/// Counter: tool calls by `tool` and end `state` (done, failed, timed_out).
+pub const TOOL_CALLS: &str = "chatfleet_tool_calls_total";
+/// Histogram (s): tool call duration, by `tool`.
+pub const TOOL_SECONDS: &str = "chatfleet_tool_seconds";
+/// Histogram: prompt tokens sent after packing, by `upstream`.
+pub const CONTEXT_PROMPT_TOKENS: &str = "chatfleet_context_prompt_tokens";
+/// Counter: history messages left out by packing, by `upstream`.
+pub const CONTEXT_DROPPED_MESSAGES: &str = "chatfleet_context_dropped_messages_total";
+/// Counter: background summaries by `outcome` (stored, stale, empty, failed, busy).
+pub const SUMMARIES: &str = "chatfleet_summaries_total";
+/// Histogram (s): duration of a background summary call.
+pub const SUMMARY_SECONDS: &str = "chatfleet_summary_seconds";
+
 /// Gauge: turns not yet delivered to a worker, by `partition` (exported by one leader process).
 pub const QUEUE_LAG: &str = "chatfleet_queue_lag";
 /// Gauge: turns delivered and not finished, by `partition`.

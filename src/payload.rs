@@ -135,6 +135,71 @@ pub fn decode_published(bytes: &[u8]) -> Result<PublishedEvent, PayloadError> {
     Ok(PublishedEvent { seq, event: decode_event(&body)?, epoch })
 }
 
+/// Options of a turn from the client's `send` (today: the model asked for). The gateway encodes
+/// them into `enqueue_turn`'s opaque `opts`, and `start_turn` hands them to the worker. Empty
+/// bytes (turns from older gateways, `ctl dlq replay`) mean all defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnOpts {
+    pub v: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+impl Default for TurnOpts {
+    fn default() -> Self {
+        Self { v: VERSION, model: None }
+    }
+}
+
+/// Encodes turn options as a MessagePack map.
+pub fn encode_turn_opts(opts: &TurnOpts) -> Vec<u8> {
+    rmp_serde::to_vec_named(opts).expect("turn options serialize")
+}
+
+/// Decodes turn options; empty bytes are the defaults.
+pub fn decode_turn_opts(bytes: &[u8]) -> Result<TurnOpts, PayloadError> {
+    if bytes.is_empty() {
+        return Ok(TurnOpts::default());
+    }
+    let opts: TurnOpts = rmp_serde::from_slice(bytes)?;
+    if opts.v != VERSION {
+        return Err(PayloadError::Version(opts.v));
+    }
+    Ok(opts)
+}
+
+/// What became of one tool call of a turn, kept in `<base>:turn:<tid>:tools` (written with its
+/// `tool_status` event) so that an attempt taking over the turn knows what already ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolRecord {
+    pub v: u8,
+    /// The tool round of the turn the call belongs to (0 for the first).
+    #[serde(default)]
+    pub round: u32,
+    pub name: String,
+    /// The argument object as the model wrote it.
+    pub args: String,
+    /// `running`, `done`, `failed` or `timed_out`.
+    pub state: String,
+    /// What the model was (or will be) told; empty while running.
+    #[serde(default)]
+    pub result: String,
+}
+
+/// Encodes a tool record as a MessagePack map.
+pub fn encode_tool_record(r: &ToolRecord) -> Vec<u8> {
+    rmp_serde::to_vec_named(r).expect("tool records serialize")
+}
+
+/// Decodes a tool record, checking its version.
+pub fn decode_tool_record(bytes: &[u8]) -> Result<ToolRecord, PayloadError> {
+    let r: ToolRecord = rmp_serde::from_slice(bytes)?;
+    if r.v != VERSION {
+        return Err(PayloadError::Version(r.v));
+    }
+    Ok(r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +224,22 @@ mod tests {
             assert!(decode_event(bytes).is_err());
             assert!(decode_published(bytes).is_err());
         }
+    }
+
+    #[test]
+    fn turn_options_and_tool_records_round_trip_and_empty_options_are_defaults() {
+        assert_eq!(decode_turn_opts(b"").unwrap(), TurnOpts::default());
+        let o = TurnOpts { v: VERSION, model: Some("gpt-4o".into()) };
+        assert_eq!(decode_turn_opts(&encode_turn_opts(&o)).unwrap(), o);
+        let r = ToolRecord {
+            v: VERSION,
+            round: 1,
+            name: "clock".into(),
+            args: "{}".into(),
+            state: "done".into(),
+            result: "x".into(),
+        };
+        assert_eq!(decode_tool_record(&encode_tool_record(&r)).unwrap(), r);
+        assert!(decode_turn_opts(b"\xc1").is_err());
     }
 }

@@ -26,7 +26,14 @@ pub enum ClientMsg {
         coalesce_ms: Option<u64>,
     },
     /// A user message. Retrying with the same `client_msg_id` never creates a second turn.
-    Send { client_msg_id: String, text: String },
+    Send {
+        client_msg_id: String,
+        text: String,
+        /// The model to answer with, when the deployment's routing rules offer a choice
+        /// (`[[routing.rules]] model = …`); a name no rule knows gets the default model.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+    },
     /// Stop a turn.
     Cancel { turn_id: String },
     /// Application-level keepalive; answered with `pong`.

@@ -40,6 +40,18 @@ pub struct Settings {
     pub auth: crate::auth::AuthSettings,
     /// Per-tenant quotas shared by every gateway through Redis.
     pub quota: crate::quota::QuotaSettings,
+    /// Model upstreams by name (`[upstreams.<name>]`), see [`crate::upstream::settings`].
+    #[serde(default)]
+    pub upstreams: crate::upstream::settings::UpstreamMap,
+    /// Which upstreams answer a turn.
+    #[serde(default)]
+    pub routing: crate::upstream::settings::RoutingSettings,
+    /// Prompt template, context packing and summaries.
+    #[serde(default)]
+    pub context: crate::upstream::settings::ContextSettings,
+    /// Tools the model may call.
+    #[serde(default)]
+    pub tools: crate::tools::settings::ToolsSettings,
     /// Per-tenant overrides, by tenant name (`[tenants.acme]`).
     #[serde(default)]
     pub tenants: std::collections::HashMap<String, TenantSettings>,
@@ -323,6 +335,8 @@ impl Settings {
             "must be 0 (off) or well above worker.read_block_ms, or live idle workers churn",
         )?;
         check(["demo"].contains(&self.model.kind.as_str()), "model.kind", "must be one of: demo")?;
+        crate::upstream::settings::validate(self)?;
+        crate::tools::settings::validate(&self.tools)?;
         check(
             ["pretty", "json"].contains(&self.telemetry.format.as_str()),
             "telemetry.format",

@@ -12,7 +12,9 @@ use crate::store::{CancelOutcome, EnqueueOutcome};
 /// the frame was refused.
 pub async fn handle(app: &App, who: &Identity, keys: &SessionKeys, msg: ClientMsg) -> (Option<ControlMsg>, bool) {
     let reply = match msg {
-        ClientMsg::Send { client_msg_id, text } => send(app, who, keys, &client_msg_id, &text).await.map(Some),
+        ClientMsg::Send { client_msg_id, text, model } => {
+            send_with(app, who, keys, &client_msg_id, &text, model).await.map(Some)
+        }
         ClientMsg::Cancel { turn_id } => cancel(app, keys, &turn_id).await.map(|_| None),
         ClientMsg::Ping => Ok(Some(ControlMsg::Pong)),
         ClientMsg::Hello { .. } => Err(ApiError::BadRequest("hello was already received".into())),
@@ -38,6 +40,25 @@ pub async fn send(
     client_msg_id: &str,
     text: &str,
 ) -> Result<ControlMsg, ApiError> {
+    send_with(app, who, keys, client_msg_id, text, None).await
+}
+
+/// [`send`] with the model the client asked for, carried to the worker in the turn's options.
+pub async fn send_with(
+    app: &App,
+    who: &Identity,
+    keys: &SessionKeys,
+    client_msg_id: &str,
+    text: &str,
+    model: Option<String>,
+) -> Result<ControlMsg, ApiError> {
+    if model.as_ref().is_some_and(|m| m.is_empty() || m.len() > 128) {
+        return Err(ApiError::BadRequest("model must be 1-128 characters".into()));
+    }
+    let opts = match model {
+        None => Vec::new(),
+        model => crate::payload::encode_turn_opts(&crate::payload::TurnOpts { model, ..Default::default() }),
+    };
     let started = std::time::Instant::now();
     if !is_valid_component(client_msg_id) {
         return Err(ApiError::BadRequest("client_msg_id must be 1-64 characters of [A-Za-z0-9_.-]".into()));
@@ -67,7 +88,7 @@ pub async fn send(
     };
     // If this fails, whether the turn was stored is unknown: the slot is kept, and freed when
     // the tenant next reaches its limit and the turn is found ended or missing.
-    let outcome = app.store.enqueue_turn(keys, &turn_id, client_msg_id, text, &epoch, &[]).await?;
+    let outcome = app.store.enqueue_turn(keys, &turn_id, client_msg_id, text, &epoch, &opts).await?;
     metrics::histogram!(m::GATEWAY_ACK_SECONDS).record(started.elapsed().as_secs_f64());
     if let (Some(slot), false) = (slot, matches!(outcome, EnqueueOutcome::New { .. })) {
         if let Err(e) = app.quotas.release(&app.store, slot, true).await {

@@ -10,9 +10,9 @@
 
 use std::time::Duration;
 
-use futures::stream::{self, BoxStream, StreamExt};
+use futures::stream::{self, StreamExt};
 
-use super::{Model, ModelError, ModelEvent, ModelRequest, ModelUsage};
+use super::{Model, ModelError, ModelEvent, ModelRequest, ModelStream, ModelUsage};
 use crate::settings::DemoModelSettings;
 
 /// The demo model.
@@ -109,8 +109,8 @@ impl Model for DemoModel {
         "demo"
     }
 
-    fn stream(&self, req: ModelRequest) -> BoxStream<'static, Result<ModelEvent, ModelError>> {
-        let prompt = req.messages.last().map(|m| m.text.clone()).unwrap_or_default();
+    fn stream(&self, req: ModelRequest) -> ModelStream {
+        let prompt = req.prompt().to_string();
         if prompt.contains("[[fail]]") || (prompt.contains("[[fail-once]]") && first_time(&prompt)) {
             let ttft = Duration::from_millis(self.settings.ttft_ms);
             return stream::once(async move {
@@ -159,7 +159,7 @@ mod tests {
     async fn the_stream_honours_ttft_and_rate() {
         let m = DemoModel::new(DemoModelSettings { ttft_ms: 200, tokens_per_sec: 10, max_tokens: 3 });
         let start = tokio::time::Instant::now();
-        let req = ModelRequest { messages: vec![] };
+        let req = ModelRequest::default();
         let events: Vec<_> = m.stream(req).collect().await;
         assert_eq!(events.len(), 4);
         // 200 ms to the first token, then 100 ms per token.

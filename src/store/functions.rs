@@ -127,6 +127,19 @@ pub struct FinishArgs<'a> {
     pub dead_letter: bool,
 }
 
+/// Result of `turn_context`: what a starting attempt reads besides `start_turn`'s reply.
+#[derive(Debug, Clone, Default)]
+pub struct TurnContext {
+    /// The session's epoch (for `put_summary`).
+    pub epoch: String,
+    /// Members of the session's flags set (routing).
+    pub flags: Vec<String>,
+    /// The summary of older history and the turn id it covers up to, if any.
+    pub summary: Option<(String, String)>,
+    /// Tool call records written by earlier attempts of the turn (msgpack `ToolRecord`s).
+    pub tool_records: Vec<Bytes>,
+}
+
 /// The typed function API. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -332,6 +345,112 @@ impl Store {
             )
             .await?;
         write_outcome(r)
+    }
+
+    /// `tool_status` that also stores the call's record under `record_key` in the turn's tools
+    /// hash, in the same atomic step.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn tool_status_recorded(
+        &self,
+        base: &str,
+        turn_id: &str,
+        attempt: u32,
+        name: &str,
+        state: &str,
+        record_key: &str,
+        record: &[u8],
+    ) -> Result<WriteOutcome, StoreError> {
+        let r = self
+            .call(
+                "cf1_tool_status",
+                vec![base.into()],
+                vec![
+                    turn_id.into(),
+                    attempt.to_string().into(),
+                    name.into(),
+                    state.into(),
+                    self.lease_ms.as_str().into(),
+                    self.log_max.as_str().into(),
+                    record_key.into(),
+                    Value::Bytes(Bytes::copy_from_slice(record)),
+                    self.ttl.as_str().into(),
+                ],
+            )
+            .await?;
+        write_outcome(r)
+    }
+
+    /// Records which upstream and model answered, and the prompt template version. False when
+    /// fenced.
+    pub async fn turn_audit(
+        &self,
+        base: &str,
+        turn_id: &str,
+        attempt: u32,
+        upstream: &str,
+        model: &str,
+        template: &str,
+    ) -> Result<bool, StoreError> {
+        let v: i64 = self
+            .redis
+            .client()
+            .fcall(
+                "cf1_turn_audit",
+                vec![base.to_string()],
+                vec![
+                    turn_id.to_string(),
+                    attempt.to_string(),
+                    upstream.to_string(),
+                    model.to_string(),
+                    template.to_string(),
+                ],
+            )
+            .await?;
+        Ok(v == 1)
+    }
+
+    /// Session flags, summary and earlier tool records of a turn (read-only).
+    pub async fn turn_context(&self, base: &str, turn_id: &str) -> Result<TurnContext, StoreError> {
+        let v: Value =
+            self.redis.client().fcall_ro("cf1_turn_context", vec![base.to_string()], vec![turn_id.to_string()]).await?;
+        let mut r = Reply::new("cf1_turn_context", v)?;
+        let epoch = r.string()?;
+        let mut f = r.array()?;
+        let mut flags = Vec::with_capacity(f.len());
+        while f.len() > 0 {
+            flags.push(f.string()?);
+        }
+        let upto = r.string()?;
+        let text = r.string()?;
+        let mut list = r.array()?;
+        let mut tool_records = Vec::with_capacity(list.len());
+        while list.len() > 0 {
+            tool_records.push(list.bytes()?);
+        }
+        let summary = (!upto.is_empty()).then_some((upto, text));
+        Ok(TurnContext { epoch, flags, summary, tool_records })
+    }
+
+    /// Stores a summary of the session's history up to turn `upto`; false when the session moved
+    /// to another epoch or a summary covering as much is already there.
+    pub async fn put_summary(
+        &self,
+        base: &str,
+        epoch: &str,
+        upto: &str,
+        text: &str,
+        template: &str,
+    ) -> Result<bool, StoreError> {
+        let v: i64 = self
+            .redis
+            .client()
+            .fcall(
+                "cf1_put_summary",
+                vec![base.to_string()],
+                vec![epoch.to_string(), upto.to_string(), text.to_string(), template.to_string(), self.ttl.clone()],
+            )
+            .await?;
+        Ok(v == 1)
     }
 
     /// Extends the lease. `Ok(None)` when fenced, else the cancel flag.

@@ -13,7 +13,7 @@ mod reply;
 
 pub use conn::{Redis, FUNCTIONS_LIBRARY, LIBRARY_NAME};
 pub use functions::{
-    CancelOutcome, Claimed, EnqueueOutcome, FinishArgs, LogRead, Opened, StartOutcome, Store, WriteOutcome,
+    CancelOutcome, Claimed, EnqueueOutcome, FinishArgs, LogRead, Opened, StartOutcome, Store, TurnContext, WriteOutcome,
 };
 pub use quota::QuotaOutcome;
 

@@ -68,6 +68,8 @@ struct Shared {
     settings: Settings,
     store: Store,
     model: Arc<dyn Model>,
+    /// Tools the model may call (`[tools]`).
+    tools: Arc<crate::tools::ToolBox>,
     permits: Arc<Semaphore>,
     /// Running turns by turn id. A std mutex: never held across an await.
     running: Mutex<HashMap<String, TurnSignals>>,
@@ -103,8 +105,10 @@ impl Worker {
         futures::future::try_join_all(joins).await?;
         let control = control::Listener::connect(&store, &id).await?;
         metrics::gauge!(crate::metrics::WORKER_CAPACITY).set(settings.worker.max_concurrent_turns as f64);
+        let tools = Arc::new(crate::tools::ToolBox::new(&settings.tools));
         let shared = Arc::new(Shared {
             id: id.clone(),
+            tools,
             permits: Arc::new(Semaphore::new(settings.worker.max_concurrent_turns)),
             settings,
             store,

@@ -1,19 +1,24 @@
-//! Running one turn: start (fenced attempt), stream the model, coalesce, emit, finish.
+//! Running one turn: start (fenced attempt), stream the model, coalesce, emit, run tool rounds,
+//! finish, and, after a finished turn, start a background summary when one is due.
+//!
+//! - [`stream`]: the streaming loop (stop, heartbeats, retries, coalescing, tool rounds);
+//! - [`round`]: the conversation across tool rounds, and the tool calls of a round.
+
+mod round;
+mod stream;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::coalesce::Coalescer;
 use super::{Delivery, Shared, TurnSignals};
 use crate::metrics as m;
-use crate::model::{ModelEvent, ModelRequest, ModelUsage};
-use crate::settings::ms;
-use crate::store::{FinishArgs, StartOutcome, StoreError, WriteOutcome};
+use crate::model::ModelUsage;
+use crate::store::{FinishArgs, StartOutcome, StoreError};
+use crate::upstream::summary;
 
 /// How a turn's streaming loop ended.
 enum Ending {
@@ -43,9 +48,9 @@ async fn run_inner(shared: &Arc<Shared>, d: Delivery) {
     let store = &shared.store;
     let stream_key = store.keys().stream(d.partition);
     let start = store.start_turn(&d.base, &stream_key, &d.turn_id, &d.entry_id, &shared.id).await;
-    let (attempt, history, created_ms, started_ms) = match start {
-        Ok(StartOutcome::Run { attempt, history, created_ms, started_ms, .. }) => {
-            (attempt, history, created_ms, started_ms)
+    let (attempt, history, opts, created_ms, started_ms) = match start {
+        Ok(StartOutcome::Run { attempt, history, opts, created_ms, started_ms }) => {
+            (attempt, history, opts, created_ms, started_ms)
         }
         Ok(other) => {
             tracing::debug!(?other, "turn not started");
@@ -65,7 +70,18 @@ async fn run_inner(shared: &Arc<Shared>, d: Delivery) {
     metrics::gauge!(m::WORKER_ACTIVE_TURNS).increment(1.0);
     let began = Instant::now();
     let mut stats = Stats { deltas: 0, queue_wait };
-    let ending = stream_turn(shared, &d, attempt, history, &signals, &mut stats).await;
+    // Session flags, the summary and earlier attempts' tool records: one read-only call.
+    let ending = match store.turn_context(&d.base, &d.turn_id).await {
+        Ok(ctx) => {
+            let turn = stream::Turn { shared, d: &d, attempt, signals: &signals, ctx: &ctx };
+            let ending = stream::run(turn, &history, &opts, &mut stats).await;
+            if matches!(ending, Ending::Done(_)) {
+                summarize_if_due(shared, &d, &history, &ctx);
+            }
+            ending
+        }
+        Err(e) => Ending::Abandoned(e),
+    };
     metrics::gauge!(m::WORKER_ACTIVE_TURNS).decrement(1.0);
     if let Ok(mut map) = shared.running.lock() {
         map.remove(&d.turn_id);
@@ -76,113 +92,9 @@ async fn run_inner(shared: &Arc<Shared>, d: Delivery) {
     metrics::histogram!(m::TURN_DELTAS).record(stats.deltas as f64);
 }
 
-struct Stats {
+pub(super) struct Stats {
     deltas: u64,
     queue_wait: Duration,
-}
-
-async fn stream_turn(
-    shared: &Arc<Shared>,
-    d: &Delivery,
-    attempt: u32,
-    history: Vec<crate::payload::HistoryMessage>,
-    signals: &TurnSignals,
-    stats: &mut Stats,
-) -> Ending {
-    let w = &shared.settings.worker;
-    let store = &shared.store;
-    let began = Instant::now();
-    let turn_deadline = began + ms(w.turn_timeout_ms);
-    let heartbeat = ms(w.heartbeat_ms);
-    let mut next_heartbeat = began + heartbeat;
-    let request = ModelRequest { messages: history };
-    let abandon_ms = shared.settings.abandon_ms(tenant_of(&d.base));
-    // `None` while waiting to retry an upstream that failed before its first token.
-    let mut model = Some(shared.model.stream(request.clone()));
-    let mut retry_at: Option<Instant> = None;
-    let mut retries = 0;
-    let mut first_token = false;
-    let mut co = Coalescer::new(ms(w.coalesce_ms), w.max_delta_bytes);
-    let mut usage = None;
-    let mut model_open = true;
-
-    loop {
-        let due = co.deadline();
-        tokio::select! {
-            biased;
-            _ = signals.cancel.cancelled() => return cancelled(signals, model),
-            _ = shared.release.cancelled() => return Ending::Released,
-            _ = sleep_until(due.unwrap_or(turn_deadline)), if due.is_some() => {}
-            _ = sleep_until(retry_at.unwrap_or(turn_deadline)), if retry_at.is_some() => {
-                retry_at = None;
-                model = Some(shared.model.stream(request.clone()));
-            }
-            ev = next_event(&mut model), if model.is_some() && model_open => match ev {
-                Some(Ok(ModelEvent::Text(t))) => {
-                    if !first_token {
-                        first_token = true;
-                        metrics::histogram!(m::TURN_MODEL_TTFT_SECONDS).record(began.elapsed().as_secs_f64());
-                    }
-                    co.push_str(&t, Instant::now());
-                }
-                Some(Ok(ModelEvent::Done(u))) => { usage = Some(u); model_open = false; }
-                Some(Err(e)) => {
-                    model = None; // dropping the stream closes the upstream request
-                    if first_token {
-                        return Ending::Failed { code: "upstream_failed", message: e.to_string(), dead_letter: false };
-                    }
-                    if !e.retryable() || retries >= w.upstream_retries {
-                        return Ending::Failed { code: "upstream_unavailable", message: e.to_string(), dead_letter: true };
-                    }
-                    retries += 1;
-                    metrics::counter!(m::WORKER_UPSTREAM_RETRIES).increment(1);
-                    let backoff = full_jitter(w.upstream_retry_base_ms, w.upstream_retry_max_ms, retries);
-                    tracing::info!(retry = retries, backoff_ms = backoff.as_millis() as u64, error = %e, "retrying upstream");
-                    retry_at = Some(Instant::now() + backoff);
-                }
-                None => model_open = false,
-            },
-            _ = sleep_until(next_heartbeat) => {
-                next_heartbeat = Instant::now() + heartbeat;
-                match store.heartbeat(&d.base, &d.turn_id, attempt, abandon_ms).await {
-                    Ok(None) => return Ending::Fenced,
-                    Ok(Some(true)) => {
-                        signals.mark_cancel_requested();
-                        return cancelled(signals, model);
-                    }
-                    Ok(Some(false)) => {}
-                    Err(e) => return Ending::Abandoned(e),
-                }
-            }
-            _ = sleep_until(turn_deadline) => {
-                return Ending::Failed { code: "turn_timeout", message: "the answer took too long".into(), dead_letter: false };
-            }
-        }
-        // Flush what is due; at the end of the stream, flush everything.
-        let now = Instant::now();
-        while co.ready(now) || (!model_open && co.deadline().is_some()) {
-            let Some(text) = (if model_open { co.take(now) } else { co.finish() }) else { break };
-            match store.emit(&d.base, &d.turn_id, attempt, &text, abandon_ms).await {
-                Ok(WriteOutcome::Written { cancel, .. }) => {
-                    stats.deltas += 1;
-                    next_heartbeat = Instant::now() + heartbeat;
-                    if stats.deltas == 1 {
-                        metrics::histogram!(m::TURN_TTFT_SECONDS)
-                            .record((stats.queue_wait + began.elapsed()).as_secs_f64());
-                    }
-                    if cancel {
-                        signals.mark_cancel_requested();
-                        return cancelled(signals, model);
-                    }
-                }
-                Ok(WriteOutcome::Fenced) => return Ending::Fenced,
-                Err(e) => return Ending::Abandoned(e),
-            }
-        }
-        if !model_open && co.deadline().is_none() {
-            return Ending::Done(usage.unwrap_or_default());
-        }
-    }
 }
 
 /// The tenant named in a session base (`<prefix>:{pNN}:s:<tenant>:<sid>`).
@@ -190,26 +102,41 @@ fn tenant_of(base: &str) -> &str {
     base.split(':').nth(3).unwrap_or_default()
 }
 
-/// The next model event; only polled while a stream exists.
-async fn next_event(model: &mut Option<ModelStream>) -> Option<Result<ModelEvent, crate::model::ModelError>> {
-    match model {
-        Some(m) => m.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-type ModelStream = futures::stream::BoxStream<'static, Result<ModelEvent, crate::model::ModelError>>;
-
 /// Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^(n-1))].
 fn full_jitter(base_ms: u64, cap_ms: u64, n: u32) -> Duration {
     let ceiling = base_ms.saturating_mul(1 << (n - 1).min(20)).min(cap_ms);
     Duration::from_millis(rand::Rng::random_range(&mut rand::rng(), 0..=ceiling))
 }
 
-/// Drops the model stream (aborting the upstream request) and records the stop latency: from
-/// the moment this worker learned of the stop (push, emit or heartbeat) to the abort.
-fn cancelled(signals: &TurnSignals, model: Option<ModelStream>) -> Ending {
-    drop(model);
+/// Spawns a background summary of older history when one is due. It runs after the turn, off
+/// the streaming path, in the worker's task tracker (so a drain waits for it, bounded by
+/// `context.summary_timeout_ms`).
+fn summarize_if_due(
+    shared: &Arc<Shared>,
+    d: &Delivery,
+    history: &[crate::payload::HistoryMessage],
+    ctx: &crate::store::TurnContext,
+) {
+    let c = &shared.settings.context;
+    let Some(fold) = summary::due(c, history, ctx.summary.as_ref().map(|(u, _)| u.as_str())) else { return };
+    let previous = ctx.summary.as_ref().map(|(_, t)| t.clone());
+    let job = summary::run(
+        shared.store.clone(),
+        shared.model.clone(),
+        d.base.clone(),
+        ctx.epoch.clone(),
+        c.clone(),
+        previous,
+        fold,
+    );
+    shared.tracker.spawn(job.instrument(tracing::info_span!("summary", turn_id = %d.turn_id)));
+}
+
+/// Drops the model stream or running tools (aborting the upstream request or the tool call) and
+/// records the stop latency: from the moment this worker learned of the stop (push, emit or
+/// heartbeat) to the abort.
+fn cancelled<T>(signals: &TurnSignals, work: T) -> Ending {
+    drop(work);
     let asked = signals.cancel_at.lock().ok().and_then(|a| *a);
     if let Some(at) = asked {
         metrics::histogram!(m::WORKER_CANCEL_SECONDS).record(at.elapsed().as_secs_f64());

@@ -1,5 +1,6 @@
 //! Integration tests: one binary (the crate links once), real Redis, real sockets.
 
+mod fake_llm;
 mod helpers;
 
 mod backpressure;
@@ -12,4 +13,5 @@ mod resume;
 mod tenancy;
 mod tls;
 mod transports;
+mod upstreams;
 mod workers;

@@ -1,0 +1,22 @@
+//! Real model upstreams: OpenAI-compatible and Anthropic streaming over HTTP, routing with
+//! fallback, context packing under token budgets, and background summaries.
+//!
+//! - [`settings`]: `[upstreams.<name>]`, `[routing]`, `[context]`;
+//! - [`router`]: the [`crate::model::Model`] the worker uses: rules, fallback chain, packing;
+//! - [`client`]: one upstream: HTTP client, key, concurrency slots, timeouts;
+//! - [`http`]: sending, error mapping (status, `retry-after`), SSE driving under timeouts;
+//! - [`openai`], [`anthropic`]: the two wire formats;
+//! - [`tokens`], [`pack`]: token counting and packing;
+//! - [`summary`]: the conversation sent to the model, and summaries of older history.
+
+pub mod anthropic;
+pub mod client;
+pub mod http;
+pub mod openai;
+pub mod pack;
+pub mod router;
+pub mod settings;
+pub mod summary;
+pub mod tokens;
+
+pub use router::Router;
