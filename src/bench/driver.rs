@@ -54,6 +54,8 @@ pub struct LoadResult {
     /// Server metrics pages (gateway, worker) at `go` and at the end.
     pub pages_before: (String, String),
     pub pages_after: (String, String),
+    /// Redis `INFO commandstats` at `go` and at the end: command → (calls, µs).
+    pub redis_cmds: (BTreeMap<String, (u64, u64)>, BTreeMap<String, (u64, u64)>),
     pub timeline: Timeline,
     pub t0_unix_ms: u64,
     pub wall: Duration,
@@ -134,6 +136,13 @@ async fn pages(fleet: Option<&Fleet>) -> (String, String) {
     }
 }
 
+async fn commandstats(fleet: Option<&Fleet>) -> BTreeMap<String, (u64, u64)> {
+    match fleet {
+        Some(f) => super::fleet::redis_commandstats(&f.redis.url()).await,
+        None => BTreeMap::new(),
+    }
+}
+
 /// Runs `plans` against the fleet (or the `--url` targets they name) with `actions` at their
 /// times after `go`. `on_ready` runs once every session has connected, before `go`.
 pub async fn run(
@@ -183,6 +192,7 @@ pub async fn run(
     // 2. go
     let before = sample_all(fleet.as_deref(), &children);
     let pages_before = pages(fleet.as_deref()).await;
+    let cmds_before = commandstats(fleet.as_deref()).await;
     let t0_unix_ms = unix_us() / 1000;
     for c in &mut children {
         tell(c, &ParentLine::Go { t0_unix_ms }).await?;
@@ -240,6 +250,7 @@ pub async fn run(
         }
     }
     let pages_after = pages(fleet.as_deref()).await;
+    let redis_cmds = (cmds_before, commandstats(fleet.as_deref()).await);
     for mut c in children {
         let _ = tokio::time::timeout(Duration::from_secs(5), c.proc.wait()).await;
     }
@@ -252,7 +263,19 @@ pub async fn run(
         report.series.merge(&r.series);
         report.resets_unix_us.extend(r.resets_unix_us);
     }
-    Ok(LoadResult { report, baseline, connected, before, after, pages_before, pages_after, timeline, t0_unix_ms, wall })
+    Ok(LoadResult {
+        report,
+        baseline,
+        connected,
+        before,
+        after,
+        pages_before,
+        pages_after,
+        redis_cmds,
+        timeline,
+        t0_unix_ms,
+        wall,
+    })
 }
 
 async fn tell_plan(c: &mut LoadChild, p: &Plan) -> anyhow::Result<()> {

@@ -52,6 +52,8 @@ pub struct Outcome {
     pub stages: BTreeMap<String, Stage>,
     pub processes: BTreeMap<String, ProcFigures>,
     pub counters: BTreeMap<String, u64>,
+    /// Redis time by command per turn (µs per turn, calls per turn), largest first.
+    pub redis_commands: Vec<(String, f64, f64)>,
     /// Per second: (second, turns, frames, p50 ms, p99 ms) of the scenario's main latency.
     pub series: Vec<(u64, u64, u64, f64, f64)>,
     pub notes: Vec<String>,
@@ -152,6 +154,12 @@ pub fn print_table(scenario: &str, runs: &[Outcome], figures: &[Figure]) {
             );
         } else {
             println!("\nfunctional checks FAILED: {}", failed.join(", "));
+        }
+        if !last.redis_commands.is_empty() {
+            println!("\nRedis time by command (INFO commandstats), per turn:");
+            for (cmd, us, calls) in last.redis_commands.iter().take(8) {
+                println!("  {cmd:<16} {us:>9.1} µs {calls:>8.2} calls");
+            }
         }
         for n in &last.notes {
             println!("note: {n}");

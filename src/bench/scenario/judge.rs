@@ -78,6 +78,17 @@ pub fn common(s: Scenario, p: &Params, r: &LoadResult) -> Outcome {
             o.fig(&format!("CPU per turn: {proc}"), cpu_us(r, proc) / turns, "µs");
         }
     }
+    let (cb, ca) = &r.redis_cmds;
+    let mut cmds: Vec<(String, f64, f64)> = ca
+        .iter()
+        .map(|(k, (calls, us))| {
+            let (c0, u0) = cb.get(k).copied().unwrap_or((0, 0));
+            (k.clone(), us.saturating_sub(u0) as f64 / turns, calls.saturating_sub(c0) as f64 / turns)
+        })
+        .filter(|c| c.2 > 0.0)
+        .collect();
+    cmds.sort_by(|a, b| b.1.total_cmp(&a.1));
+    o.redis_commands = cmds;
     // Server stages, from the histograms of every gateway and worker.
     let (gb, wb) = &r.pages_before;
     let (ga, wa) = &r.pages_after;
