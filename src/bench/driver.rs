@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::child::unix_us;
-use super::fleet::{Fleet, Role};
+use super::fleet::{CmdStats, Fleet, Role};
 use super::plan::{ChildLine, ChildReport, ParentLine, Plan};
 use super::procstat::{self, Sample};
 use super::stats::merge_hists;
@@ -55,7 +55,7 @@ pub struct LoadResult {
     pub pages_before: (String, String),
     pub pages_after: (String, String),
     /// Redis `INFO commandstats` at `go` and at the end: command → (calls, µs).
-    pub redis_cmds: (BTreeMap<String, (u64, u64)>, BTreeMap<String, (u64, u64)>),
+    pub redis_cmds: (CmdStats, CmdStats),
     pub timeline: Timeline,
     pub t0_unix_ms: u64,
     pub wall: Duration,
@@ -136,10 +136,10 @@ async fn pages(fleet: Option<&Fleet>) -> (String, String) {
     }
 }
 
-async fn commandstats(fleet: Option<&Fleet>) -> BTreeMap<String, (u64, u64)> {
+async fn commandstats(fleet: Option<&Fleet>) -> CmdStats {
     match fleet {
         Some(f) => super::fleet::redis_commandstats(&f.redis.url()).await,
-        None => BTreeMap::new(),
+        None => CmdStats::new(),
     }
 }
 

@@ -221,11 +221,15 @@ impl Proc {
     }
 }
 
-/// Per-command totals of the Redis server behind `url` (`INFO commandstats`): name → (calls,
-/// µs). Commands that functions run count too, so this splits Redis CPU by command.
-pub async fn redis_commandstats(url: &str) -> std::collections::BTreeMap<String, (u64, u64)> {
+/// Redis command name → (calls, µs inside the command).
+pub type CmdStats = std::collections::BTreeMap<String, (u64, u64)>;
+
+/// Per-command totals of the Redis server behind `url` (`INFO commandstats`). Commands that
+/// functions run count too (and inside the FCALL's own time), so this splits Redis time by
+/// command.
+pub async fn redis_commandstats(url: &str) -> CmdStats {
     use fred::prelude::*;
-    let mut out = std::collections::BTreeMap::new();
+    let mut out = CmdStats::new();
     let Ok(config) = Config::from_url(url) else { return out };
     let c = fred::clients::Client::new(config, None, None, None);
     if c.init().await.is_err() {
