@@ -21,7 +21,18 @@ impl LocalCluster {
         let timeout = node_timeout_ms.to_string();
         let mut nodes = Vec::new();
         for _ in 0..primaries * (1 + replicas) {
-            let args = ["--cluster-enabled", "yes", "--cluster-node-timeout", timeout.as_str(), "--appendonly", "no"];
+            // No diskless-sync delay: a replica must hold the data before its primary can die,
+            // or it refuses to fail over (Redis waits 5 s by default to batch replicas).
+            let args = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-node-timeout",
+                timeout.as_str(),
+                "--appendonly",
+                "no",
+                "--repl-diskless-sync-delay",
+                "0",
+            ];
             nodes.push(LocalRedis::start(&args).await?);
         }
         let cli = which::which("redis-cli").map_err(|_| LocalRedisError::NotInstalled)?;
@@ -40,7 +51,8 @@ impl LocalCluster {
         Ok(cluster)
     }
 
-    /// Waits until every live node reports `cluster_state:ok` and knows every other node.
+    /// Waits until every node reports `cluster_state:ok` and knows every other node, and every
+    /// replica's link to its primary is up (synced).
     pub async fn wait_ok(&self) -> Result<(), LocalRedisError> {
         let deadline = tokio::time::Instant::now() + FORM_TIMEOUT;
         loop {

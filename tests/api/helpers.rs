@@ -62,14 +62,14 @@ impl TestApp {
         Self::with(settings, 1, 1).await
     }
 
+    /// Gateways and workers on an existing Redis (e.g. a cluster a test started itself).
+    pub async fn with_url(mut settings: Settings, url: String, gateways: usize, workers: usize) -> Self {
+        settings.redis.url = url;
+        Self::start(settings, None, gateways, workers).await
+    }
+
     /// Starts `gateways` gateways and `workers` workers sharing one fresh Redis.
     pub async fn with(mut settings: Settings, gateways: usize, workers: usize) -> Self {
-        // Logs go to the captured test output; RUST_LOG selects them (default: warnings).
-        let _ = chatfleet::telemetry::init(&chatfleet::settings::TelemetrySettings {
-            format: "pretty".into(),
-            filter: "warn".into(),
-            otlp_endpoint: String::new(),
-        });
         let redis = match std::env::var("CHATFLEET_TEST_CLUSTER_URL") {
             Ok(url) => {
                 settings.redis.url = url;
@@ -81,6 +81,16 @@ impl TestApp {
                 Some(r)
             }
         };
+        Self::start(settings, redis, gateways, workers).await
+    }
+
+    async fn start(settings: Settings, redis: Option<LocalRedis>, gateways: usize, workers: usize) -> Self {
+        // Logs go to the captured test output; RUST_LOG selects them (default: warnings).
+        let _ = chatfleet::telemetry::init(&chatfleet::settings::TelemetrySettings {
+            format: "pretty".into(),
+            filter: "warn".into(),
+            otlp_endpoint: String::new(),
+        });
         let store = chatfleet::app::connect_store(&settings).await.expect("store connects");
         let shutdown = CancellationToken::new();
         let mut worker_ids = Vec::new();

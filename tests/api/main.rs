@@ -4,6 +4,7 @@ mod fake_llm;
 mod helpers;
 
 mod backpressure;
+mod cluster;
 mod e2e;
 mod hostile;
 mod observability;
