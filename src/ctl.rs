@@ -50,17 +50,27 @@ pub async fn run(store: &Store, cmd: CtlCommand) -> anyhow::Result<String> {
 
 async fn status(store: &Store) -> anyhow::Result<String> {
     let mut out = String::new();
-    writeln!(out, "{:>9} {:>8} {:>8} {:>8} {:>12}", "partition", "length", "lag", "pending", "oldest_ms")?;
+    let header = ("partition", "length", "lag", "pending", "oldest_ms", "node");
+    writeln!(out, "{:>9} {:>8} {:>8} {:>8} {:>12}  {}", header.0, header.1, header.2, header.3, header.4, header.5)?;
     let (mut total_lag, mut total_pending) = (0, 0);
+    // Per node (in Cluster): partitions, streams' length and pending, to spot a hot node.
+    let mut per_node: std::collections::BTreeMap<String, (u32, u64, u64)> = Default::default();
     for p in 0..store.keys().partitions() {
         let s = partition_stats(store, p).await?;
         total_lag += s.lag;
         total_pending += s.pending;
+        let node = node_of(store, &store.keys().stream(p));
+        let n = per_node.entry(node.clone()).or_default();
+        *n = (n.0 + 1, n.1 + s.length, n.2 + s.pending);
         if s.length > 0 || s.pending > 0 {
-            writeln!(out, "{:>9} {:>8} {:>8} {:>8} {:>12}", p, s.length, s.lag, s.pending, s.oldest_age_ms)?;
+            writeln!(out, "{:>9} {:>8} {:>8} {:>8} {:>12}  {}", p, s.length, s.lag, s.pending, s.oldest_age_ms, node)?;
         }
     }
     writeln!(out, "total: lag {total_lag}, pending {total_pending} (partitions with nothing queued are not listed)")?;
+    writeln!(out, "\n{:<24} {:>10} {:>8} {:>8}", "node", "partitions", "length", "pending")?;
+    for (node, (parts, length, pending)) in per_node {
+        writeln!(out, "{node:<24} {parts:>10} {length:>8} {pending:>8}")?;
+    }
     writeln!(out, "\n{:<28} {:>8} {:<34} {:<10} {:>7}", "worker", "pending", "turn", "status", "attempt")?;
     let client = store.redis().client();
     for p in 0..store.keys().partitions() {
@@ -76,6 +86,22 @@ async fn status(store: &Store) -> anyhow::Result<String> {
         }
     }
     Ok(out)
+}
+
+/// The node serving `key`: `host:port` in Cluster (from the client's routing table), else
+/// `standalone`.
+fn node_of(store: &Store, key: &str) -> String {
+    use fred::interfaces::ClusterInterface;
+    if !store.redis().is_clustered() {
+        return "standalone".into();
+    }
+    let slot = fred::util::redis_keyslot(key.as_bytes());
+    store
+        .redis()
+        .client()
+        .cached_cluster_state()
+        .and_then(|state| state.get_server(slot).map(|s| format!("{}:{}", s.host, s.port)))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn parse_id(id: &str) -> anyhow::Result<(u16, &str)> {
@@ -134,14 +160,18 @@ async fn dlq_replay(store: &Store, id: &str) -> anyhow::Result<String> {
     let (Some(base), Some(tid)) = (fields.get("b"), fields.get("t")) else {
         anyhow::bail!("dead letter {id} names no turn (its payload was lost); nothing to replay")
     };
-    let text: Option<String> = store.redis().client().hget(format!("{base}:turn:{tid}"), "text").await?;
+    let turn_key = format!("{base}:turn:{tid}");
+    let (text, opts): (Option<String>, Option<bytes::Bytes>) =
+        store.redis().client().hmget(&turn_key, vec!["text", "opts"]).await?;
     let text = text.ok_or_else(|| anyhow::anyhow!("turn {tid} has expired; nothing to replay"))?;
+    // The dead turn's options (e.g. the model the client asked for) carry over to the replay.
+    let opts = opts.unwrap_or_default();
     let keys = SessionKeys { partition: p, base: base.clone(), stream: store.keys().stream(p) };
     let new_tid = uuid::Uuid::now_v7().simple().to_string();
     let epoch = uuid::Uuid::new_v4().simple().to_string();
     // The client_msg_id is derived from the dead turn, so replaying twice makes one new turn.
     let cmid = format!("replay.{tid}");
-    match store.enqueue_turn(&keys, &new_tid, &cmid, &text, &epoch, &[]).await? {
+    match store.enqueue_turn(&keys, &new_tid, &cmid, &text, &epoch, &opts).await? {
         EnqueueOutcome::New { turn_id, .. } | EnqueueOutcome::Duplicate { turn_id, .. } => {
             let (_, entry) = parse_id(id)?;
             let _: i64 = store.redis().client().xdel(store.keys().dlq(p), entry).await?;

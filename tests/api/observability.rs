@@ -48,10 +48,18 @@ async fn metrics_after_known_turns_and_a_takeover_have_exact_values() {
         let (turn, _) = c.send_and_ack(&uid("m"), &format!("count me {i}")).await;
         c.until_end(&turn).await;
     }
-    let text = scrape(port_a).await;
+    // The outcome is counted just after `finish_turn` returns, so after the client saw `done`.
+    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
+    let text = loop {
+        let text = scrape(port_a).await;
+        if value(&text, r#"chatfleet_turns_total{outcome="done"}"#) == Some(3.0) {
+            break text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "three turns never counted done:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(value(&text, "chatfleet_turn_ttft_seconds_count"), Some(3.0), "{text}");
     assert_eq!(value(&text, "chatfleet_turn_queue_wait_seconds_count"), Some(3.0));
-    assert_eq!(value(&text, r#"chatfleet_turns_total{outcome="done"}"#), Some(3.0));
     assert_eq!(value(&text, "chatfleet_turn_tokens_sum"), Some(90.0), "30 tokens per turn");
     assert_eq!(value(&text, "chatfleet_worker_capacity"), Some(app.settings.worker.max_concurrent_turns as f64));
     // The elected exporter publishes every partition's queue, empty now.

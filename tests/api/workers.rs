@@ -337,6 +337,15 @@ async fn ctl_cancels_a_running_turn_by_id_and_shows_it_in_status() {
     }
     let status = chatfleet::ctl::run(&app.store, CtlCommand::Status).await.unwrap();
     assert!(status.contains(&turn) && status.contains("running"), "{status}");
+    // One line per node, covering every partition.
+    let nodes: u32 = status
+        .lines()
+        .skip_while(|l| !l.starts_with("node"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u32>().ok())
+        .sum();
+    assert_eq!(nodes, app.settings.redis.partitions as u32, "{status}");
     let out = chatfleet::ctl::run(&app.store, CtlCommand::Cancel { turn_id: turn.clone() }).await.unwrap();
     assert!(out.contains("stopping"), "{out}");
     let events = c.until_end(&turn).await;
