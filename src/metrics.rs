@@ -38,6 +38,15 @@ pub const GATEWAY_ACK_SECONDS: &str = "chatfleet_gateway_ack_seconds";
 pub const TURN_QUEUE_WAIT_SECONDS: &str = "chatfleet_turn_queue_wait_seconds";
 /// Histogram (s): turn started to the model's first token (upstream time to first token).
 pub const TURN_MODEL_TTFT_SECONDS: &str = "chatfleet_turn_model_ttft_seconds";
+/// Histogram (s): session load and context packing (start_turn, context read, packing).
+pub const TURN_SESSION_LOAD_SECONDS: &str = "chatfleet_turn_session_load_seconds";
+/// Histogram (s): what the fleet adds to the model's own TTFT: enqueue to first delta stored,
+/// minus the upstream's time to first token.
+pub const TURN_FLEET_OVERHEAD_SECONDS: &str = "chatfleet_turn_fleet_overhead_seconds";
+/// Gauge: upstream model streams open in this worker. Each running turn owns at most one, so
+/// `chatfleet_worker_upstream_streams_open - chatfleet_worker_active_turns > 0` means orphaned
+/// upstream requests (started, neither finished nor aborted).
+pub const WORKER_UPSTREAM_STREAMS_OPEN: &str = "chatfleet_worker_upstream_streams_open";
 /// Histogram (s): turn enqueued to its first delta stored (what the user waits, minus the wire).
 pub const TURN_TTFT_SECONDS: &str = "chatfleet_turn_ttft_seconds";
 /// Histogram (s): whole turn, by `outcome`.

@@ -139,6 +139,30 @@ pub enum ModelEvent {
 /// The stream a model returns.
 pub type ModelStream = BoxStream<'static, Result<ModelEvent, ModelError>>;
 
+/// A model stream counted in [`crate::metrics::WORKER_UPSTREAM_STREAMS_OPEN`] from creation until
+/// it is dropped, which is when the upstream request is closed.
+pub fn tracked(
+    inner: BoxStream<'static, Result<ModelEvent, ModelError>>,
+) -> BoxStream<'static, Result<ModelEvent, ModelError>> {
+    struct Tracked(BoxStream<'static, Result<ModelEvent, ModelError>>);
+    impl futures::Stream for Tracked {
+        type Item = Result<ModelEvent, ModelError>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            self.0.as_mut().poll_next(cx)
+        }
+    }
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            metrics::gauge!(crate::metrics::WORKER_UPSTREAM_STREAMS_OPEN).decrement(1.0);
+        }
+    }
+    metrics::gauge!(crate::metrics::WORKER_UPSTREAM_STREAMS_OPEN).increment(1.0);
+    Box::pin(Tracked(inner))
+}
+
 /// A language model upstream. Object-safe: the worker holds an `Arc<dyn Model>`.
 pub trait Model: Send + Sync + 'static {
     /// Name recorded with each turn.

@@ -47,6 +47,7 @@ pub(super) async fn run(shared: &Arc<Shared>, d: Delivery) {
 async fn run_inner(shared: &Arc<Shared>, d: Delivery) {
     let store = &shared.store;
     let stream_key = store.keys().stream(d.partition);
+    let load_started = Instant::now();
     let start = store.start_turn(&d.base, &stream_key, &d.turn_id, &d.entry_id, &shared.id).await;
     let (attempt, history, opts, created_ms, started_ms) = match start {
         Ok(StartOutcome::Run { attempt, history, opts, created_ms, started_ms }) => {
@@ -69,7 +70,7 @@ async fn run_inner(shared: &Arc<Shared>, d: Delivery) {
     }
     metrics::gauge!(m::WORKER_ACTIVE_TURNS).increment(1.0);
     let began = Instant::now();
-    let mut stats = Stats { deltas: 0, queue_wait };
+    let mut stats = Stats { deltas: 0, queue_wait, load_started };
     // Session flags, the summary and earlier attempts' tool records: one read-only call.
     let ending = match store.turn_context(&d.base, &d.turn_id).await {
         Ok(ctx) => {
@@ -95,6 +96,8 @@ async fn run_inner(shared: &Arc<Shared>, d: Delivery) {
 pub(super) struct Stats {
     deltas: u64,
     queue_wait: Duration,
+    /// When this worker began loading the turn (start_turn), for the session-load stage.
+    load_started: Instant,
 }
 
 /// The tenant named in a session base (`<prefix>:{pNN}:s:<tenant>:<sid>`).

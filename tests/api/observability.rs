@@ -60,6 +60,12 @@ async fn metrics_after_known_turns_and_a_takeover_have_exact_values() {
     };
     assert_eq!(value(&text, "chatfleet_turn_ttft_seconds_count"), Some(3.0), "{text}");
     assert_eq!(value(&text, "chatfleet_turn_queue_wait_seconds_count"), Some(3.0));
+    // The TTFT breakdown: every stage recorded once per turn.
+    assert_eq!(value(&text, "chatfleet_turn_session_load_seconds_count"), Some(3.0));
+    assert_eq!(value(&text, "chatfleet_turn_model_ttft_seconds_count"), Some(3.0));
+    assert_eq!(value(&text, "chatfleet_turn_fleet_overhead_seconds_count"), Some(3.0));
+    // Every upstream stream of a finished turn was closed: none orphaned.
+    assert_eq!(value(&text, "chatfleet_worker_upstream_streams_open"), Some(0.0));
     assert_eq!(value(&text, "chatfleet_turn_tokens_sum"), Some(90.0), "30 tokens per turn");
     assert_eq!(value(&text, "chatfleet_worker_capacity"), Some(app.settings.worker.max_concurrent_turns as f64));
     // The elected exporter publishes every partition's queue, empty now.

@@ -128,7 +128,10 @@ pub(in crate::worker) async fn run(
     let mut next_heartbeat = began + heartbeat;
     let abandon_ms = shared.settings.abandon_ms(tenant_of(&d.base));
     let mut conv = Conversation::new(first_request(&t, history, opts), &t.ctx.tool_records);
-    let mut phase = Phase::Model(shared.model.stream(conv.request.clone()));
+    // The session is loaded and the context packed: the last stage before the model.
+    metrics::histogram!(m::TURN_SESSION_LOAD_SECONDS).record(stats.load_started.elapsed().as_secs_f64());
+    let mut model_ttft = std::time::Duration::ZERO;
+    let mut phase = Phase::Model(crate::model::tracked(shared.model.stream(conv.request.clone())));
     let mut retries = 0;
     let mut first_token = false;
     let mut round_output = false;
@@ -145,7 +148,7 @@ pub(in crate::worker) async fn run(
             _ = shared.release.cancelled() => return Ending::Released,
             _ = sleep_until(due.unwrap_or(turn_deadline)), if due.is_some() => {}
             next = phase.next() => match next {
-                Next::RetryDue => phase = Phase::Model(shared.model.stream(conv.request.clone())),
+                Next::RetryDue => phase = Phase::Model(crate::model::tracked(shared.model.stream(conv.request.clone()))),
                 Next::Model(Some(Ok(ModelEvent::Answering { upstream, model }))) => {
                     let template = &shared.settings.context.template_version;
                     match store.turn_audit(&d.base, &d.turn_id, attempt, &upstream, &model, template).await {
@@ -157,7 +160,8 @@ pub(in crate::worker) async fn run(
                 Next::Model(Some(Ok(ModelEvent::Text(text)))) => {
                     if !first_token {
                         first_token = true;
-                        metrics::histogram!(m::TURN_MODEL_TTFT_SECONDS).record(began.elapsed().as_secs_f64());
+                        model_ttft = began.elapsed();
+                        metrics::histogram!(m::TURN_MODEL_TTFT_SECONDS).record(model_ttft.as_secs_f64());
                     }
                     round_output = true;
                     co.push_str(&text, Instant::now());
@@ -211,7 +215,7 @@ pub(in crate::worker) async fn run(
                             let results = std::mem::take(results).into_iter().flatten().collect();
                             conv.close_round(results);
                             round_output = false;
-                            phase = Phase::Model(shared.model.stream(conv.request.clone()));
+                            phase = Phase::Model(crate::model::tracked(shared.model.stream(conv.request.clone())));
                         }
                     }
                 }
@@ -244,8 +248,10 @@ pub(in crate::worker) async fn run(
                     stats.deltas += 1;
                     next_heartbeat = Instant::now() + heartbeat;
                     if stats.deltas == 1 {
-                        metrics::histogram!(m::TURN_TTFT_SECONDS)
-                            .record((stats.queue_wait + began.elapsed()).as_secs_f64());
+                        let ttft = stats.queue_wait + stats.load_started.elapsed();
+                        metrics::histogram!(m::TURN_TTFT_SECONDS).record(ttft.as_secs_f64());
+                        metrics::histogram!(m::TURN_FLEET_OVERHEAD_SECONDS)
+                            .record(ttft.saturating_sub(model_ttft).as_secs_f64());
                     }
                 }
                 Verdict::End(Ending::Cancelled) => return cancelled(signals, phase),
@@ -274,7 +280,7 @@ pub(in crate::worker) async fn run(
             conv.close_round(results);
             conv.request.tools_exhausted = true;
             round_output = false;
-            phase = Phase::Model(shared.model.stream(conv.request.clone()));
+            phase = Phase::Model(crate::model::tracked(shared.model.stream(conv.request.clone())));
             continue;
         }
         match start_tools(&t, &conv).await {
