@@ -137,6 +137,20 @@ impl TestApp {
         c
     }
 
+    /// Every key matching `pattern`, from every primary (KEYS reaches one node in a cluster).
+    pub async fn keys_matching(&self, pattern: &str) -> Vec<String> {
+        use fred::interfaces::ClientLike;
+        let raw = self.raw().await;
+        let nodes = if raw.is_clustered() { raw.split_cluster().unwrap() } else { vec![raw] };
+        let mut keys = Vec::new();
+        for node in nodes {
+            node.init().await.unwrap();
+            let mut found: Vec<String> = node.custom(fred::cmd!("KEYS"), vec![pattern]).await.unwrap();
+            keys.append(&mut found);
+        }
+        keys
+    }
+
     pub fn tenant(&self) -> &str {
         &self.settings.gateway.tenant
     }

@@ -153,9 +153,7 @@ async fn every_key_a_session_writes_names_its_tenant() {
         let (turn, _) = c.send_and_ack("m1", "hi").await;
         c.until_end(&turn).await;
     }
-    use fred::interfaces::ClientLike;
-    let pattern = format!("{}:*:s:*", app.settings.redis.key_prefix);
-    let keys: Vec<String> = app.raw().await.custom(fred::cmd!("KEYS"), vec![pattern]).await.unwrap();
+    let keys = app.keys_matching(&format!("{}:*:s:*", app.settings.redis.key_prefix)).await;
     assert!(!keys.is_empty());
     for k in &keys {
         assert!(k.contains(&format!(":s:acme:{sid}")) || k.contains(&format!(":s:globex:{sid}")), "{k}");
