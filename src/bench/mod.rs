@@ -79,6 +79,10 @@ pub struct BenchArgs {
     /// Worker processes, overriding the scenario's default.
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Extra setting for the spawned fleet, `SECTION__KEY=VALUE` (becomes `CHATFLEET__…`),
+    /// repeatable, e.g. `--set WORKER__MAX_CONCURRENT_TURNS=2000`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub settings: Vec<String>,
     /// Skip the peer system run side by side (BullMQ, Socket.IO).
     #[arg(long)]
     pub no_peer: bool,

@@ -56,6 +56,8 @@ pub struct Outcome {
     pub redis_commands: Vec<(String, f64, f64)>,
     /// Per second: (second, turns, frames, p50 ms, p99 ms) of the scenario's main latency.
     pub series: Vec<(u64, u64, u64, f64, f64)>,
+    /// Per second since `go`: RSS of each process, MiB.
+    pub rss_mib: Vec<(u64, BTreeMap<String, f64>)>,
     pub notes: Vec<String>,
 }
 

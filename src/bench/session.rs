@@ -200,6 +200,20 @@ fn on_text(ctx: &Ctx, s: &mut Session, turn: &mut Option<Turn>, text: &str, next
                 }
             }
             "reconnect" => return false,
+            "snapshot" => {
+                // Mid-connection snapshot: the gateway could not fill a gap from the log. The
+                // protocol allows it; it replaces what the client shows, so it is a resync.
+                ctx.add("resyncs", 1);
+                eprintln!("session {}: snapshot at seq {:?} after seq {}", s.id, f.seq, s.last_seq);
+                s.last_seq = f.seq.unwrap_or(s.last_seq);
+                if let Some(t) = turn.as_mut() {
+                    match f.active.filter(|a| Some(&a.turn_id) == t.turn_id.as_ref()) {
+                        Some(a) => t.text = a.text,
+                        None if t.acked => end_turn(ctx, turn, next_at),
+                        None => {}
+                    }
+                }
+            }
             _ => {}
         }
         return true;
@@ -210,8 +224,14 @@ fn on_text(ctx: &Ctx, s: &mut Session, turn: &mut Option<Turn>, text: &str, next
         ctx.add("duplicates", 1);
         return true;
     }
+    if first <= s.last_seq {
+        // A merged delta that overlaps what was applied: its text would be applied twice.
+        ctx.add("duplicates", s.last_seq - first + 1);
+        eprintln!("session {}: merged delta {first}..={seq} overlaps seq {}", s.id, s.last_seq);
+    }
     if first > s.last_seq + 1 {
         ctx.add("lost", first - s.last_seq - 1);
+        eprintln!("session {}: {} seq {seq} (first {first}) after seq {}", s.id, f.kind, s.last_seq);
     }
     if f.first_seq.is_some() {
         ctx.add("merged_frames", 1);
@@ -257,8 +277,16 @@ fn on_text(ctx: &Ctx, s: &mut Session, turn: &mut Option<Turn>, text: &str, next
         }
         "done" => {
             let plan = &ctx.plan;
-            if t.text != answer_for(&t.prompt, plan.max_tokens) {
+            let expected = answer_for(&t.prompt, plan.max_tokens);
+            if t.text != expected {
                 ctx.add("wrong_text", 1);
+                eprintln!(
+                    "session {}: turn {:?} text differs ({} bytes, want {})",
+                    s.id,
+                    t.turn_id,
+                    t.text.len(),
+                    expected.len()
+                );
             }
             record(ctx, "turn", now - t.sent);
             if let (Some(first), true) = (t.first_delta, plan.tokens_per_sec > 0 && plan.max_tokens > 1) {

@@ -71,6 +71,12 @@ pub fn common(s: Scenario, p: &Params, r: &LoadResult) -> Outcome {
             (*sec, v.turns, v.frames, p50, p99)
         })
         .collect();
+    o.rss_mib = r
+        .timeline
+        .seconds
+        .iter()
+        .map(|(t, procs)| (*t, procs.iter().map(|(k, v)| (k.clone(), v.rss_bytes as f64 / MIB)).collect()))
+        .collect();
     let turns = counter(r, "turns_done").max(1) as f64;
     if s != Scenario::Idle {
         o.fig("turns/s (steady state)", steady(r, p, |s| s.turns), "turns/s");
@@ -88,7 +94,9 @@ pub fn common(s: Scenario, p: &Params, r: &LoadResult) -> Outcome {
         .filter(|c| c.2 > 0.0)
         .collect();
     cmds.sort_by(|a, b| b.1.total_cmp(&a.1));
-    o.redis_commands = cmds;
+    if counter(r, "turns_done") > 0 {
+        o.redis_commands = cmds;
+    }
     // Server stages, from the histograms of every gateway and worker.
     let (gb, wb) = &r.pages_before;
     let (ga, wa) = &r.pages_after;
@@ -100,6 +108,7 @@ pub fn common(s: Scenario, p: &Params, r: &LoadResult) -> Outcome {
         o.stages.insert("queue wait (enqueue → started)".into(), stage(wa, wb, m::TURN_QUEUE_WAIT_SECONDS));
         o.stages.insert("model ttft (started → first token)".into(), stage(wa, wb, m::TURN_MODEL_TTFT_SECONDS));
         o.stages.insert("e2e ttft (enqueue → first delta stored)".into(), stage(wa, wb, m::TURN_TTFT_SECONDS));
+        o.stages.insert("turn in worker (started → finished)".into(), stage(wa, wb, m::TURN_DURATION_SECONDS));
         let slow = scrape::value(ga, m::GATEWAY_SLOW_CLOSES) - scrape::value(gb, m::GATEWAY_SLOW_CLOSES);
         o.counters.insert("slow_client_closes".into(), slow.max(0.0) as u64);
     }

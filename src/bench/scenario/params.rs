@@ -60,6 +60,8 @@ pub fn params(args: &BenchArgs) -> Params {
             // Closed loop: enough sessions that CPU, not one turn's latency, bounds throughput.
             p.sessions = pickn(1000, 300);
             p.run_ms = pick(15_000, 5_000);
+            // One worker slot per session, so the default cap (256) is not what is measured.
+            p.max_concurrent_turns = 2000;
             p.series_metric = "turn";
         }
         Scenario::ClaimLatency => {
@@ -74,6 +76,8 @@ pub fn params(args: &BenchArgs) -> Params {
             p.max_tokens = 20;
             p.tokens_per_sec = 50;
             p.run_ms = pick(20_000, 6_000);
+            // The overhead, not queueing behind the default cap of 256 turns per worker.
+            p.max_concurrent_turns = 2000;
             p.series_metric = "first_delta";
         }
         Scenario::Stream => {
@@ -128,6 +132,11 @@ pub fn params(args: &BenchArgs) -> Params {
             p.extra_env.push(("GATEWAY__DRAIN_TIMEOUT_MS".into(), "3000".into()));
         }
         Scenario::LoadChild => {}
+    }
+    for kv in &args.settings {
+        if let Some((k, v)) = kv.split_once('=') {
+            p.extra_env.push((k.trim_start_matches("CHATFLEET__").to_string(), v.to_string()));
+        }
     }
     if let Some(d) = args.duration {
         p.run_ms = d * 1000;
