@@ -13,7 +13,7 @@ out=${2:-target/bench/profile}
 mkdir -p "$out"
 pids=()
 for name in redis-server "chatfleet gateway" "chatfleet worker"; do
-  pid=$(pgrep -n -f "^[^ ]*${name}" || true)
+  pid=$(pgrep -n -f "^[^ ]*${name% *}[^ ]* ${name#* }" || pgrep -n -f "^[^ ]*${name}" || true)
   [ -z "$pid" ] && { echo "no process matches '$name'" >&2; continue; }
   tag=${name##* }
   perf record -F 499 -g -p "$pid" -o "$out/$tag.data" -- sleep "$seconds" >/dev/null 2>&1 &
@@ -22,6 +22,6 @@ done
 for p in "${pids[@]}"; do wait "$p" || true; done
 for f in "$out"/*.data; do
   tag=$(basename "$f" .data)
-  perf report -i "$f" --no-children --percent-limit 1.5 --stdio 2>/dev/null | grep -v '^$' | grep -E '^ +[0-9]' | head -25 > "$out/$tag.txt" || true
+  perf report -i "$f" --no-children -g none --percent-limit 1.5 --stdio 2>/dev/null | grep -v '^$' | grep -E '^ +[0-9]' | head -25 > "$out/$tag.txt" || true
   echo "== $tag (top self time)"; cat "$out/$tag.txt"
 done

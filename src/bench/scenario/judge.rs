@@ -109,6 +109,8 @@ pub fn common(s: Scenario, p: &Params, r: &LoadResult) -> Outcome {
         o.stages.insert("model ttft (started → first token)".into(), stage(wa, wb, m::TURN_MODEL_TTFT_SECONDS));
         o.stages.insert("e2e ttft (enqueue → first delta stored)".into(), stage(wa, wb, m::TURN_TTFT_SECONDS));
         o.stages.insert("turn in worker (started → finished)".into(), stage(wa, wb, m::TURN_DURATION_SECONDS));
+        o.stages.insert("session load (start_turn, context)".into(), stage(wa, wb, m::TURN_SESSION_LOAD_SECONDS));
+        o.stages.insert("fleet overhead (e2e ttft − model ttft)".into(), stage(wa, wb, m::TURN_FLEET_OVERHEAD_SECONDS));
         let slow = scrape::value(ga, m::GATEWAY_SLOW_CLOSES) - scrape::value(gb, m::GATEWAY_SLOW_CLOSES);
         o.counters.insert("slow_client_closes".into(), slow.max(0.0) as u64);
     }
