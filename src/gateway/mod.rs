@@ -193,6 +193,11 @@ impl Gateway {
         }
         let shutdown = self.app.shutdown.clone();
         let router = self.router();
+        // No Nagle delay: small frames written back to back would otherwise wait for the peer's
+        // delayed ACK.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
         self.app.tracker.close();
         let drain = ms(self.app.settings.gateway.drain_timeout_ms);
