@@ -102,13 +102,7 @@ async fn a_draining_gateway_tells_clients_to_reconnect_and_they_resume_on_anothe
     let mut c = app.client(0, &sid).await;
     let prompt = "drain during this";
     let (turn, _) = c.send_and_ack(&uid("m"), prompt).await;
-    loop {
-        if let ServerMsg::Event(e) = c.next().await {
-            if matches!(e.body, chatfleet::protocol::EventBody::Delta { .. }) {
-                break;
-            }
-        }
-    }
+    c.until(|e| matches!(e.body, chatfleet::protocol::EventBody::Delta { .. })).await;
     app.gateway_tokens[0].cancel();
     let code = loop {
         match c.next_or_close().await {

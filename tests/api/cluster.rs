@@ -104,13 +104,7 @@ async fn a_primary_failing_over_mid_stream_loses_no_turn_silently() {
     }
     // Let every answer start streaming, then kill the primary of the first session's partition.
     for (_, c, turn, _) in turns.iter_mut() {
-        loop {
-            if let ServerMsg::Event(e) = c.next().await {
-                if e.body.turn_id() == turn && matches!(e.body, EventBody::Delta { .. }) {
-                    break;
-                }
-            }
-        }
+        c.until(|e| e.body.turn_id() == turn && matches!(e.body, EventBody::Delta { .. })).await;
     }
     let slot = fred::util::redis_keyslot(app.session_keys(&turns[0].0).stream.as_bytes());
     let port = primary_of(&cluster, slot).await;

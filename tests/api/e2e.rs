@@ -133,13 +133,7 @@ async fn stop_while_streaming_ends_the_turn_cancelled_and_keeps_the_partial_answ
     let mut c = app.client(0, &sid).await;
     let (turn, _) = c.send_and_ack(&uid("m"), "a long answer please").await;
     // Wait for some text, then stop.
-    loop {
-        if let ServerMsg::Event(e) = c.next().await {
-            if matches!(e.body, EventBody::Delta { .. }) {
-                break;
-            }
-        }
-    }
+    c.until(|e| matches!(e.body, EventBody::Delta { .. })).await;
     c.cancel(&turn).await;
     c.until_end(&turn).await;
     let events = c.events();

@@ -291,6 +291,17 @@ impl Client {
         }
     }
 
+    /// Reads until an event satisfies `done` (e.g. a turn's first delta) and returns it.
+    pub async fn until(&mut self, done: impl Fn(&Event) -> bool) -> Event {
+        loop {
+            if let ServerMsg::Event(e) = self.next().await {
+                if done(&e) {
+                    return e;
+                }
+            }
+        }
+    }
+
     /// Reads until the terminal event of `turn_id`; returns the events of that turn.
     pub async fn until_end(&mut self, turn_id: &str) -> Vec<Event> {
         let mut events = Vec::new();

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chatfleet::protocol::{EventBody, ServerMsg};
+use chatfleet::protocol::EventBody;
 use nix::sys::signal::Signal;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
@@ -84,22 +84,10 @@ async fn metrics_after_known_turns_and_a_takeover_have_exact_values() {
 
     // A takeover: kill A mid-turn; B reclaims exactly one turn.
     let (turn, _) = c.send_and_ack(&uid("m"), "[[silent-ms=60000]] taken over").await;
-    loop {
-        if let ServerMsg::Event(e) = c.next().await {
-            if matches!(e.body, EventBody::TurnStarted { .. }) {
-                break;
-            }
-        }
-    }
+    c.until(|e| matches!(e.body, EventBody::TurnStarted { .. })).await;
     a.signal(Signal::SIGKILL);
     let (b, port_b) = WorkerProc::spawn_with_metrics(&app.settings);
-    loop {
-        if let ServerMsg::Event(e) = c.next().await {
-            if e.body.turn_id() == turn && matches!(e.body, EventBody::TurnStarted { attempt: 2, .. }) {
-                break;
-            }
-        }
-    }
+    c.until(|e| e.body.turn_id() == turn && matches!(e.body, EventBody::TurnStarted { attempt: 2, .. })).await;
     let text = scrape(port_b).await;
     assert_eq!(value(&text, "chatfleet_worker_reclaims_total"), Some(1.0), "{text}");
     let ready = reqwest::get(format!("http://127.0.0.1:{port_b}/readyz")).await.unwrap();

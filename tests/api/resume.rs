@@ -151,13 +151,7 @@ async fn killing_the_gateways_pubsub_connection_mid_stream_loses_no_event() {
     }
     // Wait until every answer is streaming, then cut every pub/sub connection.
     for (c, turn, _) in clients.iter_mut() {
-        loop {
-            if let ServerMsg::Event(e) = c.next().await {
-                if e.body.turn_id() == turn && matches!(e.body, EventBody::Delta { .. }) {
-                    break;
-                }
-            }
-        }
+        c.until(|e| e.body.turn_id() == turn && matches!(e.body, EventBody::Delta { .. })).await;
     }
     let raw = app.raw().await;
     let killed: u64 = raw.custom(fred::cmd!("CLIENT"), vec!["KILL", "TYPE", "pubsub"]).await.unwrap();

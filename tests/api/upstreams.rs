@@ -273,13 +273,7 @@ async fn a_stop_closes_the_upstream_connection() {
     let app = spawn(with_upstreams(vec![("slow", openai(&fake, "m", json!({})))], &["slow"])).await;
     let mut c = app.client(0, &uid("s")).await;
     let (turn, _) = c.send_and_ack(&uid("m"), "talk slowly").await;
-    loop {
-        if let ServerMsg::Event(e) = c.next().await {
-            if matches!(e.body, EventBody::Delta { .. }) {
-                break;
-            }
-        }
-    }
+    c.until(|e| matches!(e.body, EventBody::Delta { .. })).await;
     c.cancel(&turn).await;
     let events = c.until_end(&turn).await;
     assert!(matches!(events.last().unwrap().body, EventBody::Cancelled { .. }));
@@ -571,13 +565,7 @@ async fn a_cancel_while_a_tool_runs_stops_the_tool_and_the_turn() {
     let app = spawn(s).await;
     let mut c = app.client(0, &uid("s")).await;
     let (turn, _) = c.send_and_ack(&uid("m"), "look it up").await;
-    loop {
-        if let ServerMsg::Event(e) = c.next().await {
-            if matches!(&e.body, EventBody::ToolStatus { state, .. } if state == "running") {
-                break;
-            }
-        }
-    }
+    c.until(|e| matches!(&e.body, EventBody::ToolStatus { state, .. } if state == "running")).await;
     tool.wait_for(Duration::from_secs(5), "the tool request", |s| s.bodies.len() == 1).await;
     c.cancel(&turn).await;
     let events = c.until_end(&turn).await;

@@ -126,13 +126,7 @@ async fn a_stopped_worker_that_wakes_after_its_turn_was_taken_over_writes_nothin
     old.signal(Signal::SIGSTOP);
     let new = WorkerProc::spawn(&app.settings);
     // The new worker takes over once the lease expires: the client sees `reset`.
-    loop {
-        if let ServerMsg::Event(e) = c.next().await {
-            if matches!(e.body, EventBody::Reset { .. }) {
-                break;
-            }
-        }
-    }
+    c.until(|e| matches!(e.body, EventBody::Reset { .. })).await;
     // Wake the old worker mid-way through the new attempt: its writes must be refused.
     old.signal(Signal::SIGCONT);
     c.until_end(&turn).await;
@@ -171,13 +165,7 @@ async fn stop_while_the_model_is_silent_ends_the_turn_without_waiting_for_the_mo
     let app = TestApp::spawn().await;
     let mut c = app.client(0, &uid("s")).await;
     let (turn, _) = c.send_and_ack(&uid("m"), "[[silent-ms=600000]] never mind").await;
-    loop {
-        if let ServerMsg::Event(e) = c.next().await {
-            if matches!(e.body, EventBody::TurnStarted { .. }) {
-                break;
-            }
-        }
-    }
+    c.until(|e| matches!(e.body, EventBody::TurnStarted { .. })).await;
     c.cancel(&turn).await;
     // A ten-minute silence: only the stop can end this turn within the frame timeout.
     let events = c.until_end(&turn).await;
@@ -226,13 +214,7 @@ async fn a_sigterm_drains_a_worker_and_another_finishes_its_turns() {
         clients.push((c, turn, prompt));
     }
     for (c, turn, _) in clients.iter_mut() {
-        loop {
-            if let ServerMsg::Event(e) = c.next().await {
-                if e.body.turn_id() == turn && matches!(e.body, EventBody::Delta { .. }) {
-                    break;
-                }
-            }
-        }
+        c.until(|e| e.body.turn_id() == turn && matches!(e.body, EventBody::Delta { .. })).await;
     }
     let pid = draining.pid();
     draining.signal(Signal::SIGTERM);
@@ -328,13 +310,7 @@ async fn ctl_cancels_a_running_turn_by_id_and_shows_it_in_status() {
     let app = TestApp::spawn_with(s).await;
     let mut c = app.client(0, &uid("s")).await;
     let (turn, _) = c.send_and_ack(&uid("m"), "operator stops this").await;
-    loop {
-        if let ServerMsg::Event(e) = c.next().await {
-            if matches!(e.body, EventBody::TurnStarted { .. }) {
-                break;
-            }
-        }
-    }
+    c.until(|e| matches!(e.body, EventBody::TurnStarted { .. })).await;
     let status = chatfleet::ctl::run(&app.store, CtlCommand::Status).await.unwrap();
     assert!(status.contains(&turn) && status.contains("running"), "{status}");
     // One line per node, covering every partition.
@@ -363,13 +339,7 @@ async fn with_the_cancel_policy_a_turn_nobody_watches_stops_after_the_grace_peri
     let sid = uid("s");
     let mut c = app.client(0, &sid).await;
     let (turn, _) = c.send_and_ack(&uid("m"), "nobody will read this").await;
-    loop {
-        if let ServerMsg::Event(e) = c.next().await {
-            if matches!(e.body, EventBody::Delta { .. }) {
-                break;
-            }
-        }
-    }
+    c.until(|e| matches!(e.body, EventBody::Delta { .. })).await;
     let (epoch, last) = (c.epoch(), c.last_seq());
     drop(c);
     // Watch the session's history (not attached): the turn ends cancelled long before its
