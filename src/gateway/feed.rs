@@ -10,6 +10,7 @@
 //! 4. on a hub resync (subscriber reconnected, receiver lagged) the log is read after the last
 //!    sent seq, so even a lost final event reaches the client.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -40,17 +41,27 @@ pub enum FeedError {
 }
 
 /// One connection's feed of one session.
+///
+/// [`Feed::next`] is cancel-safe: transports race it against reads, pings and coalescing
+/// windows, and drop it mid-await. So everything it has taken from the hub or the log lives in
+/// the struct (`inbox`, `ready`, `stale`) and `last` only moves together with `ready`; an await
+/// that is dropped loses nothing, and the next call carries on where it stopped.
 pub struct Feed {
     store: Store,
     keys: SessionKeys,
     sub: Subscription,
     epoch: String,
-    /// The last seq handed to the transport.
+    /// The last seq taken into `ready` (or handed to the transport).
     last: u64,
+    /// Live frames taken from the hub and not yet judged, oldest first.
+    inbox: VecDeque<Arc<Frame>>,
+    /// Frames in seq order, ready for the transport.
+    ready: Vec<Arc<Frame>>,
+    /// The log must be read after `last` (a gap, or a hub resync) before more live frames.
+    stale: bool,
     /// A lasting connection counted in the session (detached when the feed is dropped).
     attached: bool,
 }
-
 impl Drop for Feed {
     fn drop(&mut self) {
         if self.attached {
@@ -98,7 +109,18 @@ impl Feed {
         };
         metrics::counter!(crate::metrics::GATEWAY_RESUMES, "resume" => resume_label(resume)).increment(1);
         let welcome = ControlMsg::Welcome { session_id: session_id.to_string(), epoch: epoch.clone(), seq, resume };
-        Ok((Self { store: store.clone(), keys, sub, epoch, last: seq, attached: attach }, Opening { welcome, first }))
+        let feed = Self {
+            store: store.clone(),
+            keys,
+            sub,
+            epoch,
+            last: seq,
+            inbox: VecDeque::new(),
+            ready: Vec::new(),
+            stale: false,
+            attached: attach,
+        };
+        Ok((feed, Opening { welcome, first }))
     }
 
     /// The session's keys.
@@ -106,31 +128,39 @@ impl Feed {
         &self.keys
     }
 
-    /// Waits for the next events (or a snapshot), in order.
+    /// Waits for the next events (or a snapshot), in order. Cancel-safe (see [`Feed`]).
     pub async fn next(&mut self) -> Result<Item, FeedError> {
         loop {
+            if self.stale {
+                if let Some(snapshot) = self.read_after().await? {
+                    return Ok(snapshot);
+                }
+                self.stale = false;
+            }
+            if let Some(snapshot) = self.judge_inbox().await? {
+                return Ok(snapshot);
+            }
+            if self.stale {
+                continue;
+            }
+            if !self.ready.is_empty() {
+                return Ok(Item::Frames(std::mem::take(&mut self.ready)));
+            }
             tokio::select! {
                 biased;
                 _ = self.sub.overflow.cancelled() => return Err(FeedError::Overflow),
                 changed = self.sub.resync.changed() => {
                     if changed.is_err() {
-                        return Err(FeedError::Store(StoreError::Reply { function: "hub", detail: "hub stopped".into() }));
+                        return Err(hub_stopped());
                     }
-                    if let Some(item) = self.catch_up().await? {
-                        return Ok(item);
-                    }
+                    self.stale = true;
                 }
                 frame = self.sub.rx.recv() => {
-                    let Some(first) = frame else {
-                        return Err(FeedError::Store(StoreError::Reply { function: "hub", detail: "hub stopped".into() }));
-                    };
+                    let Some(first) = frame else { return Err(hub_stopped()) };
                     // Take whatever else is already queued, so a slow reader gets batches.
-                    let mut batch = vec![first];
+                    self.inbox.push_back(first);
                     while let Ok(f) = self.sub.rx.try_recv() {
-                        batch.push(f);
-                    }
-                    if let Some(item) = self.accept(batch).await? {
-                        return Ok(item);
+                        self.inbox.push_back(f);
                     }
                 }
             }
@@ -147,50 +177,35 @@ impl Feed {
         self.sub.queued.fetch_sub(bytes.min(self.sub.queued.load(Ordering::Relaxed)), Ordering::Relaxed);
     }
 
-    async fn accept(&mut self, batch: Vec<Arc<Frame>>) -> Result<Option<Item>, FeedError> {
-        let mut out = Vec::with_capacity(batch.len());
-        for f in batch {
-            let len = f.json.len();
+    /// Moves in-order live frames from `inbox` to `ready`. Stops at a frame past the next
+    /// expected seq and marks the feed stale: the log fills the gap, and that frame is then
+    /// judged again (the fill covers it, so it is dropped as already seen).
+    async fn judge_inbox(&mut self) -> Result<Option<Item>, FeedError> {
+        while let Some(f) = self.inbox.front() {
             if f.epoch.as_deref().is_some_and(|e| e != self.epoch) {
                 // The session was lost and recreated under us: seqs restarted, so nothing
                 // collected so far is comparable. Start over from a snapshot.
-                self.written(len);
                 return Ok(Some(self.resnapshot().await?));
             }
-            if f.seq <= self.last {
-                self.written(len);
-                continue;
-            }
             if f.seq > self.last + 1 {
-                // Lost on the way: fill from the log, which also covers `f`.
-                self.written(len);
-                match self.read_after().await? {
-                    Gap::Filled(mut frames) => out.append(&mut frames),
-                    Gap::Snapshot(s) => {
-                        // Drop what was collected: the snapshot supersedes it.
-                        return Ok(Some(s));
-                    }
-                }
+                self.stale = true;
+                return Ok(None);
+            }
+            let f = self.inbox.pop_front().expect("front exists");
+            if f.seq <= self.last {
+                self.written(f.json.len());
                 continue;
             }
             self.last = f.seq;
-            out.push(f);
+            self.ready.push(f);
         }
-        Ok((!out.is_empty()).then_some(Item::Frames(out)))
+        Ok(None)
     }
 
-    async fn catch_up(&mut self) -> Result<Option<Item>, FeedError> {
-        match self.read_after().await? {
-            Gap::Filled(frames) if frames.is_empty() => Ok(None),
-            Gap::Filled(frames) => Ok(Some(Item::Frames(frames))),
-            Gap::Snapshot(s) => Ok(Some(s)),
-        }
-    }
-
-    /// Reads the log after the last seq handed out. Frames read this way are not in the hub's
-    /// byte accounting.
-    async fn read_after(&mut self) -> Result<Gap, FeedError> {
-        let mut frames = Vec::new();
+    /// Reads the log after `last` into `ready`; a snapshot when the log cannot fill the gap.
+    /// Each completed read moves `last` and `ready` together, so a cancelled call keeps what it
+    /// read. Frames read this way are not in the hub's byte accounting.
+    async fn read_after(&mut self) -> Result<Option<Item>, FeedError> {
         loop {
             let read = self.store.read_log(&self.keys.base, self.last, CATCHUP_BATCH, &self.epoch).await?;
             match read {
@@ -198,13 +213,13 @@ impl Feed {
                     let n = events.len() as u64;
                     for (seq, ev) in events {
                         self.last = seq;
-                        frames.push(Frame::new(seq, ev.into()));
+                        self.ready.push(Frame::new(seq, ev.into()));
                     }
                     if n < CATCHUP_BATCH {
-                        return Ok(Gap::Filled(frames));
+                        return Ok(None);
                     }
                 }
-                LogRead::EpochChanged | LogRead::Trimmed => return Ok(Gap::Snapshot(self.resnapshot().await?)),
+                LogRead::EpochChanged | LogRead::Trimmed => return Ok(Some(self.resnapshot().await?)),
             }
         }
     }
@@ -216,6 +231,13 @@ impl Feed {
             Opened::Snapshot { epoch, seq, history, active_turn, partial, reason } => {
                 self.epoch = epoch.clone();
                 self.last = seq;
+                // The snapshot supersedes what was collected. Every frame in the inbox was
+                // published before this snapshot was cut (or belongs to the lost epoch), so
+                // dropping them loses nothing.
+                self.stale = false;
+                self.ready.clear();
+                let dropped: usize = self.inbox.drain(..).map(|f| f.json.len()).sum();
+                self.written(dropped);
                 Ok(Item::Snapshot(snapshot(epoch, seq, history, active_turn, partial, reason)))
             }
             Opened::Replay { .. } => unreachable!("open_session without last_seq always snapshots"),
@@ -223,9 +245,8 @@ impl Feed {
     }
 }
 
-enum Gap {
-    Filled(Vec<Arc<Frame>>),
-    Snapshot(Item),
+fn hub_stopped() -> FeedError {
+    FeedError::Store(StoreError::Reply { function: "hub", detail: "hub stopped".into() })
 }
 
 fn snapshot(
@@ -305,6 +326,9 @@ pub fn merge_deltas(frames: Vec<Arc<Frame>>) -> Vec<Arc<Frame>> {
     flush(&mut run, &mut out);
     out
 }
+
+#[cfg(test)]
+mod cancel_tests;
 
 #[cfg(test)]
 mod tests {
