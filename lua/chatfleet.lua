@@ -41,13 +41,21 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Server time in µs, as a decimal string (exact; a Lua number would be formatted as a float).
+-- For stage timings below a millisecond (the queue wait), not for lease decisions.
+local function now_us()
+  local t = redis.call('TIME')
+  return t[1] .. string.format('%06d', tonumber(t[2]))
+end
+
 -- Appends one client-visible event: next seq, log entry, live publish. Returns the seq.
-local function append_event(base, ev, log_max)
+-- `epoch`: the session epoch when the caller already read it (saves a lookup per event).
+local function append_event(base, ev, log_max, epoch)
   local seq = redis.call('HINCRBY', base .. ':meta', 'seq', 1)
   local body = cmsgpack.pack(ev)
   redis.call('XADD', base .. ':log', 'MAXLEN', '~', log_max, seq .. '-0', 'e', body)
   -- The epoch rides along so a live connection notices a lost-and-recreated session at once.
-  local epoch = redis.call('HGET', base .. ':meta', 'epoch')
+  epoch = epoch or redis.call('HGET', base .. ':meta', 'epoch')
   redis.call('SPUBLISH', base .. ':ch', cmsgpack.pack({ seq, body, epoch }))
   return seq
 end
@@ -66,6 +74,10 @@ local function ensure_meta(base, epoch_candidate, now)
   return epoch_candidate
 end
 
+-- Refreshes the session's TTL. Called when a turn is enqueued and when a client opens the
+-- session, not on every write: a key keeps its TTL when it is written (HSET, XADD, RPUSH), so
+-- once per turn is enough, and a turn lasts far less than the TTL. The one key a turn creates
+-- later, its partial text, gets its TTL when emit creates it.
 local function touch(base, tid, ttl)
   redis.call('EXPIRE', base .. ':meta', ttl)
   redis.call('EXPIRE', base .. ':log', ttl)
@@ -73,7 +85,6 @@ local function touch(base, tid, ttl)
   redis.call('EXPIRE', base .. ':dedupe', ttl)
   if tid then
     redis.call('EXPIRE', base .. ':turn:' .. tid, ttl)
-    redis.call('EXPIRE', base .. ':turn:' .. tid .. ':text', ttl)
   end
 end
 
@@ -95,13 +106,13 @@ local function ack_del(stream, group, eid)
 end
 
 -- Ends a turn: final event, assistant message into history, active cleared. The caller acks.
-local function end_turn(base, tid, outcome, ev, log_max, hist_max, now)
+local function end_turn(base, tid, outcome, ev, log_max, hist_max, now, epoch)
   local tkey = base .. ':turn:' .. tid
   local text = redis.call('GET', tkey .. ':text') or ''
   if text ~= '' or outcome == 'done' then
     push_hist(base, { v = 1, role = 'assistant', turn_id = tid, text = text, status = outcome }, hist_max)
   end
-  local seq = append_event(base, ev, log_max)
+  local seq = append_event(base, ev, log_max, epoch)
   redis.call('HSET', tkey, 'status', outcome, 'finished', now, 'fseq', seq)
   redis.call('DEL', tkey .. ':text')
   clear_active(base, tid)
@@ -135,7 +146,7 @@ local function enqueue_turn(keys, args)
     return { 'busy', active, 0, epoch }
   end
   local seq = append_event(base,
-    { v = 1, type = 'user_message', turn_id = tid, client_msg_id = cmid, text = text }, log_max)
+    { v = 1, type = 'user_message', turn_id = tid, client_msg_id = cmid, text = text }, log_max, epoch)
   push_hist(base, { v = 1, role = 'user', turn_id = tid, text = text }, hist_max)
   local tp = args[9] or ''
   local eid = redis.call('XADD', stream, '*', 'b', base, 't', tid, 'tp', tp)
@@ -144,7 +155,8 @@ local function enqueue_turn(keys, args)
   redis.call('SPUBLISH', stream .. ':wake', '1')
   -- The user's text stays with the turn so an operator can replay a dead-lettered turn.
   redis.call('HSET', base .. ':turn:' .. tid, 'status', 'queued', 'cmid', cmid, 'attempt', 0,
-    'eid', eid, 'epoch', epoch, 'useq', seq, 'created', now, 'opts', args[8], 'text', text, 'tp', tp)
+    'eid', eid, 'epoch', epoch, 'useq', seq, 'created', now, 'created_us', now_us(), 'opts', args[8],
+    'text', text, 'tp', tp)
   redis.call('HSET', base .. ':dedupe', cmid, tid)
   redis.call('HSET', base .. ':meta', 'active', tid)
   touch(base, tid, ttl)
@@ -155,20 +167,32 @@ end
 KEYS: base, turns stream
 ARGV: tid, entry id, group, worker id, lease_ms, hist_n, log_max
 Returns
-  {'run', attempt, history (list of msgpack), opts, created_ms, now_ms}  queued -> running
+  {'run', attempt, history (list of msgpack), opts, created_us, started_us, epoch, flags,
+   summary_upto, summary_text, tool records}                           queued -> running
+      created_us, started_us  server time (µs, decimal strings) of enqueue and of this start
+      epoch                   the session epoch (summaries are written against it)
+      flags                   members of <base>:flags (a SET the application or an operator
+                              maintains; routing rules match them)
+      summary_*               <base>:summary (HASH epoch, upto, text, template) when it belongs to
+                              the current epoch, else '' and '': a summary of older history, up to
+                              turn id `upto`
+      tool records            values of <base>:turn:<tid>:tools (msgpack), written by earlier
+                              attempts
   {'skip', status}   the turn ended (cancelled while queued, or finished): entry acked and deleted
   {'gone'}           the turn hash is gone (TTL, lost state): entry acked and deleted
   {'held'}           another attempt is running it: leave the entry, reclaim decides
 Atomic so that exactly one worker moves a turn to running, and the attempt it gets fences every
-later write.
+later write. It also returns everything else the attempt reads before calling the model, so the
+first token waits for one round trip here, not two.
 ]]
 local function start_turn(keys, args)
   local base, stream = keys[1], keys[2]
   local tid, eid, group, worker = args[1], args[2], args[3], args[4]
   local tkey = base .. ':turn:' .. tid
-  local st = redis.call('HMGET', tkey, 'status', 'attempt', 'epoch', 'created', 'opts')
+  local st = redis.call('HMGET', tkey, 'status', 'attempt', 'epoch', 'created', 'opts', 'created_us')
   local status = st[1]
-  if not status or redis.call('HGET', base .. ':meta', 'epoch') ~= st[3] then
+  local epoch = redis.call('HGET', base .. ':meta', 'epoch')
+  if not status or epoch ~= st[3] then
     ack_del(stream, group, eid)
     return { 'gone' }
   end
@@ -179,17 +203,27 @@ local function start_turn(keys, args)
   if status ~= 'queued' then
     return { 'held' }
   end
-  local now = now_ms()
+  local now, started_us = now_ms(), now_us()
   local attempt = tonumber(st[2]) + 1
   redis.call('HSET', tkey, 'status', 'running', 'worker', worker, 'attempt', attempt,
     'lease', now + tonumber(args[5]), 'started', now)
-  append_event(base, { v = 1, type = 'turn_started', turn_id = tid, attempt = attempt }, args[7])
+  append_event(base, { v = 1, type = 'turn_started', turn_id = tid, attempt = attempt }, args[7], epoch)
   local hist = redis.call('LRANGE', base .. ':hist', -tonumber(args[6]), -1)
-  return { 'run', attempt, hist, st[5] or '', tonumber(st[4]), now }
+  local flags = redis.call('SMEMBERS', base .. ':flags')
+  local s = redis.call('HMGET', base .. ':summary', 'epoch', 'upto', 'text')
+  local upto, text = '', ''
+  if s[1] and s[1] == epoch then
+    upto, text = s[2] or '', s[3] or ''
+  end
+  local records = redis.call('HVALS', tkey .. ':tools')
+  -- A turn enqueued before created_us existed has only its ms stamp.
+  local created_us = st[6] or (st[4] .. '000')
+  return { 'run', attempt, hist, st[5] or '', created_us, started_us, epoch, flags, upto, text, records }
 end
 
 -- Fence check shared by emit, tool_status, heartbeat, finish_turn and release_turn. Returns the
--- turn's cancel flag ('0' or '1'), or false when the caller no longer owns the turn.
+-- turn's cancel flag ('0' or '1') and the session epoch, or false when the caller no longer owns
+-- the turn.
 -- With abandon_ms > 0 (the tenant's disconnect policy is `cancel`), a session that no client has
 -- been attached to for abandon_ms gets its running turn's cancel flag set here.
 local function fenced_turn(base, tkey, attempt, abandon_ms)
@@ -208,12 +242,13 @@ local function fenced_turn(base, tkey, attempt, abandon_ms)
     redis.call('HSET', tkey, 'cancel', 1, 'cancel_at', now_ms(), 'cancel_reason', 'disconnected')
     cancel = '1'
   end
-  return cancel
+  return cancel, meta[1]
 end
 
 --[[ emit: a worker appends a delta of the running turn.
 KEYS: base
-ARGV: tid, attempt, text, lease_ms, log_max, abandon_ms (0 = keep generating when nobody watches)
+ARGV: tid, attempt, text, lease_ms, log_max, abandon_ms (0 = keep generating when nobody watches),
+      ttl_s (given to the partial text key when this delta creates it)
 Returns {seq, cancel}: seq = 0 when fenced (the caller lost the turn and must stop writing);
 cancel = 1 when the user asked to stop, or nobody watched for abandon_ms. Extends the lease.
 Atomic so that the fence check and the write cannot be split by a reclaim (I1).
@@ -222,12 +257,14 @@ local function emit(keys, args)
   local base = keys[1]
   local tid, attempt, text = args[1], args[2], args[3]
   local tkey = base .. ':turn:' .. tid
-  local cancel = fenced_turn(base, tkey, attempt, args[6])
+  local cancel, epoch = fenced_turn(base, tkey, attempt, args[6])
   if not cancel then
     return { 0, 0 }
   end
-  local seq = append_event(base, { v = 1, type = 'delta', turn_id = tid, text = text }, args[5])
-  redis.call('APPEND', tkey .. ':text', text)
+  local seq = append_event(base, { v = 1, type = 'delta', turn_id = tid, text = text }, args[5], epoch)
+  if redis.call('APPEND', tkey .. ':text', text) == #text and args[7] then
+    redis.call('EXPIRE', tkey .. ':text', tonumber(args[7]))
+  end
   redis.call('HSET', tkey, 'lease', now_ms() + tonumber(args[4]))
   return { seq, cancel == '1' and 1 or 0 }
 end
@@ -244,12 +281,12 @@ local function tool_status(keys, args)
   local base = keys[1]
   local tid, attempt = args[1], args[2]
   local tkey = base .. ':turn:' .. tid
-  local cancel = fenced_turn(base, tkey, attempt)
+  local cancel, epoch = fenced_turn(base, tkey, attempt)
   if not cancel then
     return { 0, 0 }
   end
   local seq = append_event(base,
-    { v = 1, type = 'tool_status', turn_id = tid, name = args[3], state = args[4] }, args[6])
+    { v = 1, type = 'tool_status', turn_id = tid, name = args[3], state = args[4] }, args[6], epoch)
   redis.call('HSET', tkey, 'lease', now_ms() + tonumber(args[5]))
   if args[7] then
     redis.call('HSET', tkey .. ':tools', args[7], args[8])
@@ -272,29 +309,6 @@ local function turn_audit(keys, args)
   end
   redis.call('HSET', tkey, 'upstream', args[3], 'model', args[4], 'template', args[5])
   return 1
-end
-
---[[ turn_context: what a starting attempt needs besides start_turn's reply. Read-only.
-KEYS: base
-ARGV: tid
-Returns {epoch, flags, summary_upto, summary_text, tool records}:
-  flags           members of <base>:flags (a SET the application or an operator maintains;
-                  routing rules match them)
-  summary_*       <base>:summary (HASH epoch, upto, text, template) when it belongs to the current
-                  epoch, else '' and '': a summary of older history, up to turn id `upto`
-  tool records    values of <base>:turn:<tid>:tools (msgpack), written by earlier attempts
-]]
-local function turn_context(keys, args)
-  local base = keys[1]
-  local epoch = redis.call('HGET', base .. ':meta', 'epoch') or ''
-  local flags = redis.call('SMEMBERS', base .. ':flags')
-  local s = redis.call('HMGET', base .. ':summary', 'epoch', 'upto', 'text')
-  local upto, text = '', ''
-  if s[1] and s[1] == epoch then
-    upto, text = s[2] or '', s[3] or ''
-  end
-  local records = redis.call('HVALS', base .. ':turn:' .. args[1] .. ':tools')
-  return { epoch, flags, upto, text, records }
 end
 
 --[[ put_summary: stores a summary of a session's older history, written off the streaming path.
@@ -339,6 +353,8 @@ end
 KEYS: base, turns stream, dead-letter stream of the partition
 ARGV: tid, attempt, outcome (done|error|cancelled), group, entry id, ttl_s, log_max, hist_max,
       prompt_tokens, completion_tokens, error code, error message, dead ('1' = dead-letter it)
+      ttl_s is no longer used (enqueue_turn refreshes the TTL once per turn); it keeps its place so
+      the positions of the others stay.
 Returns {'ok', seq} or {'fenced'}.
 Atomic so that the final event, the history entry, the active flag and the ack happen exactly once
 (I4) and only for the current attempt (I1).
@@ -347,7 +363,8 @@ local function finish_turn(keys, args)
   local base, stream, dlq = keys[1], keys[2], keys[3]
   local tid, attempt, outcome = args[1], args[2], args[3]
   local tkey = base .. ':turn:' .. tid
-  if not fenced_turn(base, tkey, attempt) then
+  local owned, epoch = fenced_turn(base, tkey, attempt)
+  if not owned then
     return { 'fenced' }
   end
   local now = now_ms()
@@ -359,13 +376,12 @@ local function finish_turn(keys, args)
     ev.code = args[11]
     ev.message = args[12]
   end
-  local seq = end_turn(base, tid, outcome, ev, args[7], tonumber(args[8]), now)
+  local seq = end_turn(base, tid, outcome, ev, args[7], tonumber(args[8]), now, epoch)
   if args[13] == '1' then
     redis.call('XADD', dlq, '*', 'b', base, 't', tid, 'reason', args[11], 'detail', args[12],
       'attempts', attempt, 'at', now)
   end
   ack_del(stream, args[4], args[5])
-  touch(base, tid, tonumber(args[6]))
   return { 'ok', seq }
 end
 
@@ -701,7 +717,6 @@ redis.register_function('cf1_emit', emit)
 redis.register_function('cf1_tool_status', tool_status)
 redis.register_function('cf1_turn_audit', turn_audit)
 redis.register_function('cf1_put_summary', put_summary)
-redis.register_function{ function_name = 'cf1_turn_context', callback = turn_context, flags = { 'no-writes' } }
 redis.register_function('cf1_heartbeat', heartbeat)
 redis.register_function('cf1_finish_turn', finish_turn)
 redis.register_function('cf1_cancel_turn', cancel_turn)

@@ -31,13 +31,14 @@ pub enum StartOutcome {
         attempt: u32,
         history: Vec<HistoryMessage>,
         opts: Bytes,
-        created_ms: u64,
-        started_ms: u64,
+        /// Server time of the enqueue and of this start (µs): the queue wait.
+        created_us: u64,
+        started_us: u64,
+        /// Session flags, summary and earlier attempts' tool records.
+        context: TurnContext,
     },
     /// Ended before it started (e.g. cancelled while queued); the entry was acked.
-    Skip {
-        status: String,
-    },
+    Skip { status: String },
     /// The turn no longer exists; the entry was acked.
     Gone,
     /// Another attempt is running it.
@@ -127,7 +128,7 @@ pub struct FinishArgs<'a> {
     pub dead_letter: bool,
 }
 
-/// Result of `turn_context`: what a starting attempt reads besides `start_turn`'s reply.
+/// What a starting attempt reads besides its history: the context part of `start_turn`'s reply.
 #[derive(Debug, Clone, Default)]
 pub struct TurnContext {
     /// The session's epoch (for `put_summary`).
@@ -285,9 +286,10 @@ impl Store {
                     history.push(payload::decode_history(&h.bytes()?)?);
                 }
                 let opts = r.bytes()?;
-                let created_ms = r.int()? as u64;
-                let started_ms = r.int()? as u64;
-                Ok(StartOutcome::Run { attempt, history, opts, created_ms, started_ms })
+                let created_us = r.string()?.parse().map_err(|_| r.bad("created_us is not a number"))?;
+                let started_us = r.string()?.parse().map_err(|_| r.bad("started_us is not a number"))?;
+                let context = turn_context(&mut r)?;
+                Ok(StartOutcome::Run { attempt, history, opts, created_us, started_us, context })
             }
             "skip" => Ok(StartOutcome::Skip { status: r.string()? }),
             "gone" => Ok(StartOutcome::Gone),
@@ -316,6 +318,7 @@ impl Store {
                     self.lease_ms.as_str().into(),
                     self.log_max.as_str().into(),
                     abandon_ms.to_string().into(),
+                    self.ttl.as_str().into(),
                 ],
             )
             .await?;
@@ -407,28 +410,6 @@ impl Store {
             )
             .await?;
         Ok(v == 1)
-    }
-
-    /// Session flags, summary and earlier tool records of a turn (read-only).
-    pub async fn turn_context(&self, base: &str, turn_id: &str) -> Result<TurnContext, StoreError> {
-        let v: Value =
-            self.redis.client().fcall_ro("cf1_turn_context", vec![base.to_string()], vec![turn_id.to_string()]).await?;
-        let mut r = Reply::new("cf1_turn_context", v)?;
-        let epoch = r.string()?;
-        let mut f = r.array()?;
-        let mut flags = Vec::with_capacity(f.len());
-        while f.len() > 0 {
-            flags.push(f.string()?);
-        }
-        let upto = r.string()?;
-        let text = r.string()?;
-        let mut list = r.array()?;
-        let mut tool_records = Vec::with_capacity(list.len());
-        while list.len() > 0 {
-            tool_records.push(list.bytes()?);
-        }
-        let summary = (!upto.is_empty()).then_some((upto, text));
-        Ok(TurnContext { epoch, flags, summary, tool_records })
     }
 
     /// Stores a summary of the session's history up to turn `upto`; false when the session moved
@@ -683,4 +664,23 @@ fn events(mut list: Reply) -> Result<Vec<(u64, StoredEvent)>, StoreError> {
         out.push((seq, payload::decode_event(&e.bytes()?)?));
     }
     Ok(out)
+}
+
+/// The context part of `start_turn`'s reply: epoch, flags, summary, tool records.
+fn turn_context(r: &mut Reply) -> Result<TurnContext, StoreError> {
+    let epoch = r.string()?;
+    let mut f = r.array()?;
+    let mut flags = Vec::with_capacity(f.len());
+    while f.len() > 0 {
+        flags.push(f.string()?);
+    }
+    let upto = r.string()?;
+    let text = r.string()?;
+    let mut list = r.array()?;
+    let mut tool_records = Vec::with_capacity(list.len());
+    while list.len() > 0 {
+        tool_records.push(list.bytes()?);
+    }
+    let summary = (!upto.is_empty()).then_some((upto, text));
+    Ok(TurnContext { epoch, flags, summary, tool_records })
 }

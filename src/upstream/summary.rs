@@ -4,8 +4,8 @@
 //! the history the summary does not cover. Once `context.summarize_after_turns` turns are neither
 //! summarised nor among the `keep_recent_turns` newest, the worker, after the turn has ended,
 //! spawns [`run`]: one model call off the streaming path that folds them into a new summary,
-//! stored with `put_summary`. The next turn reads it at start (`turn_context`) and never waits for
-//! a summary being written.
+//! stored with `put_summary`. The next turn reads it at start (in `start_turn`'s reply) and never
+//! waits for a summary being written.
 
 use std::sync::Arc;
 use std::time::Instant;

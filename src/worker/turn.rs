@@ -49,9 +49,9 @@ async fn run_inner(shared: &Arc<Shared>, d: Delivery) {
     let stream_key = store.keys().stream(d.partition);
     let load_started = Instant::now();
     let start = store.start_turn(&d.base, &stream_key, &d.turn_id, &d.entry_id, &shared.id).await;
-    let (attempt, history, opts, created_ms, started_ms) = match start {
-        Ok(StartOutcome::Run { attempt, history, opts, created_ms, started_ms }) => {
-            (attempt, history, opts, created_ms, started_ms)
+    let (attempt, history, opts, created_us, started_us, ctx) = match start {
+        Ok(StartOutcome::Run { attempt, history, opts, created_us, started_us, context }) => {
+            (attempt, history, opts, created_us, started_us, context)
         }
         Ok(other) => {
             tracing::debug!(?other, "turn not started");
@@ -62,7 +62,7 @@ async fn run_inner(shared: &Arc<Shared>, d: Delivery) {
             return;
         }
     };
-    let queue_wait = Duration::from_millis(started_ms.saturating_sub(created_ms));
+    let queue_wait = Duration::from_micros(started_us.saturating_sub(created_us));
     metrics::histogram!(m::TURN_QUEUE_WAIT_SECONDS).record(queue_wait.as_secs_f64());
     let signals = TurnSignals { cancel: CancellationToken::new(), cancel_at: Arc::new(Mutex::new(None)) };
     if let Ok(mut map) = shared.running.lock() {
@@ -71,18 +71,11 @@ async fn run_inner(shared: &Arc<Shared>, d: Delivery) {
     metrics::gauge!(m::WORKER_ACTIVE_TURNS).increment(1.0);
     let began = Instant::now();
     let mut stats = Stats { deltas: 0, queue_wait, load_started };
-    // Session flags, the summary and earlier attempts' tool records: one read-only call.
-    let ending = match store.turn_context(&d.base, &d.turn_id).await {
-        Ok(ctx) => {
-            let turn = stream::Turn { shared, d: &d, attempt, signals: &signals, ctx: &ctx };
-            let ending = stream::run(turn, &history, &opts, &mut stats).await;
-            if matches!(ending, Ending::Done(_)) {
-                summarize_if_due(shared, &d, &history, &ctx);
-            }
-            ending
-        }
-        Err(e) => Ending::Abandoned(e),
-    };
+    let turn = stream::Turn { shared, d: &d, attempt, signals: &signals, ctx: &ctx };
+    let ending = stream::run(turn, &history, &opts, &mut stats).await;
+    if matches!(ending, Ending::Done(_)) {
+        summarize_if_due(shared, &d, &history, &ctx);
+    }
     metrics::gauge!(m::WORKER_ACTIVE_TURNS).decrement(1.0);
     if let Ok(mut map) = shared.running.lock() {
         map.remove(&d.turn_id);

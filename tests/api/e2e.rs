@@ -1,6 +1,7 @@
 //! End to end: a turn from a WebSocket through Redis Streams to a worker and back.
 
 use chatfleet::protocol::{ControlMsg, ErrorCode, EventBody, ServerMsg};
+use fred::interfaces::KeysInterface;
 
 use crate::helpers::*;
 
@@ -158,4 +159,35 @@ async fn a_frame_that_is_not_json_gets_bad_request_and_the_connection_keeps_work
     let (turn, _) = c.send_and_ack(&uid("m"), "still here").await;
     let events = c.until_end(&turn).await;
     assert_eq!(text_of(&events, &turn), app.expected_answer("still here"));
+}
+
+/// The TTL is refreshed once per turn (at enqueue) and when a client opens the session, not on
+/// every write; every key a turn creates must still carry one, while it streams and after.
+#[tokio::test]
+async fn every_key_of_a_session_expires_while_a_turn_streams_and_after_it() {
+    let mut s = test_settings();
+    s.model.demo.tokens_per_sec = 100;
+    let app = TestApp::with(s, 1, 1).await;
+    let mut c = app.client(0, &uid("s")).await;
+    let (turn, _) = c.send_and_ack(&uid("m"), "keys with a lifetime").await;
+    // Mid-turn: the partial text key exists once a delta was emitted.
+    c.until(|e| matches!(e.body, EventBody::Delta { .. })).await;
+    let base = app.session_keys(&c.session).base;
+    let raw = app.raw().await;
+    let check = |keys: Vec<String>| {
+        let raw = raw.clone();
+        async move {
+            for key in keys {
+                let ttl: i64 = raw.ttl(&key).await.unwrap();
+                assert!(ttl > 0, "{key} has no TTL ({ttl})");
+            }
+        }
+    };
+    let mid = app.keys_matching(&format!("{base}*")).await;
+    assert!(mid.iter().any(|k| k.ends_with(":text")), "the partial text is stored: {mid:?}");
+    check(mid).await;
+    c.until_end(&turn).await;
+    let after = app.keys_matching(&format!("{base}*")).await;
+    assert!(after.len() >= 4, "meta, log, history, dedupe and the turn remain: {after:?}");
+    check(after).await;
 }
