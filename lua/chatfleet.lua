@@ -249,6 +249,8 @@ end
 KEYS: base
 ARGV: tid, attempt, text, lease_ms, log_max, abandon_ms (0 = keep generating when nobody watches),
       ttl_s (given to the partial text key when this delta creates it)
+      [, upstream, model, template]  optional: who answered this round (as turn_audit), recorded
+      with the delta so the audit costs no round trip of its own
 Returns {seq, cancel}: seq = 0 when fenced (the caller lost the turn and must stop writing);
 cancel = 1 when the user asked to stop, or nobody watched for abandon_ms. Extends the lease.
 Atomic so that the fence check and the write cannot be split by a reclaim (I1).
@@ -265,7 +267,12 @@ local function emit(keys, args)
   if redis.call('APPEND', tkey .. ':text', text) == #text and args[7] then
     redis.call('EXPIRE', tkey .. ':text', tonumber(args[7]))
   end
-  redis.call('HSET', tkey, 'lease', now_ms() + tonumber(args[4]))
+  if args[8] then
+    redis.call('HSET', tkey, 'lease', now_ms() + tonumber(args[4]),
+      'upstream', args[8], 'model', args[9], 'template', args[10])
+  else
+    redis.call('HSET', tkey, 'lease', now_ms() + tonumber(args[4]))
+  end
   return { seq, cancel == '1' and 1 or 0 }
 end
 
@@ -353,6 +360,8 @@ end
 KEYS: base, turns stream, dead-letter stream of the partition
 ARGV: tid, attempt, outcome (done|error|cancelled), group, entry id, ttl_s, log_max, hist_max,
       prompt_tokens, completion_tokens, error code, error message, dead ('1' = dead-letter it)
+      [, upstream, model, template]  optional: who answered the last round, when no delta of the
+      round recorded it (as emit)
       ttl_s is no longer used (enqueue_turn refreshes the TTL once per turn); it keeps its place so
       the positions of the others stay.
 Returns {'ok', seq} or {'fenced'}.
@@ -375,6 +384,9 @@ local function finish_turn(keys, args)
   elseif outcome == 'error' then
     ev.code = args[11]
     ev.message = args[12]
+  end
+  if args[14] then
+    redis.call('HSET', tkey, 'upstream', args[14], 'model', args[15], 'template', args[16])
   end
   local seq = end_turn(base, tid, outcome, ev, args[7], tonumber(args[8]), now, epoch)
   if args[13] == '1' then

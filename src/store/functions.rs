@@ -126,6 +126,26 @@ pub struct FinishArgs<'a> {
     pub error_message: &'a str,
     /// Also record the turn in the dead-letter stream.
     pub dead_letter: bool,
+    /// Who answered, when no earlier write of the round recorded it.
+    pub audit: Option<&'a TurnAudit>,
+}
+
+/// Which upstream and model answered a round, and the prompt template version: recorded on the
+/// turn by the round's next fenced write (`emit`, `finish_turn`), so the audit never costs a
+/// round trip of its own before the first token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnAudit {
+    pub upstream: String,
+    pub model: String,
+    pub template: String,
+}
+
+impl TurnAudit {
+    fn args(audit: Option<&Self>) -> impl Iterator<Item = Value> + '_ {
+        audit
+            .into_iter()
+            .flat_map(|a| [a.upstream.as_str().into(), a.model.as_str().into(), a.template.as_str().into()])
+    }
 }
 
 /// What a starting attempt reads besides its history: the context part of `start_turn`'s reply.
@@ -299,6 +319,7 @@ impl Store {
     }
 
     /// Appends a delta. `abandon_ms` > 0 stops the turn once nobody watched it that long.
+    /// `audit`: who answered, recorded with this delta.
     pub async fn emit(
         &self,
         base: &str,
@@ -306,22 +327,19 @@ impl Store {
         attempt: u32,
         text: &str,
         abandon_ms: u64,
+        audit: Option<&TurnAudit>,
     ) -> Result<WriteOutcome, StoreError> {
-        let r = self
-            .call(
-                "cf1_emit",
-                vec![base.into()],
-                vec![
-                    turn_id.into(),
-                    attempt.to_string().into(),
-                    text.into(),
-                    self.lease_ms.as_str().into(),
-                    self.log_max.as_str().into(),
-                    abandon_ms.to_string().into(),
-                    self.ttl.as_str().into(),
-                ],
-            )
-            .await?;
+        let mut args: Vec<Value> = vec![
+            turn_id.into(),
+            attempt.to_string().into(),
+            text.into(),
+            self.lease_ms.as_str().into(),
+            self.log_max.as_str().into(),
+            abandon_ms.to_string().into(),
+            self.ttl.as_str().into(),
+        ];
+        args.extend(TurnAudit::args(audit));
+        let r = self.call("cf1_emit", vec![base.into()], args).await?;
         write_outcome(r)
     }
 
@@ -479,7 +497,10 @@ impl Store {
                     f.error_code.into(),
                     f.error_message.into(),
                     if f.dead_letter { "1" } else { "0" }.into(),
-                ],
+                ]
+                .into_iter()
+                .chain(TurnAudit::args(f.audit))
+                .collect(),
             )
             .await?;
         match r.string()?.as_str() {

@@ -13,7 +13,8 @@ mod reply;
 
 pub use conn::{Redis, FUNCTIONS_LIBRARY, LIBRARY_NAME};
 pub use functions::{
-    CancelOutcome, Claimed, EnqueueOutcome, FinishArgs, LogRead, Opened, StartOutcome, Store, TurnContext, WriteOutcome,
+    CancelOutcome, Claimed, EnqueueOutcome, FinishArgs, LogRead, Opened, StartOutcome, Store, TurnAudit, TurnContext,
+    WriteOutcome,
 };
 pub use quota::QuotaOutcome;
 

@@ -17,7 +17,7 @@ use tracing::Instrument;
 use super::{Delivery, Shared, TurnSignals};
 use crate::metrics as m;
 use crate::model::ModelUsage;
-use crate::store::{FinishArgs, StartOutcome, StoreError};
+use crate::store::{FinishArgs, StartOutcome, StoreError, TurnAudit};
 use crate::upstream::summary;
 
 /// How a turn's streaming loop ended.
@@ -70,7 +70,7 @@ async fn run_inner(shared: &Arc<Shared>, d: Delivery) {
     }
     metrics::gauge!(m::WORKER_ACTIVE_TURNS).increment(1.0);
     let began = Instant::now();
-    let mut stats = Stats { deltas: 0, queue_wait, load_started };
+    let mut stats = Stats { deltas: 0, queue_wait, load_started, audit: None };
     let turn = stream::Turn { shared, d: &d, attempt, signals: &signals, ctx: &ctx };
     let ending = stream::run(turn, &history, &opts, &mut stats).await;
     if matches!(ending, Ending::Done(_)) {
@@ -80,7 +80,7 @@ async fn run_inner(shared: &Arc<Shared>, d: Delivery) {
     if let Ok(mut map) = shared.running.lock() {
         map.remove(&d.turn_id);
     }
-    let outcome = finish(shared, &d, attempt, ending).await;
+    let outcome = finish(shared, &d, attempt, ending, stats.audit.as_ref()).await;
     metrics::counter!(m::TURNS, "outcome" => outcome).increment(1);
     metrics::histogram!(m::TURN_DURATION_SECONDS, "outcome" => outcome).record(began.elapsed().as_secs_f64());
     metrics::histogram!(m::TURN_DELTAS).record(stats.deltas as f64);
@@ -91,6 +91,8 @@ pub(super) struct Stats {
     queue_wait: Duration,
     /// When this worker began loading the turn (start_turn), for the session-load stage.
     load_started: Instant,
+    /// Who answered the current round, until a write records it (see [`TurnAudit`]).
+    audit: Option<TurnAudit>,
 }
 
 /// The tenant named in a session base (`<prefix>:{pNN}:s:<tenant>:<sid>`).
@@ -142,7 +144,13 @@ fn cancelled<T>(signals: &TurnSignals, work: T) -> Ending {
 }
 
 /// Writes the turn's end. Returns the outcome label for metrics.
-async fn finish(shared: &Arc<Shared>, d: &Delivery, attempt: u32, ending: Ending) -> &'static str {
+async fn finish(
+    shared: &Arc<Shared>,
+    d: &Delivery,
+    attempt: u32,
+    ending: Ending,
+    audit: Option<&TurnAudit>,
+) -> &'static str {
     let store = &shared.store;
     let mut args = FinishArgs {
         turn_id: &d.turn_id,
@@ -154,6 +162,7 @@ async fn finish(shared: &Arc<Shared>, d: &Delivery, attempt: u32, ending: Ending
         error_code: "",
         error_message: "",
         dead_letter: false,
+        audit,
     };
     let message;
     match ending {

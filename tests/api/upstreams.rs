@@ -282,6 +282,25 @@ async fn a_stop_closes_the_upstream_connection() {
     assert_eq!(fake.seen(|s| s.completed), 0);
 }
 
+/// The audit rides on the round's next write. An answer with no text has no delta, so the
+/// turn's end must record who answered.
+#[tokio::test]
+async fn an_empty_answer_still_records_who_answered() {
+    let hits = HitLog::default();
+    let f = Fake::start("f", &hits, vec![], stream(events(&openai_text(&[], (3, 0)), 0))).await;
+    let mut s = with_upstreams(vec![("f", openai(&f, "model-f", json!({})))], &["f"]);
+    s.context.template_version = "tmpl-e".into();
+    let app = spawn(s).await;
+    let sid = uid("s");
+    let mut c = app.client(0, &sid).await;
+    let turn = send_model(&mut c, "say nothing", None).await;
+    let events = c.until_end(&turn).await;
+    assert!(matches!(events.last().unwrap().body, EventBody::Done { .. }), "{events:?}");
+    assert_eq!(text_of(&events, &turn), "");
+    let h = turn_hash(&app, &sid, &turn).await;
+    assert_eq!((h["upstream"].as_str(), h["model"].as_str(), h["template"].as_str()), ("f", "model-f", "tmpl-e"));
+}
+
 #[tokio::test]
 async fn the_fallback_chain_is_tried_in_order_and_the_turn_records_who_answered() {
     let hits = HitLog::default();

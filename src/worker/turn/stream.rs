@@ -19,7 +19,7 @@ use crate::metrics as m;
 use crate::model::{ModelError, ModelEvent, ModelRequest, ModelStream, ModelUsage, RouteHints};
 use crate::payload;
 use crate::settings::ms;
-use crate::store::{StoreError, TurnContext, WriteOutcome};
+use crate::store::{StoreError, TurnAudit, TurnContext, WriteOutcome};
 use crate::tools::{ToolOutcome, ToolState};
 use crate::upstream::summary;
 use crate::worker::coalesce::Coalescer;
@@ -150,12 +150,9 @@ pub(in crate::worker) async fn run(
             next = phase.next() => match next {
                 Next::RetryDue => phase = Phase::Model(crate::model::tracked(shared.model.stream(conv.request.clone()))),
                 Next::Model(Some(Ok(ModelEvent::Answering { upstream, model }))) => {
-                    let template = &shared.settings.context.template_version;
-                    match store.turn_audit(&d.base, &d.turn_id, attempt, &upstream, &model, template).await {
-                        Ok(true) => {}
-                        Ok(false) => return Ending::Fenced,
-                        Err(e) => return Ending::Abandoned(e),
-                    }
+                    // Recorded by the round's next write, not by a round trip of its own.
+                    let template = shared.settings.context.template_version.clone();
+                    stats.audit = Some(TurnAudit { upstream, model, template });
                 }
                 Next::Model(Some(Ok(ModelEvent::Text(text)))) => {
                     if !first_token {
@@ -243,7 +240,8 @@ pub(in crate::worker) async fn run(
         let now = Instant::now();
         while co.ready(now) || (round_end && co.deadline().is_some()) {
             let Some(text) = (if round_end { co.finish() } else { co.take(now) }) else { break };
-            match verdict(store.emit(&d.base, &d.turn_id, attempt, &text, abandon_ms).await, signals) {
+            let audit = stats.audit.take();
+            match verdict(store.emit(&d.base, &d.turn_id, attempt, &text, abandon_ms, audit.as_ref()).await, signals) {
                 Verdict::Go => {
                     stats.deltas += 1;
                     next_heartbeat = Instant::now() + heartbeat;
@@ -282,6 +280,14 @@ pub(in crate::worker) async fn run(
             round_output = false;
             phase = Phase::Model(crate::model::tracked(shared.model.stream(conv.request.clone())));
             continue;
+        }
+        // Tool statuses do not carry the audit: record it before the round's tools run.
+        if let Some(a) = stats.audit.take() {
+            match store.turn_audit(&d.base, &d.turn_id, attempt, &a.upstream, &a.model, &a.template).await {
+                Ok(true) => {}
+                Ok(false) => return Ending::Fenced,
+                Err(e) => return Ending::Abandoned(e),
+            }
         }
         match start_tools(&t, &conv).await {
             Ok(p) => phase = p,
