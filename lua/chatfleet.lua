@@ -41,11 +41,13 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Server time in µs, as a decimal string (exact; a Lua number would be formatted as a float).
--- For stage timings below a millisecond (the queue wait), not for lease decisions.
-local function now_us()
+-- Server time in ms (a number, for leases) and in µs as a decimal string (exact; a Lua number
+-- would be formatted as a float), for stage timings below a millisecond such as the queue wait.
+-- One TIME call for both.
+local function clock()
   local t = redis.call('TIME')
-  return t[1] .. string.format('%06d', tonumber(t[2]))
+  local us = tonumber(t[2])
+  return tonumber(t[1]) * 1000 + math.floor(us / 1000), t[1] .. string.format('%06d', us)
 end
 
 -- Appends one client-visible event: next seq, log entry, live publish. Returns the seq.
@@ -89,8 +91,9 @@ local function touch(base, tid, ttl)
 end
 
 local function push_hist(base, msg, hist_max)
-  redis.call('RPUSH', base .. ':hist', cmsgpack.pack(msg))
-  redis.call('LTRIM', base .. ':hist', -hist_max, -1)
+  if redis.call('RPUSH', base .. ':hist', cmsgpack.pack(msg)) > hist_max then
+    redis.call('LTRIM', base .. ':hist', -hist_max, -1)
+  end
 end
 
 local function clear_active(base, tid)
@@ -122,7 +125,8 @@ end
 --[[ enqueue_turn: the gateway turns a client `send` into a turn.
 KEYS: base, turns stream of the partition
 ARGV: tid, client_msg_id, text, epoch_candidate, ttl_s, log_max, hist_max, opts (opaque bytes),
-      traceparent (W3C; rides in the stream entry so the worker joins the gateway's trace)
+      traceparent (W3C; rides in the stream entry so the worker joins the gateway's trace),
+      wake ('0': no wake-up publish, the workers block on the streams (standalone); else publish)
 Returns {status, turn_id, seq, epoch}; status is
   new   the message is stored and the turn queued; seq is the user_message event's seq
   dup   client_msg_id was seen: the original turn id and seq, nothing written (a retried send)
@@ -134,7 +138,7 @@ local function enqueue_turn(keys, args)
   local base, stream = keys[1], keys[2]
   local tid, cmid, text = args[1], args[2], args[3]
   local ttl, log_max, hist_max = tonumber(args[5]), args[6], tonumber(args[7])
-  local now = now_ms()
+  local now, now_us = clock()
   local epoch = ensure_meta(base, args[4], now)
   local existing = redis.call('HGET', base .. ':dedupe', cmid)
   if existing then
@@ -151,11 +155,13 @@ local function enqueue_turn(keys, args)
   local tp = args[9] or ''
   local eid = redis.call('XADD', stream, '*', 'b', base, 't', tid, 'tp', tp)
   -- Wake-up for workers in Redis Cluster, which cannot block on all partitions in one read; the
-  -- channel shares the stream's hash tag, so this stays in the slot. Cheap when nobody listens.
-  redis.call('SPUBLISH', stream .. ':wake', '1')
+  -- channel shares the stream's hash tag, so this stays in the slot.
+  if args[10] ~= '0' then
+    redis.call('SPUBLISH', stream .. ':wake', '1')
+  end
   -- The user's text stays with the turn so an operator can replay a dead-lettered turn.
   redis.call('HSET', base .. ':turn:' .. tid, 'status', 'queued', 'cmid', cmid, 'attempt', 0,
-    'eid', eid, 'epoch', epoch, 'useq', seq, 'created', now, 'created_us', now_us(), 'opts', args[8],
+    'eid', eid, 'epoch', epoch, 'useq', seq, 'created', now, 'created_us', now_us, 'opts', args[8],
     'text', text, 'tp', tp)
   redis.call('HSET', base .. ':dedupe', cmid, tid)
   redis.call('HSET', base .. ':meta', 'active', tid)
@@ -203,7 +209,7 @@ local function start_turn(keys, args)
   if status ~= 'queued' then
     return { 'held' }
   end
-  local now, started_us = now_ms(), now_us()
+  local now, started_us = clock()
   local attempt = tonumber(st[2]) + 1
   redis.call('HSET', tkey, 'status', 'running', 'worker', worker, 'attempt', attempt,
     'lease', now + tonumber(args[5]), 'started', now)

@@ -258,6 +258,8 @@ impl Store {
                     self.hist_max.as_str().into(),
                     Value::Bytes(Bytes::copy_from_slice(opts)),
                     traceparent.as_str().into(),
+                    // Workers in a Cluster wait for a wake-up; standalone ones block on the streams.
+                    if self.redis.is_clustered() { "1" } else { "0" }.into(),
                 ],
             )
             .instrument(span)
