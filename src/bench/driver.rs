@@ -54,7 +54,8 @@ pub struct LoadResult {
     /// Server metrics pages (gateway, worker) at `go` and at the end.
     pub pages_before: (String, String),
     pub pages_after: (String, String),
-    /// Redis `INFO commandstats` at `go` and at the end: command → (calls, µs).
+    /// Redis `INFO commandstats` at `go` and at the end: command → (calls, µs), summed over the
+    /// nodes of a cluster.
     pub redis_cmds: (CmdStats, CmdStats),
     pub timeline: Timeline,
     pub t0_unix_ms: u64,
@@ -138,7 +139,7 @@ async fn pages(fleet: Option<&Fleet>) -> (String, String) {
 
 async fn commandstats(fleet: Option<&Fleet>) -> CmdStats {
     match fleet {
-        Some(f) => super::fleet::redis_commandstats(&f.redis.url()).await,
+        Some(f) => f.commandstats().await,
         None => CmdStats::new(),
     }
 }

@@ -1,7 +1,8 @@
-//! The system under test, started by the bench itself: a private Redis and gateway and worker
-//! **processes** spawned from the current executable with `CHATFLEET__…` overrides. Each process
-//! gets fixed free ports chosen here (so its `/metrics` can be scraped), its own process group,
-//! and is killed when dropped (and by the kernel if the bench dies: `PR_SET_PDEATHSIG`).
+//! The system under test, started by the bench itself: a private Redis (one server, or with
+//! `--cluster N` a local Redis Cluster of N primaries) and gateway and worker **processes**
+//! spawned from the current executable with `CHATFLEET__…` overrides. Each process gets fixed
+//! free ports chosen here (so its `/metrics` can be scraped), its own process group, and is
+//! killed when dropped (and by the kernel if the bench dies: `PR_SET_PDEATHSIG`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,10 +14,14 @@ use tokio::process::{Child, Command};
 
 use super::procstat::{self, Sample};
 use super::scrape;
+use crate::local_cluster::LocalCluster;
 use crate::local_redis::LocalRedis;
 
 /// Time a spawned process has to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// `cluster-node-timeout` of a bench cluster. Nothing fails over during a bench, so this only
+/// has to be long enough that a node busy on a loaded box is never taken for dead.
+const CLUSTER_NODE_TIMEOUT_MS: u64 = 15_000;
 /// Time a process has to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -57,14 +62,67 @@ pub struct FleetSpec {
     pub max_tokens: usize,
     pub coalesce_ms: u64,
     pub max_concurrent_turns: usize,
+    /// Primaries of a local Redis Cluster; 0 runs one standalone Redis.
+    pub cluster_primaries: usize,
     /// Extra `CHATFLEET__…` variables (name, value).
     pub extra_env: Vec<(String, String)>,
 }
 
+/// The private Redis under the fleet.
+pub enum Backend {
+    Single(LocalRedis),
+    Cluster(LocalCluster),
+}
+
+impl Backend {
+    async fn start(cluster_primaries: usize) -> anyhow::Result<Self> {
+        Ok(if cluster_primaries == 0 {
+            Backend::Single(LocalRedis::start(&[]).await?)
+        } else {
+            let c = LocalCluster::start(cluster_primaries, 0, CLUSTER_NODE_TIMEOUT_MS)
+                .await
+                .with_context(|| format!("cannot start a Redis Cluster of {cluster_primaries} primaries"))?;
+            Backend::Cluster(c)
+        })
+    }
+
+    /// The URL the fleet connects to (`redis-cluster://…` for a cluster).
+    pub fn url(&self) -> String {
+        match self {
+            Backend::Single(r) => r.url(),
+            Backend::Cluster(c) => c.url(),
+        }
+    }
+
+    /// A plain `redis://` URL per server, to ask each for its own pid and statistics.
+    pub fn node_urls(&self) -> Vec<String> {
+        match self {
+            Backend::Single(r) => vec![r.url()],
+            Backend::Cluster(c) => c.nodes.iter().map(LocalRedis::url).collect(),
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Backend::Cluster(_))
+    }
+
+    async fn stop(self) {
+        match self {
+            Backend::Single(r) => r.stop().await,
+            Backend::Cluster(c) => {
+                for n in c.nodes {
+                    n.stop().await;
+                }
+            }
+        }
+    }
+}
+
 /// A running Redis and chatfleet processes.
 pub struct Fleet {
-    pub redis: LocalRedis,
-    pub redis_pid: u32,
+    pub redis: Backend,
+    /// Pid of each Redis server, in the order of `redis.node_urls()`.
+    pub redis_pids: Vec<u32>,
     pub gateways: Vec<Proc>,
     pub workers: Vec<Proc>,
     env: Vec<(String, String)>,
@@ -78,8 +136,11 @@ fn free_port() -> anyhow::Result<u16> {
 impl Fleet {
     /// Starts Redis, then the workers and gateways, and waits until each is ready.
     pub async fn start(spec: &FleetSpec, logs: PathBuf) -> anyhow::Result<Self> {
-        let redis = LocalRedis::start(&[]).await?;
-        let redis_pid = redis_pid(&redis.url()).await?;
+        let redis = Backend::start(spec.cluster_primaries).await?;
+        let mut redis_pids = Vec::new();
+        for url in redis.node_urls() {
+            redis_pids.push(redis_pid(&url).await?);
+        }
         let prefix = format!("b{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
         let mut env: Vec<(String, String)> = vec![
             ("REDIS__URL".into(), redis.url()),
@@ -99,7 +160,7 @@ impl Fleet {
         ];
         env.extend(spec.extra_env.iter().cloned());
         std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
-        let mut fleet = Fleet { redis, redis_pid, gateways: Vec::new(), workers: Vec::new(), env, logs };
+        let mut fleet = Fleet { redis, redis_pids, gateways: Vec::new(), workers: Vec::new(), env, logs };
         for i in 0..spec.workers {
             let p = fleet.spawn(Role::Worker, i, None).await?;
             fleet.workers.push(p);
@@ -153,9 +214,14 @@ impl Fleet {
         self.gateways.iter().filter_map(|g| g.listen).collect()
     }
 
-    /// CPU and RSS of Redis, every gateway and every worker (in that order, with names).
+    /// CPU and RSS of Redis, every gateway and every worker (in that order, with names). Cluster
+    /// nodes are `redis-0`, `redis-1`, …: figures add up every process whose name starts with
+    /// `redis`, so Redis CPU and RSS are the sum over the nodes.
     pub fn sample(&self) -> Vec<(String, Option<Sample>)> {
-        let mut out = vec![("redis".to_string(), procstat::sample(self.redis_pid))];
+        let mut out: Vec<(String, Option<Sample>)> = match self.redis_pids.as_slice() {
+            [pid] if !self.redis.is_cluster() => vec![("redis".to_string(), procstat::sample(*pid))],
+            pids => pids.iter().enumerate().map(|(i, pid)| (format!("redis-{i}"), procstat::sample(*pid))).collect(),
+        };
         for p in self.gateways.iter().chain(&self.workers) {
             out.push((format!("{}-{}", p.role.arg(), p.index), procstat::sample(p.pid)));
         }
@@ -171,6 +237,15 @@ impl Fleet {
             }
         }
         page
+    }
+
+    /// `INFO commandstats` of every Redis server, added up.
+    pub async fn commandstats(&self) -> CmdStats {
+        let mut total = CmdStats::new();
+        for url in self.redis.node_urls() {
+            add_cmdstats(&mut total, &redis_commandstats(&url).await);
+        }
+        total
     }
 
     /// Stops everything: SIGTERM to the chatfleet processes (they drain), then Redis.
@@ -227,9 +302,9 @@ pub type CmdStats = std::collections::BTreeMap<String, (u64, u64)>;
 /// Per-command totals of the Redis server behind `url` (`INFO commandstats`). Commands that
 /// functions run count too (and inside the FCALL's own time), so this splits Redis time by
 /// command.
-pub async fn redis_commandstats(url: &str) -> CmdStats {
+async fn redis_commandstats(url: &str) -> CmdStats {
     use fred::prelude::*;
-    let mut out = CmdStats::new();
+    let out = CmdStats::new();
     let Ok(config) = Config::from_url(url) else { return out };
     let c = fred::clients::Client::new(config, None, None, None);
     if c.init().await.is_err() {
@@ -237,6 +312,12 @@ pub async fn redis_commandstats(url: &str) -> CmdStats {
     }
     let info: String = c.info(Some(fred::types::InfoKind::CommandStats)).await.unwrap_or_default();
     let _ = c.quit().await;
+    parse_commandstats(&info)
+}
+
+/// Reads the `cmdstat_…` lines of an `INFO commandstats` reply.
+fn parse_commandstats(info: &str) -> CmdStats {
+    let mut out = CmdStats::new();
     for line in info.lines() {
         // cmdstat_fcall:calls=10,usec=120,usec_per_call=12.00,...
         let Some((name, rest)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else { continue };
@@ -246,6 +327,15 @@ pub async fn redis_commandstats(url: &str) -> CmdStats {
         out.insert(name.to_string(), (field("calls="), field("usec=")));
     }
     out
+}
+
+/// Adds `more` into `total`, command by command (the nodes of a cluster split the work).
+fn add_cmdstats(total: &mut CmdStats, more: &CmdStats) {
+    for (name, (calls, us)) in more {
+        let t = total.entry(name.clone()).or_default();
+        t.0 += calls;
+        t.1 += us;
+    }
 }
 
 /// The pid of the Redis server behind `url` (`INFO server`).
@@ -259,4 +349,27 @@ pub async fn redis_pid(url: &str) -> anyhow::Result<u32> {
         .find_map(|l| l.strip_prefix("process_id:"))
         .and_then(|v| v.trim().parse().ok())
         .context("INFO server has no process_id")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INFO: &str = "# Commandstats\r\n\
+cmdstat_fcall:calls=10,usec=120,usec_per_call=12.00,rejected_calls=0,failed_calls=0\r\n\
+cmdstat_xadd:calls=4,usec=8,usec_per_call=2.00,rejected_calls=0,failed_calls=0\r\n";
+
+    #[test]
+    fn commandstats_are_read_and_added_up_over_nodes() {
+        let one = parse_commandstats(INFO);
+        assert_eq!(one.get("fcall"), Some(&(10, 120)));
+        assert_eq!(one.get("xadd"), Some(&(4, 8)));
+        let mut total = CmdStats::new();
+        add_cmdstats(&mut total, &one);
+        add_cmdstats(&mut total, &one);
+        add_cmdstats(&mut total, &parse_commandstats("cmdstat_ping:calls=1,usec=1,usec_per_call=1.00"));
+        assert_eq!(total.get("fcall"), Some(&(20, 240)));
+        assert_eq!(total.get("ping"), Some(&(1, 1)));
+        assert_eq!(total.len(), 3);
+    }
 }

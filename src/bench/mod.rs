@@ -83,6 +83,15 @@ pub struct BenchArgs {
     /// repeatable, e.g. `--set WORKER__MAX_CONCURRENT_TURNS=2000`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub settings: Vec<String>,
+    /// Run Redis as a local Redis Cluster of N primaries (no replicas) instead of one server.
+    /// Redis CPU, RSS and command statistics are then summed over the nodes, and the peers
+    /// (which use one standalone Redis) are skipped.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub cluster: Option<u16>,
+    /// Partition count of the spawned fleet (`redis.partitions`); the same as
+    /// `--set REDIS__PARTITIONS=P`.
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub partitions: Option<u16>,
     /// Skip the peer system run side by side (BullMQ, Socket.IO).
     #[arg(long)]
     pub no_peer: bool,

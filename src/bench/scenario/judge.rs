@@ -83,6 +83,11 @@ pub fn common(s: Scenario, p: &Params, r: &LoadResult) -> Outcome {
         for proc in ["redis", "gateway", "worker", "load"] {
             o.fig(&format!("CPU per turn: {proc}"), cpu_us(r, proc) / turns, "µs");
         }
+        // Where the box's cores went: on 2 shared cores this, more than any one figure, says
+        // what bounds a throughput.
+        for proc in ["redis", "gateway", "worker", "load"] {
+            o.fig(&format!("cores used: {proc}"), cpu_us(r, proc) / wall_us, "cores");
+        }
     }
     let (cb, ca) = &r.redis_cmds;
     let mut cmds: Vec<(String, f64, f64)> = ca
@@ -276,12 +281,15 @@ pub async fn peer(
     o: &mut Outcome,
     logs: &Path,
 ) -> anyhow::Result<()> {
+    let (Some(&redis_pid), false) = (f.redis_pids.first(), f.redis.is_cluster()) else {
+        anyhow::bail!("the peers run on one standalone Redis only");
+    };
     let dir = peers::dir()?;
     let url = f.redis.url();
     match args.scenario {
         Scenario::Dispatch => {
             let jobs = if args.quick { 5_000 } else { 30_000 };
-            let b = peers::bullmq(&dir, logs, &url, f.redis_pid, jobs, p.sessions).await?;
+            let b = peers::bullmq(&dir, logs, &url, redis_pid, jobs, p.sessions).await?;
             let ours = o.value("turns/s (steady state)").unwrap_or(0.0);
             o.fig("BullMQ jobs/s", b.rate, "jobs/s");
             o.fig("BullMQ CPU per job: redis", b.cpu("redis") * 1000.0 / jobs as f64, "µs");
@@ -299,7 +307,7 @@ pub async fn peer(
             let turn_secs = counter(r, "turns_done") as f64 * (p.max_tokens as f64 / p.tokens_per_sec.max(1) as f64);
             let rate = counter(r, "deltas") as f64 / turn_secs.max(1.0);
             let secs = (p.run_ms / 1000).clamp(5, 30);
-            let s = peers::socketio(&dir, logs, &url, f.redis_pid, p.sessions, rate, secs).await?;
+            let s = peers::socketio(&dir, logs, &url, redis_pid, p.sessions, rate, secs).await?;
             let per_msg = (s.cpu("sio-gateway") + s.cpu("redis")) * 1000.0 / s.count.max(1) as f64;
             o.fig("Socket.IO delivered messages/s", s.rate, "msgs/s");
             o.fig("Socket.IO CPU per delivered message: gateway+redis", per_msg, "µs");

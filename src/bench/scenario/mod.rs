@@ -63,6 +63,10 @@ pub async fn run_all(args: &BenchArgs) -> anyhow::Result<()> {
         "scenario": scenario,
         "unix_time": now,
         "quick": args.quick,
+        "redis": match p.cluster_primaries {
+            0 => "standalone".to_string(),
+            n => format!("cluster of {n} primaries"),
+        },
         "params": format!("{p:?}"),
         "medians": figures,
         "runs": outcomes,
@@ -92,6 +96,7 @@ async fn run_once(
         max_tokens: p.max_tokens,
         coalesce_ms: p.coalesce_ms,
         max_concurrent_turns: p.max_concurrent_turns,
+        cluster_primaries: p.cluster_primaries,
         extra_env: p.extra_env.clone(),
     };
     let mut fleet = if args.url.is_empty() { Some(Fleet::start(&spec, logs.to_path_buf()).await?) } else { None };

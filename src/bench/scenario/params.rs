@@ -30,6 +30,8 @@ pub struct Params {
     pub extra_env: Vec<(String, String)>,
     /// Run the peer system side by side.
     pub peer: bool,
+    /// Primaries of the local Redis Cluster the fleet runs on; 0 is one standalone Redis.
+    pub cluster_primaries: usize,
 }
 
 pub fn params(args: &BenchArgs) -> Params {
@@ -54,6 +56,7 @@ pub fn params(args: &BenchArgs) -> Params {
         actions: Vec::new(),
         extra_env: Vec::new(),
         peer: !args.no_peer,
+        cluster_primaries: args.cluster.map_or(0, usize::from),
     };
     match args.scenario {
         Scenario::Dispatch => {
@@ -140,6 +143,13 @@ pub fn params(args: &BenchArgs) -> Params {
         if let Some((k, v)) = kv.split_once('=') {
             p.extra_env.push((k.trim_start_matches("CHATFLEET__").to_string(), v.to_string()));
         }
+    }
+    if let Some(n) = args.partitions {
+        p.extra_env.push(("REDIS__PARTITIONS".into(), n.to_string()));
+    }
+    if p.cluster_primaries > 0 {
+        // The peers are measured on one standalone Redis; beside a cluster they compare nothing.
+        p.peer = false;
     }
     if let Some(d) = args.duration {
         p.run_ms = d * 1000;
