@@ -229,26 +229,4 @@ mod tests {
         let err = d.event(&Event { data: r#"{"error":{"message":"overloaded"}}"#.into(), ..Default::default() });
         assert_eq!(err.unwrap_err(), "overloaded");
     }
-
-    /// Cost of SSE framing plus chunk decoding, per chunk (run with `--release --ignored`).
-    #[tokio::test]
-    #[ignore]
-    async fn measure_parse_cost_per_chunk() {
-        use eventsource_stream::Eventsource;
-        use futures::StreamExt;
-        const N: usize = 100_000;
-        let chunk = r#"data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":" token"},"logprobs":null,"finish_reason":null}]}"#;
-        let body: Vec<Result<bytes::Bytes, std::convert::Infallible>> =
-            (0..N).map(|_| Ok(bytes::Bytes::from(format!("{chunk}\n\n")))).collect();
-        let started = std::time::Instant::now();
-        let mut events = futures::stream::iter(body).eventsource();
-        let mut d = OpenAiDecoder::default();
-        let mut texts = 0;
-        while let Some(ev) = events.next().await {
-            texts += d.event(&ev.unwrap()).unwrap().out.len();
-        }
-        let per = started.elapsed() / N as u32;
-        assert_eq!(texts, N);
-        eprintln!("openai: {per:?} per chunk (SSE framing + JSON decoding), {N} chunks");
-    }
 }
