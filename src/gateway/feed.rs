@@ -9,11 +9,18 @@
 //!    means events were lost on the way, so the missing ones are read from the log first;
 //! 4. on a hub resync (subscriber reconnected, receiver lagged) the log is read after the last
 //!    sent seq, so even a lost final event reaches the client.
+//!
+//! Log reads (rules 3 and 4) wait for a turn from the hub (`gateway.max_concurrent_catchups`).
+//! Meanwhile live frames keep queueing in the connection's mailbox; the read covers them, and
+//! they are dropped as duplicates afterwards, so a late read loses nothing and repeats nothing.
+//!
+//! The futures that talk to Redis are boxed where they are awaited: they are large (fred's
+//! command futures), and an unboxed one would make every connection's task as large as its
+//! largest rare path, idle or not.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::hub::{Frame, Hub, Subscription};
+use super::hub::{Frame, Hub, Overflowed, Subscription};
 use crate::keys::SessionKeys;
 use crate::protocol::{ActiveTurn, ControlMsg, EventBody, ResumeKind, SnapshotMessage};
 use crate::store::{LogRead, Opened, Store, StoreError};
@@ -37,6 +44,12 @@ pub enum FeedError {
     Overflow,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<Overflowed> for FeedError {
+    fn from(_: Overflowed) -> Self {
+        FeedError::Overflow
+    }
 }
 
 /// One connection's feed of one session.
@@ -109,27 +122,22 @@ impl Feed {
     /// Waits for the next events (or a snapshot), in order.
     pub async fn next(&mut self) -> Result<Item, FeedError> {
         loop {
+            if self.sub.mailbox.is_overflowed() {
+                return Err(FeedError::Overflow);
+            }
             tokio::select! {
                 biased;
-                _ = self.sub.overflow.cancelled() => return Err(FeedError::Overflow),
                 changed = self.sub.resync.changed() => {
                     if changed.is_err() {
                         return Err(FeedError::Store(StoreError::Reply { function: "hub", detail: "hub stopped".into() }));
                     }
-                    if let Some(item) = self.catch_up().await? {
+                    if let Some(item) = Box::pin(self.catch_up()).await? {
                         return Ok(item);
                     }
                 }
-                frame = self.sub.rx.recv() => {
-                    let Some(first) = frame else {
-                        return Err(FeedError::Store(StoreError::Reply { function: "hub", detail: "hub stopped".into() }));
-                    };
-                    // Take whatever else is already queued, so a slow reader gets batches.
-                    let mut batch = vec![first];
-                    while let Ok(f) = self.sub.rx.try_recv() {
-                        batch.push(f);
-                    }
-                    if let Some(item) = self.accept(batch).await? {
+                // Everything already queued at once, so a slow reader gets batches.
+                batch = self.sub.mailbox.take() => {
+                    if let Some(item) = self.accept(batch?).await? {
                         return Ok(item);
                     }
                 }
@@ -137,17 +145,17 @@ impl Feed {
         }
     }
 
-    /// Fired when this connection's queue overflowed (it reads too slowly).
-    pub fn overflow(&self) -> &tokio_util::sync::CancellationToken {
-        &self.sub.overflow
+    /// Completes when this connection's queue overflowed (it reads too slowly).
+    pub async fn overflowed(&self) {
+        self.sub.mailbox.overflowed().await
     }
 
     /// Tells the hub's byte accounting that `bytes` of queued frames were written.
     pub fn written(&self, bytes: usize) {
-        self.sub.queued.fetch_sub(bytes.min(self.sub.queued.load(Ordering::Relaxed)), Ordering::Relaxed);
+        self.sub.mailbox.written(bytes);
     }
 
-    async fn accept(&mut self, batch: Vec<Arc<Frame>>) -> Result<Option<Item>, FeedError> {
+    async fn accept(&mut self, batch: std::collections::VecDeque<Arc<Frame>>) -> Result<Option<Item>, FeedError> {
         let mut out = Vec::with_capacity(batch.len());
         for f in batch {
             let len = f.json.len();
@@ -155,7 +163,7 @@ impl Feed {
                 // The session was lost and recreated under us: seqs restarted, so nothing
                 // collected so far is comparable. Start over from a snapshot.
                 self.written(len);
-                return Ok(Some(self.resnapshot().await?));
+                return Ok(Some(Box::pin(self.resnapshot()).await?));
             }
             if f.seq <= self.last {
                 self.written(len);
@@ -164,7 +172,7 @@ impl Feed {
             if f.seq > self.last + 1 {
                 // Lost on the way: fill from the log, which also covers `f`.
                 self.written(len);
-                match self.read_after().await? {
+                match Box::pin(self.read_after()).await? {
                     Gap::Filled(mut frames) => out.append(&mut frames),
                     Gap::Snapshot(s) => {
                         // Drop what was collected: the snapshot supersedes it.
@@ -187,9 +195,10 @@ impl Feed {
         }
     }
 
-    /// Reads the log after the last seq handed out. Frames read this way are not in the hub's
-    /// byte accounting.
+    /// Reads the log after the last seq handed out, in its turn. Frames read this way are not in
+    /// the hub's byte accounting.
     async fn read_after(&mut self) -> Result<Gap, FeedError> {
+        let _turn = self.sub.log_read_turn().await?;
         let mut frames = Vec::new();
         loop {
             let read = self.store.read_log(&self.keys.base, self.last, CATCHUP_BATCH, &self.epoch).await?;
@@ -204,13 +213,19 @@ impl Feed {
                         return Ok(Gap::Filled(frames));
                     }
                 }
-                LogRead::EpochChanged | LogRead::Trimmed => return Ok(Gap::Snapshot(self.resnapshot().await?)),
+                LogRead::EpochChanged | LogRead::Trimmed => return Ok(Gap::Snapshot(self.snapshot_now().await?)),
             }
         }
     }
 
-    /// Takes a fresh snapshot (the log cannot fill the gap, or the epoch changed).
+    /// Takes a fresh snapshot (the log cannot fill the gap, or the epoch changed), in its turn.
     async fn resnapshot(&mut self) -> Result<Item, FeedError> {
+        let _turn = self.sub.log_read_turn().await?;
+        self.snapshot_now().await
+    }
+
+    /// Takes a fresh snapshot; the caller holds a log-read turn.
+    async fn snapshot_now(&mut self) -> Result<Item, FeedError> {
         let candidate = uuid::Uuid::new_v4().simple().to_string();
         match self.store.open_session(&self.keys, &candidate, None, None, false).await? {
             Opened::Snapshot { epoch, seq, history, active_turn, partial, reason } => {
