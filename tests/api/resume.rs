@@ -188,8 +188,16 @@ async fn with_one_log_read_at_a_time_every_connection_catches_up_after_pubsub_lo
     // Two losses while the answers stream: every connection resyncs twice.
     let raw = app.raw().await;
     for _ in 0..2 {
-        let killed: u64 = raw.custom(fred::cmd!("CLIENT"), vec!["KILL", "TYPE", "pubsub"]).await.unwrap();
-        assert!(killed >= 1, "a pub/sub connection was killed");
+        // The second kill waits until the subscriber has reconnected after the first.
+        let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
+        loop {
+            let killed: u64 = raw.custom(fred::cmd!("CLIENT"), vec!["KILL", "TYPE", "pubsub"]).await.unwrap();
+            if killed >= 1 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the pub/sub connection never came back");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         let (c, turn, _) = &mut clients[0];
         c.until(|e| e.body.turn_id() == turn && matches!(e.body, EventBody::Delta { .. })).await;
     }
