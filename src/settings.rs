@@ -129,6 +129,12 @@ pub struct GatewaySettings {
     pub send_queue_events: usize,
     /// Bytes queued for one connection before it counts as too slow and is closed (4008).
     pub send_queue_bytes: usize,
+    /// Session-log reads (catch-ups after a pub/sub loss, gap fills, re-snapshots) one gateway
+    /// runs at once; the others wait their turn while their live events keep queueing.
+    pub max_concurrent_catchups: usize,
+    /// Bytes of a WebSocket's read buffer, allocated per socket for its whole life: also the
+    /// most read from the socket per system call (a larger frame takes several reads).
+    pub ws_read_buffer_bytes: usize,
     /// Interval of WebSocket pings.
     pub ping_interval_ms: u64,
     /// A peer that sends nothing (no pong either) for this long is closed.
@@ -308,6 +314,8 @@ impl Settings {
         )?;
         check(g.send_queue_events >= 16, "gateway.send_queue_events", "must be at least 16")?;
         check(g.send_queue_bytes >= 65536, "gateway.send_queue_bytes", "must be at least 65536")?;
+        check(g.max_concurrent_catchups >= 1, "gateway.max_concurrent_catchups", "must be at least 1")?;
+        check(g.ws_read_buffer_bytes >= 64, "gateway.ws_read_buffer_bytes", "must be at least 64")?;
         check(
             g.pong_timeout_ms > g.ping_interval_ms,
             "gateway.pong_timeout_ms",

@@ -9,12 +9,19 @@
 //!    means events were lost on the way, so the missing ones are read from the log first;
 //! 4. on a hub resync (subscriber reconnected, receiver lagged) the log is read after the last
 //!    sent seq, so even a lost final event reaches the client.
+//!
+//! Log reads (rules 3 and 4) wait for a turn from the hub (`gateway.max_concurrent_catchups`).
+//! Meanwhile live frames keep queueing in the connection's mailbox; the read covers them, and
+//! they are dropped as duplicates afterwards, so a late read loses nothing and repeats nothing.
+//!
+//! The futures that talk to Redis are boxed where they are awaited: they are large (fred's
+//! command futures), and an unboxed one would make every connection's task as large as its
+//! largest rare path, idle or not.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::hub::{Frame, Hub, Subscription};
+use super::hub::{Frame, Hub, Overflowed, Subscription};
 use crate::keys::SessionKeys;
 use crate::protocol::{ActiveTurn, ControlMsg, EventBody, ResumeKind, SnapshotMessage};
 use crate::store::{LogRead, Opened, Store, StoreError};
@@ -38,6 +45,12 @@ pub enum FeedError {
     Overflow,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<Overflowed> for FeedError {
+    fn from(_: Overflowed) -> Self {
+        FeedError::Overflow
+    }
 }
 
 /// One connection's feed of one session.
@@ -131,8 +144,11 @@ impl Feed {
     /// Waits for the next events (or a snapshot), in order. Cancel-safe (see [`Feed`]).
     pub async fn next(&mut self) -> Result<Item, FeedError> {
         loop {
+            if self.sub.mailbox.is_overflowed() {
+                return Err(FeedError::Overflow);
+            }
             if self.stale {
-                if let Some(snapshot) = self.read_after().await? {
+                if let Some(snapshot) = Box::pin(self.read_after()).await? {
                     return Ok(snapshot);
                 }
                 self.stale = false;
@@ -148,33 +164,26 @@ impl Feed {
             }
             tokio::select! {
                 biased;
-                _ = self.sub.overflow.cancelled() => return Err(FeedError::Overflow),
                 changed = self.sub.resync.changed() => {
                     if changed.is_err() {
                         return Err(hub_stopped());
                     }
                     self.stale = true;
                 }
-                frame = self.sub.rx.recv() => {
-                    let Some(first) = frame else { return Err(hub_stopped()) };
-                    // Take whatever else is already queued, so a slow reader gets batches.
-                    self.inbox.push_back(first);
-                    while let Ok(f) = self.sub.rx.try_recv() {
-                        self.inbox.push_back(f);
-                    }
-                }
+                // Everything already queued at once, so a slow reader gets batches.
+                batch = self.sub.mailbox.take() => self.inbox.extend(batch?),
             }
         }
     }
 
-    /// Fired when this connection's queue overflowed (it reads too slowly).
-    pub fn overflow(&self) -> &tokio_util::sync::CancellationToken {
-        &self.sub.overflow
+    /// Completes when this connection's queue overflowed (it reads too slowly).
+    pub async fn overflowed(&self) {
+        self.sub.mailbox.overflowed().await
     }
 
     /// Tells the hub's byte accounting that `bytes` of queued frames were written.
     pub fn written(&self, bytes: usize) {
-        self.sub.queued.fetch_sub(bytes.min(self.sub.queued.load(Ordering::Relaxed)), Ordering::Relaxed);
+        self.sub.mailbox.written(bytes);
     }
 
     /// Moves in-order live frames from `inbox` to `ready`. Stops at a frame past the next
@@ -185,7 +194,7 @@ impl Feed {
             if f.epoch.as_deref().is_some_and(|e| e != self.epoch) {
                 // The session was lost and recreated under us: seqs restarted, so nothing
                 // collected so far is comparable. Start over from a snapshot.
-                return Ok(Some(self.resnapshot().await?));
+                return Ok(Some(Box::pin(self.resnapshot()).await?));
             }
             if f.seq > self.last + 1 {
                 self.stale = true;
@@ -202,10 +211,11 @@ impl Feed {
         Ok(None)
     }
 
-    /// Reads the log after `last` into `ready`; a snapshot when the log cannot fill the gap.
-    /// Each completed read moves `last` and `ready` together, so a cancelled call keeps what it
-    /// read. Frames read this way are not in the hub's byte accounting.
+    /// Reads the log after `last` into `ready`, in its turn; a snapshot when the log cannot fill
+    /// the gap. Each completed read moves `last` and `ready` together, so a cancelled call keeps
+    /// what it read. Frames read this way are not in the hub's byte accounting.
     async fn read_after(&mut self) -> Result<Option<Item>, FeedError> {
+        let _turn = self.sub.log_read_turn().await?;
         loop {
             let read = self.store.read_log(&self.keys.base, self.last, CATCHUP_BATCH, &self.epoch).await?;
             match read {
@@ -219,13 +229,19 @@ impl Feed {
                         return Ok(None);
                     }
                 }
-                LogRead::EpochChanged | LogRead::Trimmed => return Ok(Some(self.resnapshot().await?)),
+                LogRead::EpochChanged | LogRead::Trimmed => return Ok(Some(self.snapshot_now().await?)),
             }
         }
     }
 
-    /// Takes a fresh snapshot (the log cannot fill the gap, or the epoch changed).
+    /// Takes a fresh snapshot (the log cannot fill the gap, or the epoch changed), in its turn.
     async fn resnapshot(&mut self) -> Result<Item, FeedError> {
+        let _turn = self.sub.log_read_turn().await?;
+        self.snapshot_now().await
+    }
+
+    /// Takes a fresh snapshot; the caller holds a log-read turn.
+    async fn snapshot_now(&mut self) -> Result<Item, FeedError> {
         let candidate = uuid::Uuid::new_v4().simple().to_string();
         match self.store.open_session(&self.keys, &candidate, None, None, false).await? {
             Opened::Snapshot { epoch, seq, history, active_turn, partial, reason } => {

@@ -9,19 +9,22 @@
 //!   too slow); it never slows the others.
 //! - Pub/sub is a hint, the log is the truth. After the subscriber connection comes back (and is
 //!   resubscribed) or the broadcast buffer lagged, the hub bumps a resync generation and every
-//!   connection catches up from its session log.
+//!   connection catches up from its session log. Those reads take turns
+//!   (`gateway.max_concurrent_catchups` at once): a lag under overload would otherwise send every
+//!   connection's read to Redis at the same moment and deepen the overload.
+//! - A connection's queue is a [`Mailbox`]: one small allocation, no storage while idle.
 //! - SSUBSCRIBE/SUNSUBSCRIBE go through one command task, so a leave and a join of the same
 //!   channel can never reach Redis out of order; commands waiting together are batched.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::payload;
@@ -32,6 +35,17 @@ use crate::store::StoreError;
 const COMMAND_QUEUE: usize = 4096;
 /// Most channels named in one SSUBSCRIBE.
 const BATCH: usize = 512;
+
+/// The hub's bounds (from `[gateway]`).
+#[derive(Debug, Clone, Copy)]
+pub struct HubLimits {
+    /// Events queued for one connection before it counts as too slow.
+    pub queue_events: usize,
+    /// Bytes queued for one connection before it counts as too slow.
+    pub queue_bytes: usize,
+    /// Session-log reads (catch-ups, gap fills) running at once.
+    pub log_reads: usize,
+}
 
 /// One event, decoded once per gateway and shared by all its connections.
 #[derive(Debug)]
@@ -57,12 +71,94 @@ impl Frame {
     }
 }
 
+/// One connection's queue, shared by the dispatcher (which pushes) and the connection (which
+/// drains it). One allocation per connection: an idle connection holds no queued storage, since
+/// the queue is taken whole by each drain and its storage is allocated by the next push.
+pub struct Mailbox {
+    frames: Mutex<VecDeque<Arc<Frame>>>,
+    /// Bytes queued and not yet written by the connection.
+    queued: AtomicUsize,
+    /// Set when the queue passed its bound: the connection is too slow.
+    overflowed: AtomicBool,
+    /// Wakes the connection for new frames (one stored permit) and on overflow (every waiter).
+    wake: Notify,
+}
+
+impl Mailbox {
+    /// Takes every queued frame, oldest first; waits while there are none. Ends with
+    /// [`Overflowed`] once the queue passed its bound.
+    pub async fn take(&self) -> Result<VecDeque<Arc<Frame>>, Overflowed> {
+        loop {
+            // Register before looking, so a push between the look and the wait still wakes us.
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.overflowed.load(Ordering::Acquire) {
+                return Err(Overflowed);
+            }
+            let frames = std::mem::take(&mut *self.frames.lock().expect("mailbox lock"));
+            if !frames.is_empty() {
+                return Ok(frames);
+            }
+            woken.await;
+        }
+    }
+
+    /// Completes once the queue passed its bound.
+    pub async fn overflowed(&self) {
+        loop {
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.overflowed.load(Ordering::Acquire) {
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    /// Whether the queue passed its bound.
+    pub fn is_overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Acquire)
+    }
+
+    /// Tells the byte accounting that `bytes` of queued frames were written (or dropped).
+    pub fn written(&self, bytes: usize) {
+        // Saturating: frames read from the log were never counted.
+        let _ = self.queued.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| Some(q.saturating_sub(bytes)));
+    }
+
+    fn push(&self, frame: Arc<Frame>, max_events: usize, max_bytes: usize) {
+        if self.overflowed.load(Ordering::Relaxed) {
+            return;
+        }
+        let len = frame.json.len();
+        let queued = self.queued.fetch_add(len, Ordering::Relaxed) + len;
+        let fits = queued <= max_bytes && {
+            let mut frames = self.frames.lock().expect("mailbox lock");
+            frames.len() < max_events && {
+                frames.push_back(frame);
+                true
+            }
+        };
+        if fits {
+            self.wake.notify_one();
+        } else {
+            self.overflowed.store(true, Ordering::Release);
+            // Every waiter: the connection may wait both for frames and, mid-write, for this.
+            self.wake.notify_waiters();
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// The connection's queue passed its bound.
+#[derive(Debug)]
+pub struct Overflowed;
+
 struct Subscriber {
     id: u64,
-    tx: mpsc::Sender<Arc<Frame>>,
-    /// Bytes queued and not yet written by the connection.
-    queued: Arc<AtomicUsize>,
-    overflow: CancellationToken,
+    mailbox: Arc<Mailbox>,
 }
 
 enum Command {
@@ -79,6 +175,8 @@ struct Inner {
     resync: watch::Sender<u64>,
     queue_events: usize,
     queue_bytes: usize,
+    /// Log reads (catch-ups and gap fills) running at once on this gateway.
+    log_reads: Arc<Semaphore>,
 }
 
 /// The hub of one gateway. Cheap to clone.
@@ -92,18 +190,15 @@ pub struct Subscription {
     hub: Hub,
     channel: String,
     id: u64,
-    pub rx: mpsc::Receiver<Arc<Frame>>,
-    /// Bytes queued for this connection; the writer subtracts what it wrote.
-    pub queued: Arc<AtomicUsize>,
-    /// Fired when the queue passed its bound: the connection is too slow.
-    pub overflow: CancellationToken,
+    /// The frames queued for this connection.
+    pub mailbox: Arc<Mailbox>,
     /// Changes when every connection must catch up from the log.
     pub resync: watch::Receiver<u64>,
 }
 
 impl Hub {
     /// Starts the hub's tasks on `sub` (a connected subscriber client). They stop with `shutdown`.
-    pub fn start(sub: SubscriberClient, queue_events: usize, queue_bytes: usize, shutdown: CancellationToken) -> Self {
+    pub fn start(sub: SubscriberClient, limits: HubLimits, shutdown: CancellationToken) -> Self {
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (resync, _) = watch::channel(0);
         let hub = Hub {
@@ -112,8 +207,9 @@ impl Hub {
                 next_id: AtomicU64::new(1),
                 commands,
                 resync,
-                queue_events,
-                queue_bytes,
+                queue_events: limits.queue_events,
+                queue_bytes: limits.queue_bytes,
+                log_reads: Arc::new(Semaphore::new(limits.log_reads.max(1))),
             }),
         };
         tokio::spawn(run_commands(hub.clone(), sub.clone(), command_rx, shutdown.clone()));
@@ -125,26 +221,24 @@ impl Hub {
     /// Joins a session channel; returns once Redis confirmed the subscription.
     pub async fn join(&self, channel: &str) -> Result<Subscription, StoreError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.inner.queue_events);
-        let queued = Arc::new(AtomicUsize::new(0));
-        let overflow = CancellationToken::new();
+        let mailbox = Arc::new(Mailbox {
+            frames: Mutex::new(VecDeque::new()),
+            queued: AtomicUsize::new(0),
+            overflowed: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
         {
             let mut map = self.inner.channels.lock().expect("hub lock");
-            map.entry(channel.to_string()).or_default().push(Subscriber {
-                id,
-                tx,
-                queued: queued.clone(),
-                overflow: overflow.clone(),
-            });
+            // Most sessions have one connection: room for exactly one member at first.
+            let members = map.entry(channel.to_string()).or_insert_with(|| Vec::with_capacity(1));
+            members.push(Subscriber { id, mailbox: mailbox.clone() });
         }
         // Register first, then subscribe: an event published after the SSUBSCRIBE is delivered.
         let subscription = Subscription {
             hub: self.clone(),
             channel: channel.to_string(),
             id,
-            rx,
-            queued,
-            overflow,
+            mailbox,
             resync: self.inner.resync.subscribe(),
         };
         // Every join waits for a confirmed SSUBSCRIBE, even when the channel already had
@@ -178,6 +272,14 @@ impl Hub {
         self.inner.channels.lock().map(|m| m.len()).unwrap_or(0)
     }
 
+    /// Waits for a turn to read a session log (a catch-up or a gap fill): a bounded number run
+    /// at once (`gateway.max_concurrent_catchups`), so a resync of every connection does not
+    /// send all their reads to Redis together. Fair: connections are served in arrival order.
+    pub async fn log_read_turn(&self) -> Option<OwnedSemaphorePermit> {
+        // The semaphore is never closed; `None` would only mean the hub is gone.
+        self.inner.log_reads.clone().acquire_owned().await.ok()
+    }
+
     fn request_resync(&self, cause: &'static str) {
         metrics::counter!(crate::metrics::GATEWAY_CATCHUPS, "cause" => cause).increment(1);
         self.inner.resync.send_modify(|g| *g += 1);
@@ -186,17 +288,25 @@ impl Hub {
     fn deliver(&self, channel: &str, frame: Arc<Frame>) {
         let map = self.inner.channels.lock().expect("hub lock");
         let Some(subs) = map.get(channel) else { return };
-        let len = frame.json.len();
         for s in subs {
-            let queued = s.queued.fetch_add(len, Ordering::Relaxed) + len;
-            if queued > self.inner.queue_bytes || s.tx.try_send(frame.clone()).is_err() {
-                s.overflow.cancel();
-            }
+            s.mailbox.push(frame.clone(), self.inner.queue_events, self.inner.queue_bytes);
         }
     }
 
     fn has_members(&self, channel: &str) -> bool {
         self.inner.channels.lock().map(|m| m.contains_key(channel)).unwrap_or(false)
+    }
+}
+
+impl Subscription {
+    /// Waits for this connection's turn to read its session log (see [`Hub::log_read_turn`]);
+    /// gives up if the connection overflows meanwhile, since it is then closed anyway.
+    pub async fn log_read_turn(&self) -> Result<Option<OwnedSemaphorePermit>, Overflowed> {
+        tokio::select! {
+            biased;
+            _ = self.mailbox.overflowed() => Err(Overflowed),
+            permit = self.hub.log_read_turn() => Ok(permit),
+        }
     }
 }
 

@@ -137,7 +137,12 @@ impl Gateway {
         let auth = Authenticator::new(&settings.auth, &g.tenant)
             .map_err(|e| SettingsError::Invalid { key: "auth.keys", reason: e.to_string() })?;
         let sub = store.redis().subscriber().await?;
-        let hub = Hub::start(sub, g.send_queue_events, g.send_queue_bytes, shutdown.clone());
+        let limits = hub::HubLimits {
+            queue_events: g.send_queue_events,
+            queue_bytes: g.send_queue_bytes,
+            log_reads: g.max_concurrent_catchups,
+        };
+        let hub = Hub::start(sub, limits, shutdown.clone());
         let admission = Admission::start(g.admission.clone(), store.clone(), shutdown.clone());
         let app = App(Arc::new(AppInner {
             auth,

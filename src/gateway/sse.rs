@@ -80,9 +80,10 @@ async fn sse(
         .transpose()?;
     let last_seq = last_event_id.or(q.last_seq);
     let guard = app.admit("sse", &who)?;
-    let (feed, opening) = Feed::open(&app.hub, &app.store, keys, &session_id, q.epoch.as_deref(), last_seq, true)
-        .await
-        .map_err(feed_error)?;
+    let (feed, opening) =
+        Box::pin(Feed::open(&app.hub, &app.store, keys, &session_id, q.epoch.as_deref(), last_seq, true))
+            .await
+            .map_err(feed_error)?;
     let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(SSE_BUFFER);
     let task_app = app.clone();
     let expiry = who.time_left();
@@ -189,9 +190,10 @@ async fn long_poll(app: App, who: Identity, session_id: String, q: EventsQuery) 
     // A poll never outlives its token.
     let wait = who.time_left().map_or(wait, |left| wait.min(left));
     let _guard = app.admit("poll", &who)?;
-    let (mut feed, opening) = Feed::open(&app.hub, &app.store, keys, &session_id, q.epoch.as_deref(), q.after, false)
-        .await
-        .map_err(feed_error)?;
+    let (mut feed, opening) =
+        Box::pin(Feed::open(&app.hub, &app.store, keys, &session_id, q.epoch.as_deref(), q.after, false))
+            .await
+            .map_err(feed_error)?;
     let ControlMsg::Welcome { epoch, seq, .. } = opening.welcome else { unreachable!("open returns welcome") };
     let mut item = opening.first;
     if matches!(&item, Item::Frames(f) if f.is_empty()) && !wait.is_zero() {

@@ -61,9 +61,6 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Largest single frame the gateway writes (a snapshot of a long conversation is the largest).
 const MAX_FRAME_OUT: usize = 16 * 1024 * 1024;
 
-/// Bytes tungstenite reads from the socket at a time.
-const READ_BUFFER: usize = 4096;
-
 /// Bytes tungstenite gathers before it writes to the socket (below the configured maximum).
 const WRITE_BUFFER: usize = 16 * 1024;
 
@@ -111,9 +108,10 @@ pub(super) async fn upgrade(
     // tungstenite flushes at `write_buffer_size` and refuses to grow past the max; the max must
     // exceed the flush threshold, so the threshold is derived from the configured bound.
     let queue = app.settings.gateway.send_queue_bytes;
-    // A small read buffer: tungstenite zero-fills it before every read, so the default (128 KiB)
-    // cost a third of gateway CPU in memset and ~150 KB of RSS per idle socket (docs/benchmarks.md).
-    ws.read_buffer_size(READ_BUFFER)
+    // A small read buffer: tungstenite allocates it per socket for the socket's whole life and
+    // zero-fills it before every read, so the default (128 KiB) cost a third of gateway CPU in
+    // memset and ~150 KB of RSS per idle socket (docs/benchmarks.md).
+    ws.read_buffer_size(app.settings.gateway.ws_read_buffer_bytes)
         .max_frame_size(limit)
         .max_message_size(limit)
         .write_buffer_size((queue / 4).min(WRITE_BUFFER))
@@ -130,92 +128,49 @@ pub(super) async fn upgrade(
 /// Why a socket loop ended, and the close frame to send (if any).
 struct Ending(Option<(u16, &'static str)>);
 
-async fn serve(app: App, socket: WebSocket, who: Identity, query_sid: Option<String>, guard: ConnGuard) {
-    let (mut tx, mut rx) = socket.split();
+async fn serve(app: App, mut ws: WebSocket, who: Identity, query_sid: Option<String>, guard: ConnGuard) {
+    // One task owns the socket, reading and writing it in turn: no split halves (their shared
+    // lock is one more allocation per socket), and the task is the only one per connection.
     let write_timeout = ms(app.settings.gateway.write_timeout_ms);
-    let ending = match session(&app, &mut tx, &mut rx, &who, query_sid).await {
+    let sf = session(&app, &mut ws, &who, query_sid);
+    eprintln!("SZ session {}", std::mem::size_of_val(&sf));
+    let ending = match sf.await {
         Ok(e) | Err(e) => e,
     };
     if let Some((code, reason)) = ending.0 {
         let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-        if timeout(write_timeout, tx.send(Message::Close(Some(frame)))).await.is_ok() {
+        if timeout(write_timeout, ws.send(Message::Close(Some(frame)))).await.is_ok() {
             // Close handshake: read (and drop) until the peer's close, briefly. Dropping a socket
             // with unread input makes the kernel send RST, and a peer that gets RST may lose the
             // close frame (and its code) that is still in its receive buffer.
-            let _ = timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = rx.next().await {} }).await;
+            let _ = timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = ws.next().await {} }).await;
         }
     }
-    let _ = timeout(CLOSE_LINGER, tx.close()).await;
+    let _ = timeout(CLOSE_LINGER, ws.close()).await;
     drop(guard);
 }
 
-type Tx = futures::stream::SplitSink<WebSocket, Message>;
-type Rx = futures::stream::SplitStream<WebSocket>;
+/// The socket, read and written by its one task.
+type Tx = WebSocket;
 
-async fn session(
-    app: &App,
-    tx: &mut Tx,
-    rx: &mut Rx,
-    who: &Identity,
-    query_sid: Option<String>,
-) -> Result<Ending, Ending> {
+/// The connection's life after the upgrade. Its future is the bulk of what an idle socket costs,
+/// so the rare, large steps (opening the session, handling a client command) are boxed where they
+/// are awaited, and only the waiting state stays inline.
+async fn session(app: &App, tx: &mut Tx, who: &Identity, query_sid: Option<String>) -> Result<Ending, Ending> {
     let g = &app.settings.gateway;
     let write_timeout = ms(g.write_timeout_ms);
     let expired = expiry_timer(who.time_left());
     tokio::pin!(expired);
     let mut limiter = FrameLimiter::new(&g.limits);
-    // 1. hello
-    let hello = tokio::select! {
-        r = timeout(ms(g.hello_timeout_ms), rx.next()) => r.map_err(|_| Ending(Some((close::TIMEOUT, "no hello in time"))))?,
-        _ = app.shutdown.cancelled() => return Err(Ending(Some((close::GOING_AWAY, "draining")))),
-        _ = &mut expired => return Err(token_expired(tx, write_timeout).await),
-    };
-    limiter.check();
-    let refuse = |e: ApiError| (e.code(), e.to_string(), close::PROTOCOL);
-    let first_frame = || refuse(ApiError::BadRequest("the first frame must be hello".into()));
-    let hello = match read_frame(hello) {
-        Ok(ClientMsg::Hello { session_id, epoch, last_seq, coalesce_ms }) => {
-            if query_sid.as_deref().is_some_and(|q| q != session_id) {
-                Err(refuse(ApiError::BadRequest("hello.session_id differs from the URL".into())))
-            } else {
-                match super::authn::session_keys(app, who, &session_id) {
-                    Ok(keys) => Ok((keys, session_id, epoch, last_seq, coalesce_ms)),
-                    Err(e @ ApiError::Forbidden(_)) => Err((e.code(), e.to_string(), close::POLICY)),
-                    Err(e) => Err(refuse(e)),
-                }
-            }
-        }
-        Ok(_) | Err(FrameError::Ignore) => Err(first_frame()),
-        Err(FrameError::Closed) => return Err(Ending(None)),
-        Err(FrameError::Bad(code, msg)) => Err((code, msg, close::PROTOCOL)),
-        Err(FrameError::Fatal(code, msg, close)) => Err((code, msg, close)),
-    };
-    let (keys, session_id, epoch, last_seq, coalesce) = match hello {
-        Ok(h) => h,
-        Err((code, msg, close)) => return Err(reject(tx, code, &msg, close, write_timeout).await),
-    };
-    let coalesce = ms(coalesce.unwrap_or(0).min(g.max_client_coalesce_ms));
-    let (mut feed, opening) =
-        match Feed::open(&app.hub, &app.store, keys, &session_id, epoch.as_deref(), last_seq, true).await {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot open session");
-                let msg = "the session cannot be opened now";
-                return Err(reject(tx, ErrorCode::Unavailable, msg, close::UNAVAILABLE, write_timeout).await);
-            }
-        };
-    if matches!(&opening.first, Item::Snapshot(ControlMsg::Snapshot { reason, .. }) if reason == "future") {
-        // The client claims events the session never had: say so plainly, then resync it.
-        let e = ApiError::BadRequest("hello.last_seq is ahead of the session; a snapshot follows".into());
-        send_control(tx, &e.to_control(), write_timeout).await?;
-    }
-    send_control(tx, &opening.welcome, write_timeout).await?;
-    send_item(tx, &feed, opening.first, write_timeout).await?;
+    // 1. hello, once: boxed, so its state is freed when the session loop starts.
+    let (mut feed, coalesce) = Box::pin(hello(app, tx, who, query_sid, &mut limiter, expired.as_mut())).await?;
 
     // 2. the session loop
     let mut last_heard = Instant::now();
-    let mut ping = tokio::time::interval(ms(g.ping_interval_ms));
-    ping.reset();
+    // A timer reset after each ping rather than an `Interval`, which boxes its timer.
+    let ping_every = ms(g.ping_interval_ms);
+    let ping = tokio::time::sleep(ping_every);
+    tokio::pin!(ping);
     loop {
         tokio::select! {
             biased;
@@ -225,7 +180,7 @@ async fn session(
                 return Ok(Ending(Some((close::GOING_AWAY, "draining"))));
             }
             _ = &mut expired => return Err(token_expired(tx, write_timeout).await),
-            incoming = rx.next() => {
+            incoming = tx.next() => {
                 last_heard = Instant::now();
                 let is_data = matches!(incoming, Some(Ok(Message::Text(_) | Message::Binary(_))));
                 if is_data {
@@ -244,7 +199,7 @@ async fn session(
                         true
                     }
                     Ok(msg) => {
-                        let (reply, refused) = commands::handle(app, who, feed.keys(), msg).await;
+                        let (reply, refused) = Box::pin(commands::handle(app, who, feed.keys(), msg)).await;
                         if let Some(reply) = reply {
                             send_control(tx, &reply, write_timeout).await?;
                         }
@@ -279,7 +234,8 @@ async fn session(
                 let item = if coalesce.is_zero() { item } else { gather(&mut feed, item, coalesce).await? };
                 send_item(tx, &feed, item, write_timeout).await?;
             }
-            _ = ping.tick() => {
+            _ = &mut ping => {
+                ping.as_mut().reset(Instant::now() + ping_every);
                 if last_heard.elapsed() > ms(g.pong_timeout_ms) {
                     return Ok(Ending(Some((close::TIMEOUT, "no pong in time"))));
                 }
@@ -288,6 +244,66 @@ async fn session(
             }
         }
     }
+}
+
+/// Waits for `hello`, opens the session, and sends `welcome` with the replay or snapshot.
+async fn hello(
+    app: &App,
+    tx: &mut Tx,
+    who: &Identity,
+    query_sid: Option<String>,
+    limiter: &mut FrameLimiter,
+    mut expired: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<(Feed, Duration), Ending> {
+    let g = &app.settings.gateway;
+    let write_timeout = ms(g.write_timeout_ms);
+    let hello = tokio::select! {
+        r = timeout(ms(g.hello_timeout_ms), tx.next()) => r.map_err(|_| Ending(Some((close::TIMEOUT, "no hello in time"))))?,
+        _ = app.shutdown.cancelled() => return Err(Ending(Some((close::GOING_AWAY, "draining")))),
+        _ = &mut expired => return Err(token_expired(tx, write_timeout).await),
+    };
+    limiter.check();
+    let refuse = |e: ApiError| (e.code(), e.to_string(), close::PROTOCOL);
+    let first_frame = || refuse(ApiError::BadRequest("the first frame must be hello".into()));
+    let hello = match read_frame(hello) {
+        Ok(ClientMsg::Hello { session_id, epoch, last_seq, coalesce_ms }) => {
+            if query_sid.as_deref().is_some_and(|q| q != session_id) {
+                Err(refuse(ApiError::BadRequest("hello.session_id differs from the URL".into())))
+            } else {
+                match super::authn::session_keys(app, who, &session_id) {
+                    Ok(keys) => Ok((keys, session_id, epoch, last_seq, coalesce_ms)),
+                    Err(e @ ApiError::Forbidden(_)) => Err((e.code(), e.to_string(), close::POLICY)),
+                    Err(e) => Err(refuse(e)),
+                }
+            }
+        }
+        Ok(_) | Err(FrameError::Ignore) => Err(first_frame()),
+        Err(FrameError::Closed) => return Err(Ending(None)),
+        Err(FrameError::Bad(code, msg)) => Err((code, msg, close::PROTOCOL)),
+        Err(FrameError::Fatal(code, msg, close)) => Err((code, msg, close)),
+    };
+    let (keys, session_id, epoch, last_seq, coalesce) = match hello {
+        Ok(h) => h,
+        Err((code, msg, close)) => return Err(reject(tx, code, &msg, close, write_timeout).await),
+    };
+    let coalesce = ms(coalesce.unwrap_or(0).min(g.max_client_coalesce_ms));
+    let (feed, opening) =
+        match Box::pin(Feed::open(&app.hub, &app.store, keys, &session_id, epoch.as_deref(), last_seq, true)).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open session");
+                let msg = "the session cannot be opened now";
+                return Err(reject(tx, ErrorCode::Unavailable, msg, close::UNAVAILABLE, write_timeout).await);
+            }
+        };
+    if matches!(&opening.first, Item::Snapshot(ControlMsg::Snapshot { reason, .. }) if reason == "future") {
+        // The client claims events the session never had: say so plainly, then resync it.
+        let e = ApiError::BadRequest("hello.last_seq is ahead of the session; a snapshot follows".into());
+        send_control(tx, &e.to_control(), write_timeout).await?;
+    }
+    send_control(tx, &opening.welcome, write_timeout).await?;
+    send_item(tx, &feed, opening.first, write_timeout).await?;
+    Ok((feed, coalesce))
 }
 
 /// Records a frame's fate; a connection refused too often in a row is closed (4029).
@@ -345,7 +361,7 @@ async fn send_item(tx: &mut Tx, feed: &Feed, item: Item, write_timeout: Duration
                 tokio::select! {
                     biased;
                     r = write(tx, Message::Text(f.json.clone()), write_timeout) => r?,
-                    _ = feed.overflow().cancelled() => {
+                    _ = feed.overflowed() => {
                         metrics::counter!(m::GATEWAY_SLOW_CLOSES).increment(1);
                         return Err(Ending(Some((close::SLOW_CONSUMER, "too slow; resume from your last seq"))));
                     }

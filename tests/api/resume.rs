@@ -165,6 +165,51 @@ async fn killing_the_gateways_pubsub_connection_mid_stream_loses_no_event() {
 }
 
 #[tokio::test]
+async fn with_one_log_read_at_a_time_every_connection_catches_up_after_pubsub_losses() {
+    use fred::interfaces::ClientLike as _;
+    let mut s = test_settings();
+    s.model.demo.max_tokens = 300;
+    s.model.demo.tokens_per_sec = 400;
+    // Every catch-up and gap fill of the gateway waits for the one turn: they queue behind each
+    // other while live events keep arriving, and each connection must still end with every event
+    // exactly once. A turn taken twice by one read (a snapshot inside a gap fill) would hang here.
+    s.gateway.max_concurrent_catchups = 1;
+    let app = TestApp::with(s, 1, 1).await;
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let mut c = app.client(0, &uid("s")).await;
+        let prompt = format!("catch up in turn {i}");
+        let (turn, _) = c.send_and_ack(&uid("m"), &prompt).await;
+        clients.push((c, turn, prompt));
+    }
+    for (c, turn, _) in clients.iter_mut() {
+        c.until(|e| e.body.turn_id() == turn && matches!(e.body, EventBody::Delta { .. })).await;
+    }
+    // Two losses while the answers stream: every connection resyncs twice.
+    let raw = app.raw().await;
+    for _ in 0..2 {
+        // The second kill waits until the subscriber has reconnected after the first.
+        let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
+        loop {
+            let killed: u64 = raw.custom(fred::cmd!("CLIENT"), vec!["KILL", "TYPE", "pubsub"]).await.unwrap();
+            if killed >= 1 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the pub/sub connection never came back");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let (c, turn, _) = &mut clients[0];
+        c.until(|e| e.body.turn_id() == turn && matches!(e.body, EventBody::Delta { .. })).await;
+    }
+    for (c, turn, prompt) in clients.iter_mut() {
+        c.until_end(turn).await;
+        let events = c.events();
+        assert_contiguous(&events, c.welcome_seq() + 1);
+        assert_eq!(text_of(&events, turn), app.expected_answer(prompt));
+    }
+}
+
+#[tokio::test]
 async fn after_flushall_a_resuming_client_gets_a_snapshot_of_the_new_epoch_not_a_replay() {
     use fred::interfaces::ClientLike as _;
     let app = TestApp::spawn().await;

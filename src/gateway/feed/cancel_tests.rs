@@ -11,6 +11,7 @@ use fred::prelude::*;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::gateway::hub::HubLimits;
 use crate::local_redis::LocalRedis;
 use crate::payload::StoredEvent;
 use crate::settings::Settings;
@@ -60,7 +61,9 @@ async fn a_feed_cancelled_at_any_await_hands_out_every_event_once_in_order() {
     let writer = conn.dedicated().await.expect("writer client");
     let store = Store::new(conn.clone(), &settings);
     let shutdown = CancellationToken::new();
-    let hub = Hub::start(conn.subscriber().await.expect("subscriber"), 10_000, 64 << 20, shutdown.clone());
+    // One log read at a time: cancelling a feed that waits for its turn must lose nothing either.
+    let limits = HubLimits { queue_events: 10_000, queue_bytes: 64 << 20, log_reads: 1 };
+    let hub = Hub::start(conn.subscriber().await.expect("subscriber"), limits, shutdown.clone());
     let keys = store.keys().session("tenant", "s1");
 
     let (mut feed, opening) = Feed::open(&hub, &store, keys.clone(), "s1", None, None, false).await.expect("opens");
