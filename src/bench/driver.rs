@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::child::unix_us;
-use super::fleet::{CmdStats, Fleet, Role};
+use super::fleet::{self, CmdStats, Fleet, Role};
 use super::plan::{ChildLine, ChildReport, ParentLine, Plan};
 use super::procstat::{self, Sample};
 use super::stats::merge_hists;
@@ -77,15 +77,8 @@ fn spawn_child(plan: &Plan, logs: &Path, tx: mpsc::Sender<(usize, ChildLine)>) -
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log)
-        .kill_on_drop(true)
-        .process_group(0);
-    // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+        .kill_on_drop(true);
+    fleet::die_with_bench(&mut cmd);
     let mut proc = cmd.spawn().context("cannot spawn a load child")?;
     let stdout = proc.stdout.take().context("stdout is piped")?;
     let stdin = proc.stdin.take().context("stdin is piped")?;

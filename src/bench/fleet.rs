@@ -129,6 +129,20 @@ pub struct Fleet {
     logs: PathBuf,
 }
 
+/// Puts a spawned process in its own process group (a signal to the bench's terminal does not
+/// reach it twice) and has the kernel kill it if the bench dies (`PR_SET_PDEATHSIG`), so no
+/// process outlives a crashed or killed bench.
+pub fn die_with_bench(cmd: &mut Command) {
+    cmd.process_group(0);
+    // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -190,18 +204,11 @@ impl Fleet {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .kill_on_drop(true)
-            .process_group(0);
+            .kill_on_drop(true);
         if let Some(l) = listen {
             cmd.env("CHATFLEET__GATEWAY__LISTEN", l.to_string());
         }
-        // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        die_with_bench(&mut cmd);
         let child = cmd.spawn().context("cannot spawn a chatfleet process")?;
         let pid = child.id().context("the child exited at once")?;
         let mut p = Proc { role, index, pid, listen, metrics, child };

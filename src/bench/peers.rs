@@ -11,6 +11,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
+use super::fleet;
 use super::procstat::{self, Sample};
 
 /// Longest any peer step may take.
@@ -48,15 +49,8 @@ impl Node {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(log)?)
-            .kill_on_drop(true)
-            .process_group(0);
-        // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+            .kill_on_drop(true);
+        fleet::die_with_bench(&mut cmd);
         let mut child = cmd.spawn().context("cannot run node (Node.js 20 is needed for the peers)")?;
         let out = child.stdout.take().context("stdout is piped")?;
         Ok(Self { child, lines: BufReader::new(out).lines() })
