@@ -410,25 +410,11 @@ impl Store {
         base: &str,
         turn_id: &str,
         attempt: u32,
-        upstream: &str,
-        model: &str,
-        template: &str,
+        audit: &TurnAudit,
     ) -> Result<bool, StoreError> {
-        let v: i64 = self
-            .redis
-            .client()
-            .fcall(
-                "cf1_turn_audit",
-                vec![base.to_string()],
-                vec![
-                    turn_id.to_string(),
-                    attempt.to_string(),
-                    upstream.to_string(),
-                    model.to_string(),
-                    template.to_string(),
-                ],
-            )
-            .await?;
+        let args: Vec<Value> =
+            [turn_id.into(), attempt.to_string().into()].into_iter().chain(TurnAudit::args(Some(audit))).collect();
+        let v: i64 = self.redis.client().fcall("cf1_turn_audit", vec![base.to_string()], args).await?;
         Ok(v == 1)
     }
 

@@ -283,7 +283,7 @@ pub(in crate::worker) async fn run(
         }
         // Tool statuses do not carry the audit: record it before the round's tools run.
         if let Some(a) = stats.audit.take() {
-            match store.turn_audit(&d.base, &d.turn_id, attempt, &a.upstream, &a.model, &a.template).await {
+            match store.turn_audit(&d.base, &d.turn_id, attempt, &a).await {
                 Ok(true) => {}
                 Ok(false) => return Ending::Fenced,
                 Err(e) => return Ending::Abandoned(e),
