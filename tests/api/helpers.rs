@@ -353,6 +353,22 @@ pub fn assert_contiguous(events: &[Event], from: u64) {
     }
 }
 
+/// One client of a new session per prompt `"<label> <i>"` on gateway `gw`, each with a sent turn
+/// that is already streaming (a delta arrived): (client, turn id, prompt).
+pub async fn streaming_clients(app: &TestApp, gw: usize, n: usize, label: &str) -> Vec<(Client, String, String)> {
+    let mut clients = Vec::new();
+    for i in 0..n {
+        let mut c = app.client(gw, &uid("s")).await;
+        let prompt = format!("{label} {i}");
+        let (turn, _) = c.send_and_ack(&uid("m"), &prompt).await;
+        clients.push((c, turn, prompt));
+    }
+    for (c, turn, _) in clients.iter_mut() {
+        c.until(|e| e.body.turn_id() == turn && matches!(e.body, EventBody::Delta { .. })).await;
+    }
+    clients
+}
+
 /// A unique id for client_msg_id and session names.
 pub fn uid(prefix: &str) -> String {
     format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])

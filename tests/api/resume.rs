@@ -142,26 +142,12 @@ async fn killing_the_gateways_pubsub_connection_mid_stream_loses_no_event() {
     s.model.demo.max_tokens = 300;
     s.model.demo.tokens_per_sec = 400;
     let app = TestApp::with(s, 1, 1).await;
-    let mut clients = Vec::new();
-    for i in 0..4 {
-        let mut c = app.client(0, &uid("s")).await;
-        let prompt = format!("pubsub kill {i}");
-        let (turn, _) = c.send_and_ack(&uid("m"), &prompt).await;
-        clients.push((c, turn, prompt));
-    }
     // Wait until every answer is streaming, then cut every pub/sub connection.
-    for (c, turn, _) in clients.iter_mut() {
-        c.until(|e| e.body.turn_id() == turn && matches!(e.body, EventBody::Delta { .. })).await;
-    }
+    let mut clients = streaming_clients(&app, 0, 4, "pubsub kill").await;
     let raw = app.raw().await;
     let killed: u64 = raw.custom(fred::cmd!("CLIENT"), vec!["KILL", "TYPE", "pubsub"]).await.unwrap();
     assert!(killed >= 1, "a pub/sub connection was killed");
-    for (c, turn, prompt) in clients.iter_mut() {
-        c.until_end(turn).await;
-        let events = c.events();
-        assert_contiguous(&events, c.welcome_seq() + 1);
-        assert_eq!(text_of(&events, turn), app.expected_answer(prompt));
-    }
+    assert_answers_whole(&app, &mut clients).await;
 }
 
 #[tokio::test]
@@ -175,16 +161,7 @@ async fn with_one_log_read_at_a_time_every_connection_catches_up_after_pubsub_lo
     // exactly once. A turn taken twice by one read (a snapshot inside a gap fill) would hang here.
     s.gateway.max_concurrent_catchups = 1;
     let app = TestApp::with(s, 1, 1).await;
-    let mut clients = Vec::new();
-    for i in 0..8 {
-        let mut c = app.client(0, &uid("s")).await;
-        let prompt = format!("catch up in turn {i}");
-        let (turn, _) = c.send_and_ack(&uid("m"), &prompt).await;
-        clients.push((c, turn, prompt));
-    }
-    for (c, turn, _) in clients.iter_mut() {
-        c.until(|e| e.body.turn_id() == turn && matches!(e.body, EventBody::Delta { .. })).await;
-    }
+    let mut clients = streaming_clients(&app, 0, 8, "catch up in turn").await;
     // Two losses while the answers stream: every connection resyncs twice.
     let raw = app.raw().await;
     for _ in 0..2 {
@@ -201,12 +178,7 @@ async fn with_one_log_read_at_a_time_every_connection_catches_up_after_pubsub_lo
         let (c, turn, _) = &mut clients[0];
         c.until(|e| e.body.turn_id() == turn && matches!(e.body, EventBody::Delta { .. })).await;
     }
-    for (c, turn, prompt) in clients.iter_mut() {
-        c.until_end(turn).await;
-        let events = c.events();
-        assert_contiguous(&events, c.welcome_seq() + 1);
-        assert_eq!(text_of(&events, turn), app.expected_answer(prompt));
-    }
+    assert_answers_whole(&app, &mut clients).await;
 }
 
 #[tokio::test]
@@ -273,4 +245,14 @@ async fn the_same_send_through_two_gateways_makes_exactly_one_turn() {
     let hist = app.history(&sid).await;
     assert_eq!(hist.iter().filter(|m| m.role == "user").count(), 1);
     assert_eq!(hist.len(), 2);
+}
+
+/// Each client's turn ends, with every seq since its welcome exactly once and the whole answer.
+async fn assert_answers_whole(app: &TestApp, clients: &mut [(Client, String, String)]) {
+    for (c, turn, prompt) in clients.iter_mut() {
+        c.until_end(turn).await;
+        let events = c.events();
+        assert_contiguous(&events, c.welcome_seq() + 1);
+        assert_eq!(text_of(&events, turn), app.expected_answer(prompt));
+    }
 }

@@ -206,16 +206,7 @@ async fn a_sigterm_drains_a_worker_and_another_finishes_its_turns() {
     let stream0 = app.store.keys().stream(0);
     let mut draining = WorkerProc::spawn(&app.settings);
     wait_joined(&raw, &stream0, draining.pid()).await;
-    let mut clients = Vec::new();
-    for i in 0..4 {
-        let mut c = app.client(0, &uid("s")).await;
-        let prompt = format!("drain {i}");
-        let (turn, _) = c.send_and_ack(&uid("m"), &prompt).await;
-        clients.push((c, turn, prompt));
-    }
-    for (c, turn, _) in clients.iter_mut() {
-        c.until(|e| e.body.turn_id() == turn && matches!(e.body, EventBody::Delta { .. })).await;
-    }
+    let mut clients = streaming_clients(&app, 0, 4, "drain").await;
     let pid = draining.pid();
     draining.signal(Signal::SIGTERM);
     let status = draining.wait_exit(Duration::from_secs(10)).await;
