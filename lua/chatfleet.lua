@@ -1,457 +1,704 @@
-#!lua name=chatfleet_1
+#!lua name=chatfleet_2
 --[[
-chatfleet Redis Functions library, version 1.
+chatfleet Redis Functions library, version 2.
 
-Every state change of a turn is one function call here, so it is atomic on one node and, because
-every key of a partition carries the partition's hash tag, in Redis Cluster too.
+Every state change of a turn happens inside one function call here, so it is atomic on one node
+and, because every key of a partition carries the partition's hash tag, in Redis Cluster too.
 
-Key conventions (the Rust side builds the names in src/keys.rs; these functions derive the rest):
-  KEYS[1] of every session function is the session *base* name, `<prefix>:{pNN}:s:<tenant>:<sid>`.
-  It is not a key itself: it names the slot, and the session's keys hang off it:
-    <base>:meta               HASH   epoch, seq (last event seq), active (turn id), created
-    <base>:log                STREAM client-visible events; entry id "<seq>-0", field e = event
-    <base>:hist               LIST   conversation messages (msgpack), trimmed to hist_max
-    <base>:dedupe             HASH   client_msg_id -> turn id
-    <base>:ch                 sharded pub/sub channel; message = msgpack [seq, event, epoch]
-    <base>:turn:<tid>         HASH   status, cmid, text (the user's), worker, attempt, lease, cancel,
-                                     eid, epoch, useq, and for audit upstream, model, template
-    <base>:turn:<tid>:text    STRING partial assistant text (APPEND is O(1); a hash field is not)
-    <base>:turn:<tid>:tools   HASH   tool call records of the turn (msgpack), see tool_status
-    <base>:summary            HASH   epoch, upto, text, template: summary of older history
-    <base>:flags              SET    session flags for routing, kept by the application
-  Derived keys share the base's hash tag, so they live in the slot that KEYS[1] routes to.
+Version 2 changes three things against version 1 (docs/architecture.md, "The write path"):
+  * Group commit. Writes travel as *ops* inside one `cf2_batch` call: a process queues the ops of
+    all its sessions and turns for a slot while the previous call is in flight, then sends them in
+    one call. Each op is fenced and applied on its own: one fenced or failing op never fails its
+    neighbours (each runs under pcall, and an op checks everything before it writes).
+  * Every op is safe to resend. A Redis client resends a command that was in flight when its
+    connection dropped; the function may have run, and only the reply was lost. So:
+      - worker writes carry (turn, attempt, write index); the turn hash keeps the last index it
+        applied (`wi`) and that write's reply (`wr`), and a repeat returns the reply unchanged;
+      - `start` carries a request id; a repeat by the same request answers `run` again;
+      - `open`/`detach` count connections by id (a HASH), so a repeat counts nothing twice;
+      - `enq` is idempotent by client_msg_id (the dedupe hash); quotas work by member (turn id).
+  * Declared keys. Every key an op touches is passed in KEYS, so Cluster routing and slot migration
+    (ASK/TRYAGAIN) see the real keys, not a base name.
+
+Keys (built by src/keys.rs; every op names a *session block* of keys at its key index k):
+  k+0  <base>:meta        HASH   epoch, seq (last event seq), active (turn id), created, detached,
+                                 owner (user the session is bound to, '' = shared)
+  k+1  <base>:log         STREAM client-visible events; entry id "<seq>-0", field e = event
+  k+2  <base>:hist        LIST   conversation messages (msgpack), trimmed to hist_max
+  k+3  <base>:dedupe      HASH   client_msg_id -> "<turn id> <user_message seq>"
+  k+4  <base>:dq          LIST   client_msg_ids in arrival order, to trim the dedupe hash
+  k+5  <base>:conns       HASH   connection id -> attach time (lasting connections watching)
+  k+6  <base>:partial     STRING partial assistant text of the active turn (APPEND is O(1))
+  k+7  <base>:flags       SET    session flags for routing, kept by the application
+  k+8  <base>:summary     HASH   epoch, upto, text, template: summary of older history
+ and, for ops about one turn, the *turn block*:
+  k+9  <base>:turn:<tid>         HASH status, cmid, text (the user's), worker, attempt, lease,
+                                      cancel, eid, epoch, useq, sreq, wi, wr (JSON, readable by
+                                      tools), tt, and for audit
+                                      upstream, model, template
+  k+10 <base>:turn:<tid>:tools   HASH tool call records of the turn (msgpack), see `tool`
+ then, for ops that need them, the partition's turns stream (k+11) and dead-letter stream (k+12).
+  <base>:ch is the session's sharded pub/sub channel (message = msgpack [seq, event, epoch]);
+  channels are not keys, and it shares the slot.
 
 Payloads: events and history messages are MessagePack maps carrying v = 1. src/payload.rs
 mirrors their shapes; this file is the authority.
 
-Time: every lease decision uses the server clock (TIME), so worker clocks may disagree freely.
+Time: every lease decision uses the server clock (TIME, read once per call), so worker clocks may
+disagree freely.
 
 Invariants kept here (docs/architecture.md):
-  (I1) fencing: emit, heartbeat and finish_turn refuse a caller whose attempt is not current or
-       whose turn is not running;
-  (I2) the user message is stored (log + hist) before enqueue_turn returns, hence before the ack;
-  (I3) each event gets meta.seq + 1, in one script with its XADD, so seqs have no gaps;
-  (I4) a turn leaves `running`/`queued` exactly once, to done, error, cancelled or dead.
+  (I1) fencing: worker writes refuse a caller whose attempt is not current or whose turn is not
+       running;
+  (I2) the user message is stored (log + hist) before `enq` returns, hence before the ack;
+  (I3) each event gets meta.seq + 1, in one step with its XADD, so seqs have no gaps;
+  (I4) a turn leaves `running`/`queued` exactly once, to done, error, cancelled or dead;
+  (I5) an op applied once and sent again changes nothing and answers as the first time.
 ]]
 
 local TERMINAL = { done = true, error = true, cancelled = true, dead = true }
 
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+-- Per-call context: server time and the deployment's settings (ARGV[1] of cf2_batch).
+local C = {}
 
--- Server time in ms (a number, for leases) and in µs as a decimal string (exact; a Lua number
--- would be formatted as a float), for stage timings below a millisecond such as the queue wait.
--- One TIME call for both.
 local function clock()
   local t = redis.call('TIME')
   local us = tonumber(t[2])
   return tonumber(t[1]) * 1000 + math.floor(us / 1000), t[1] .. string.format('%06d', us)
 end
 
+-- The keys of an op, by name, from its key index.
+local function session_keys(keys, k)
+  return {
+    meta = keys[k], log = keys[k + 1], hist = keys[k + 2], dedupe = keys[k + 3], dq = keys[k + 4],
+    conns = keys[k + 5], partial = keys[k + 6], flags = keys[k + 7], summary = keys[k + 8],
+    turn = keys[k + 9], tools = keys[k + 10], stream = keys[k + 11], dlq = keys[k + 12],
+  }
+end
+
+-- The channel of a session, from its meta key.
+local function channel(S)
+  return string.sub(S.meta, 1, -6) .. ':ch'
+end
+
 -- Appends one client-visible event: next seq, log entry, live publish. Returns the seq.
--- `epoch`: the session epoch when the caller already read it (saves a lookup per event).
-local function append_event(base, ev, log_max, epoch)
-  local seq = redis.call('HINCRBY', base .. ':meta', 'seq', 1)
+local function append_event(S, ev, epoch)
+  local seq = redis.call('HINCRBY', S.meta, 'seq', 1)
   local body = cmsgpack.pack(ev)
-  redis.call('XADD', base .. ':log', 'MAXLEN', '~', log_max, seq .. '-0', 'e', body)
+  redis.call('XADD', S.log, 'MAXLEN', '~', C.log_max, seq .. '-0', 'e', body)
   -- The epoch rides along so a live connection notices a lost-and-recreated session at once.
-  epoch = epoch or redis.call('HGET', base .. ':meta', 'epoch')
-  redis.call('SPUBLISH', base .. ':ch', cmsgpack.pack({ seq, body, epoch }))
+  redis.call('SPUBLISH', channel(S), cmsgpack.pack({ seq, body, epoch }))
   return seq
 end
 
--- Returns the session epoch, creating the session when its meta is missing. A missing meta means
--- the session's state was lost (TTL, eviction, a restart without persistence): whatever is left of
--- it is dropped and a new epoch starts, so a client never gets a replay that mixes two histories.
-local function ensure_meta(base, epoch_candidate, now)
-  local meta = base .. ':meta'
-  local epoch = redis.call('HGET', meta, 'epoch')
-  if epoch then
-    return epoch
+-- Returns the session epoch and owner, creating the session when its meta is missing. A missing
+-- meta means the session's state was lost (TTL, eviction, a restart without persistence):
+-- whatever is left of it is dropped and a new epoch starts, so a client never gets a replay that
+-- mixes two histories. The first opener's user owns a new session.
+local function ensure_meta(S, epoch_candidate, owner)
+  local m = redis.call('HMGET', S.meta, 'epoch', 'owner')
+  if m[1] then
+    return m[1], m[2] or ''
   end
-  redis.call('DEL', base .. ':log', base .. ':hist', base .. ':dedupe')
-  redis.call('HSET', meta, 'epoch', epoch_candidate, 'seq', 0, 'created', now)
-  return epoch_candidate
+  -- A session opened through an explicit grant ('*') is shared: it has no one owner.
+  if owner == '*' then
+    owner = ''
+  end
+  redis.call('DEL', S.log, S.hist, S.dedupe, S.dq, S.conns, S.partial)
+  redis.call('HSET', S.meta, 'epoch', epoch_candidate, 'seq', 0, 'created', C.now, 'owner', owner or '')
+  return epoch_candidate, owner or ''
 end
 
--- Refreshes the session's TTL. Called when a turn is enqueued and when a client opens the
--- session, not on every write: a key keeps its TTL when it is written (HSET, XADD, RPUSH), so
--- once per turn is enough, and a turn lasts far less than the TTL. The one key a turn creates
--- later, its partial text, gets its TTL when emit creates it.
-local function touch(base, tid, ttl)
-  redis.call('EXPIRE', base .. ':meta', ttl)
-  redis.call('EXPIRE', base .. ':log', ttl)
-  redis.call('EXPIRE', base .. ':hist', ttl)
-  redis.call('EXPIRE', base .. ':dedupe', ttl)
-  if tid then
-    redis.call('EXPIRE', base .. ':turn:' .. tid, ttl)
+-- A session bound to a user refuses everyone else; '' (shared) and '*' (the caller may open any
+-- session of its tenant: an operator, or a token's `sessions` claim checked by the gateway) pass.
+local function refused(owner, user)
+  return owner ~= '' and user ~= '*' and owner ~= user
+end
+
+-- Refreshes the session's TTL: when a turn is enqueued, when a client opens the session, and
+-- every ttl/4 while a turn streams (an answer longer than the TTL keeps its keys).
+-- The connections hash and the partial text get theirs when they are written.
+local function touch(S, with_turn)
+  local ttl = C.ttl
+  for _, key in ipairs({ S.meta, S.log, S.hist, S.dedupe, S.dq }) do
+    redis.call('EXPIRE', key, ttl)
+  end
+  if with_turn then
+    redis.call('EXPIRE', S.turn, ttl)
+    redis.call('EXPIRE', S.partial, ttl)
   end
 end
 
-local function push_hist(base, msg, hist_max)
-  if redis.call('RPUSH', base .. ':hist', cmsgpack.pack(msg)) > hist_max then
-    redis.call('LTRIM', base .. ':hist', -hist_max, -1)
+local function push_hist(S, msg)
+  if redis.call('RPUSH', S.hist, cmsgpack.pack(msg)) > C.hist_max then
+    redis.call('LTRIM', S.hist, -C.hist_max, -1)
   end
 end
 
-local function clear_active(base, tid)
-  if redis.call('HGET', base .. ':meta', 'active') == tid then
-    redis.call('HDEL', base .. ':meta', 'active')
+local function clear_active(S, tid)
+  if redis.call('HGET', S.meta, 'active') == tid then
+    redis.call('HDEL', S.meta, 'active')
+    redis.call('DEL', S.partial)
   end
 end
 
 -- The turn stream holds only turns waiting or running: an ended turn's entry is acked and deleted.
-local function ack_del(stream, group, eid)
-  redis.call('XACK', stream, group, eid)
+local function ack_del(stream, eid)
+  redis.call('XACK', stream, C.group, eid)
   redis.call('XDEL', stream, eid)
 end
 
+local function dead_letter(S, ...)
+  redis.call('XADD', S.dlq, 'MAXLEN', '~', C.dlq_max, '*', ...)
+end
+
 -- Ends a turn: final event, assistant message into history, active cleared. The caller acks.
-local function end_turn(base, tid, outcome, ev, log_max, hist_max, now, epoch)
-  local tkey = base .. ':turn:' .. tid
-  local text = redis.call('GET', tkey .. ':text') or ''
-  if text ~= '' or outcome == 'done' then
-    push_hist(base, { v = 1, role = 'assistant', turn_id = tid, text = text, status = outcome }, hist_max)
+local function end_turn(S, tid, outcome, ev, epoch)
+  local text = ''
+  if redis.call('HGET', S.meta, 'active') == tid then
+    text = redis.call('GET', S.partial) or ''
   end
-  local seq = append_event(base, ev, log_max, epoch)
-  redis.call('HSET', tkey, 'status', outcome, 'finished', now, 'fseq', seq)
-  redis.call('DEL', tkey .. ':text')
-  clear_active(base, tid)
+  if text ~= '' or outcome == 'done' then
+    push_hist(S, { v = 1, role = 'assistant', turn_id = tid, text = text, status = outcome })
+  end
+  local seq = append_event(S, ev, epoch)
+  redis.call('HSET', S.turn, 'status', outcome, 'finished', C.now, 'fseq', seq)
+  clear_active(S, tid)
   return seq
 end
 
---[[ enqueue_turn: the gateway turns a client `send` into a turn.
-KEYS: base, turns stream of the partition
-ARGV: tid, client_msg_id, text, epoch_candidate, ttl_s, log_max, hist_max, opts (opaque bytes),
-      traceparent (W3C; rides in the stream entry so the worker joins the gateway's trace),
-      wake ('0': no wake-up publish, the workers block on the streams (standalone); else publish)
+--[[ op enq: the gateway turns a client `send` into a turn.       keys: session, turn, stream
+op: tid, client_msg_id, text, epoch_candidate, opts (bytes), traceparent, wake (1: publish a
+    wake-up for Cluster workers), user (the sender; '*' skips the owner check)
 Returns {status, turn_id, seq, epoch}; status is
-  new   the message is stored and the turn queued; seq is the user_message event's seq
-  dup   client_msg_id was seen: the original turn id and seq, nothing written (a retried send)
-  busy  another turn of the session is active; turn_id names it, nothing written
+  new        the message is stored and the turn queued; seq is the user_message event's seq
+  dup        client_msg_id was seen: the original turn id and seq, nothing written (a retried send)
+  busy       another turn of the session is active; turn_id names it, nothing written
+  forbidden  the session is bound to another user; nothing written
 Atomic because dedupe, the busy check, seq assignment and the stream entry must not interleave
 with another gateway's send for the same session.
 ]]
-local function enqueue_turn(keys, args)
-  local base, stream = keys[1], keys[2]
-  local tid, cmid, text = args[1], args[2], args[3]
-  local ttl, log_max, hist_max = tonumber(args[5]), args[6], tonumber(args[7])
-  local now, now_us = clock()
-  local epoch = ensure_meta(base, args[4], now)
-  local existing = redis.call('HGET', base .. ':dedupe', cmid)
-  if existing then
-    local useq = redis.call('HGET', base .. ':turn:' .. existing, 'useq')
-    return { 'dup', existing, tonumber(useq or 0), epoch }
+local function op_enq(S, op)
+  local tid, cmid, text = op[1], op[2], op[3]
+  local epoch, owner = ensure_meta(S, op[4], op[8])
+  if refused(owner, op[8]) then
+    return { 'forbidden', '', 0, '' }
   end
-  local active = redis.call('HGET', base .. ':meta', 'active')
+  -- dedupe values are "<turn id> <seq of its user_message>", so a retried send is answered
+  -- without reading the other turn's hash (a key this op does not declare).
+  local existing = redis.call('HGET', S.dedupe, cmid)
+  if existing then
+    local otid, oseq = string.match(existing, '^(%S+) (%d+)$')
+    return { 'dup', otid or existing, tonumber(oseq or 0), epoch }
+  end
+  local active = redis.call('HGET', S.meta, 'active')
   if active then
     return { 'busy', active, 0, epoch }
   end
-  local seq = append_event(base,
-    { v = 1, type = 'user_message', turn_id = tid, client_msg_id = cmid, text = text }, log_max, epoch)
-  push_hist(base, { v = 1, role = 'user', turn_id = tid, text = text }, hist_max)
-  local tp = args[9] or ''
-  local eid = redis.call('XADD', stream, '*', 'b', base, 't', tid, 'tp', tp)
+  local seq = append_event(S,
+    { v = 1, type = 'user_message', turn_id = tid, client_msg_id = cmid, text = text }, epoch)
+  push_hist(S, { v = 1, role = 'user', turn_id = tid, text = text })
+  local tp = op[6] or ''
+  local eid = redis.call('XADD', S.stream, '*', 'b', string.sub(S.meta, 1, -6), 't', tid, 'tp', tp)
   -- Wake-up for workers in Redis Cluster, which cannot block on all partitions in one read; the
   -- channel shares the stream's hash tag, so this stays in the slot.
-  if args[10] ~= '0' then
-    redis.call('SPUBLISH', stream .. ':wake', '1')
+  if op[7] == 1 then
+    redis.call('SPUBLISH', S.stream .. ':wake', '1')
   end
   -- The user's text stays with the turn so an operator can replay a dead-lettered turn.
-  redis.call('HSET', base .. ':turn:' .. tid, 'status', 'queued', 'cmid', cmid, 'attempt', 0,
-    'eid', eid, 'epoch', epoch, 'useq', seq, 'created', now, 'created_us', now_us, 'opts', args[8],
-    'text', text, 'tp', tp)
-  redis.call('HSET', base .. ':dedupe', cmid, tid)
-  redis.call('HSET', base .. ':meta', 'active', tid)
-  touch(base, tid, ttl)
+  redis.call('HSET', S.turn, 'status', 'queued', 'cmid', cmid, 'attempt', 0, 'eid', eid, 'epoch', epoch,
+    'useq', seq, 'created', C.now, 'created_us', C.now_us, 'opts', op[5], 'text', text, 'tp', tp)
+  redis.call('HSET', S.dedupe, cmid, tid .. ' ' .. seq)
+  -- The dedupe hash keeps the last dedupe_max sends: a client retries a send within seconds.
+  if redis.call('RPUSH', S.dq, cmid) > C.dedupe_max then
+    redis.call('HDEL', S.dedupe, redis.call('LPOP', S.dq))
+  end
+  redis.call('HSET', S.meta, 'active', tid)
+  touch(S, true)
   return { 'new', tid, seq, epoch }
 end
 
---[[ start_turn: a worker begins a delivered turn.
-KEYS: base, turns stream
-ARGV: tid, entry id, group, worker id, lease_ms, hist_n, log_max
+-- Reads what a running attempt needs before calling the model (the tail of `start`'s reply).
+local function start_reply(S, st, attempt, epoch)
+  local hist = redis.call('LRANGE', S.hist, -C.hist_max, -1)
+  local flags = redis.call('SMEMBERS', S.flags)
+  local s = redis.call('HMGET', S.summary, 'epoch', 'upto', 'text')
+  local upto, text = '', ''
+  if s[1] and s[1] == epoch then
+    upto, text = s[2] or '', s[3] or ''
+  end
+  local records = redis.call('HVALS', S.tools)
+  -- A turn enqueued before created_us existed has only its ms stamp.
+  local created_us = st[6] or (st[4] .. '000')
+  return { 'run', attempt, hist, st[5] or '', created_us, st[8] or C.now_us, epoch, flags, upto, text, records }
+end
+
+--[[ op start: a worker begins a delivered turn.                    keys: session, turn, stream
+op: tid, entry id, worker id, request id (unique per start call)
 Returns
   {'run', attempt, history (list of msgpack), opts, created_us, started_us, epoch, flags,
    summary_upto, summary_text, tool records}                           queued -> running
-      created_us, started_us  server time (µs, decimal strings) of enqueue and of this start
-      epoch                   the session epoch (summaries are written against it)
-      flags                   members of <base>:flags (a SET the application or an operator
-                              maintains; routing rules match them)
-      summary_*               <base>:summary (HASH epoch, upto, text, template) when it belongs to
-                              the current epoch, else '' and '': a summary of older history, up to
-                              turn id `upto`
-      tool records            values of <base>:turn:<tid>:tools (msgpack), written by earlier
-                              attempts
   {'skip', status}   the turn ended (cancelled while queued, or finished): entry acked and deleted
-  {'gone'}           the turn hash is gone (TTL, lost state): entry acked and deleted
+  {'gone'}           the turn hash is gone or belongs to a lost epoch: entry acked and deleted
   {'held'}           another attempt is running it: leave the entry, reclaim decides
-Atomic so that exactly one worker moves a turn to running, and the attempt it gets fences every
-later write. It also returns everything else the attempt reads before calling the model, so the
-first token waits for one round trip here, not two.
+A repeat of the same request id answers `run` with the attempt it started (I5). Atomic so that
+exactly one worker moves a turn to running, and the attempt it gets fences every later write.
 ]]
-local function start_turn(keys, args)
-  local base, stream = keys[1], keys[2]
-  local tid, eid, group, worker = args[1], args[2], args[3], args[4]
-  local tkey = base .. ':turn:' .. tid
-  local st = redis.call('HMGET', tkey, 'status', 'attempt', 'epoch', 'created', 'opts', 'created_us')
+local function op_start(S, op)
+  local tid, eid, worker, sreq = op[1], op[2], op[3], op[4]
+  local st = redis.call('HMGET', S.turn, 'status', 'attempt', 'epoch', 'created', 'opts', 'created_us', 'sreq',
+    'started_us')
   local status = st[1]
-  local epoch = redis.call('HGET', base .. ':meta', 'epoch')
+  local epoch = redis.call('HGET', S.meta, 'epoch')
   if not status or epoch ~= st[3] then
-    ack_del(stream, group, eid)
+    ack_del(S.stream, eid)
+    clear_active(S, tid)
     return { 'gone' }
   end
+  if status == 'running' and st[7] == sreq then
+    return start_reply(S, st, tonumber(st[2]), epoch)
+  end
   if TERMINAL[status] then
-    ack_del(stream, group, eid)
+    ack_del(S.stream, eid)
     return { 'skip', status }
   end
   if status ~= 'queued' then
     return { 'held' }
   end
-  local now, started_us = clock()
   local attempt = tonumber(st[2]) + 1
-  redis.call('HSET', tkey, 'status', 'running', 'worker', worker, 'attempt', attempt,
-    'lease', now + tonumber(args[5]), 'started', now)
-  append_event(base, { v = 1, type = 'turn_started', turn_id = tid, attempt = attempt }, args[7], epoch)
-  local hist = redis.call('LRANGE', base .. ':hist', -tonumber(args[6]), -1)
-  local flags = redis.call('SMEMBERS', base .. ':flags')
-  local s = redis.call('HMGET', base .. ':summary', 'epoch', 'upto', 'text')
-  local upto, text = '', ''
-  if s[1] and s[1] == epoch then
-    upto, text = s[2] or '', s[3] or ''
-  end
-  local records = redis.call('HVALS', tkey .. ':tools')
-  -- A turn enqueued before created_us existed has only its ms stamp.
-  local created_us = st[6] or (st[4] .. '000')
-  return { 'run', attempt, hist, st[5] or '', created_us, started_us, epoch, flags, upto, text, records }
+  redis.call('HSET', S.turn, 'status', 'running', 'worker', worker, 'attempt', attempt,
+    'lease', C.now + C.lease_ms, 'started', C.now, 'started_us', C.now_us, 'sreq', sreq, 'wi', 0,
+    'tt', C.now)
+  redis.call('HDEL', S.turn, 'wr')
+  append_event(S, { v = 1, type = 'turn_started', turn_id = tid, attempt = attempt }, epoch)
+  st[8] = C.now_us
+  return start_reply(S, st, attempt, epoch)
 end
 
--- Fence check shared by emit, tool_status, heartbeat, finish_turn and release_turn. Returns the
--- turn's cancel flag ('0' or '1') and the session epoch, or false when the caller no longer owns
--- the turn.
--- With abandon_ms > 0 (the tenant's disconnect policy is `cancel`), a session that no client has
--- been attached to for abandon_ms gets its running turn's cancel flag set here.
-local function fenced_turn(base, tkey, attempt, abandon_ms)
-  local st = redis.call('HMGET', tkey, 'status', 'attempt', 'cancel', 'epoch')
-  if st[1] ~= 'running' or st[2] ~= attempt then
-    return false
+--[[ Fence and resend check shared by every worker write (emit, tool, hb, audit, finish, release).
+op starts with: tid, attempt, write index.
+Returns 'dup', reply     this write was applied already: its first reply (I5)
+        'fenced'         the caller no longer owns the turn (I1)
+        'ok', cancel, epoch, st
+With abandon_ms > 0 (the tenant's disconnect policy is `cancel`), a session that no client has
+been attached to for abandon_ms gets its running turn's cancel flag set here.
+]]
+local function fence(S, op, abandon_ms)
+  local attempt, widx = tostring(op[2]), tonumber(op[3])
+  local st = redis.call('HMGET', S.turn, 'status', 'attempt', 'cancel', 'epoch', 'wi', 'wr', 'lease', 'tt')
+  if st[2] == attempt and st[5] and widx <= tonumber(st[5]) then
+    if widx == tonumber(st[5]) and st[6] then
+      return 'dup', cjson.decode(st[6])
+    end
+    return 'dup', { 'stale' }
   end
-  local meta = redis.call('HMGET', base .. ':meta', 'epoch', 'conns', 'detached')
+  if st[1] ~= 'running' or st[2] ~= attempt then
+    return 'fenced'
+  end
+  local meta = redis.call('HMGET', S.meta, 'epoch', 'detached')
   if meta[1] ~= st[4] then
-    return false
+    return 'fenced'
   end
   local cancel = st[3] or '0'
   abandon_ms = tonumber(abandon_ms or 0) or 0
-  if cancel ~= '1' and abandon_ms > 0 and meta[3] and tonumber(meta[2] or 0) <= 0
-      and now_ms() - tonumber(meta[3]) >= abandon_ms then
-    redis.call('HSET', tkey, 'cancel', 1, 'cancel_at', now_ms(), 'cancel_reason', 'disconnected')
+  if cancel ~= '1' and abandon_ms > 0 and meta[2] and C.now - tonumber(meta[2]) >= abandon_ms then
+    redis.call('HSET', S.turn, 'cancel', 1, 'cancel_at', C.now, 'cancel_reason', 'disconnected')
     cancel = '1'
   end
-  return cancel, meta[1]
+  return 'ok', cancel, meta[1], st
 end
 
---[[ emit: a worker appends a delta of the running turn.
-KEYS: base
-ARGV: tid, attempt, text, lease_ms, log_max, abandon_ms (0 = keep generating when nobody watches),
-      ttl_s (given to the partial text key when this delta creates it)
-      [, upstream, model, template]  optional: who answered this round (as turn_audit), recorded
-      with the delta so the audit costs no round trip of its own
+-- Records a worker write as applied (its index and reply), extends the lease once half of it is
+-- used, and refreshes the session's TTL every ttl/4 of a long turn. `extra`: more turn fields.
+local function applied(S, op, st, reply, extra)
+  local fields = { 'wi', op[3], 'wr', cjson.encode(reply) }
+  if tonumber(st[7] or 0) - C.now < C.lease_ms / 2 then
+    fields[#fields + 1] = 'lease'
+    fields[#fields + 1] = C.now + C.lease_ms
+  end
+  if C.now - tonumber(st[8] or 0) >= C.ttl * 250 then
+    touch(S, true)
+    fields[#fields + 1] = 'tt'
+    fields[#fields + 1] = C.now
+  end
+  for _, v in ipairs(extra or {}) do
+    fields[#fields + 1] = v
+  end
+  redis.call('HSET', S.turn, unpack(fields))
+  return reply
+end
+
+-- Audit fields (upstream, model, template) from an op's tail at index i, if present.
+local function audit_fields(op, i)
+  if op[i] and op[i] ~= '' then
+    return { 'upstream', op[i], 'model', op[i + 1], 'template', op[i + 2] }
+  end
+  return nil
+end
+
+--[[ op emit: a worker appends a delta of the running turn.               keys: session, turn
+op: tid, attempt, write index, text, abandon_ms (0 = keep generating when nobody watches)
+    [, upstream, model, template]  who answered this round, recorded with the delta
 Returns {seq, cancel}: seq = 0 when fenced (the caller lost the turn and must stop writing);
-cancel = 1 when the user asked to stop, or nobody watched for abandon_ms. Extends the lease.
-Atomic so that the fence check and the write cannot be split by a reclaim (I1).
+cancel = 1 when the user asked to stop, or nobody watched for abandon_ms.
 ]]
-local function emit(keys, args)
-  local base = keys[1]
-  local tid, attempt, text = args[1], args[2], args[3]
-  local tkey = base .. ':turn:' .. tid
-  local cancel, epoch = fenced_turn(base, tkey, attempt, args[6])
-  if not cancel then
+local function op_emit(S, op)
+  local verdict, cancel, epoch, st = fence(S, op, op[5])
+  if verdict == 'dup' then
+    return cancel
+  elseif verdict == 'fenced' then
     return { 0, 0 }
   end
-  local seq = append_event(base, { v = 1, type = 'delta', turn_id = tid, text = text }, args[5], epoch)
-  if redis.call('APPEND', tkey .. ':text', text) == #text and args[7] then
-    redis.call('EXPIRE', tkey .. ':text', tonumber(args[7]))
+  local text = op[4]
+  local seq = append_event(S, { v = 1, type = 'delta', turn_id = op[1], text = text }, epoch)
+  if redis.call('APPEND', S.partial, text) == #text then
+    redis.call('EXPIRE', S.partial, C.ttl)
   end
-  if args[8] then
-    redis.call('HSET', tkey, 'lease', now_ms() + tonumber(args[4]),
-      'upstream', args[8], 'model', args[9], 'template', args[10])
-  else
-    redis.call('HSET', tkey, 'lease', now_ms() + tonumber(args[4]))
-  end
-  return { seq, cancel == '1' and 1 or 0 }
+  return applied(S, op, st, { seq, cancel == '1' and 1 or 0 }, audit_fields(op, 6))
 end
 
---[[ tool_status: a worker reports a tool call's state to the client (fenced like emit).
-KEYS: base
-ARGV: tid, attempt, name, state, lease_ms, log_max
-      [, record key, record (msgpack ToolRecord), ttl_s]  optional (added for tools): the call's
-      record is stored in <base>:turn:<tid>:tools under the record key, in the same step as the
-      event, so an attempt that takes the turn over knows exactly what ran and what the client saw
+--[[ op tool: a worker reports a tool call's state to the client (fenced like emit).
+                                                                         keys: session, turn
+op: tid, attempt, write index, name, state [, record key, record (msgpack ToolRecord)]
+  The call's record is stored in the turn's tools hash under the record key, in the same step as
+  the event, so an attempt that takes the turn over knows exactly what ran and what the client saw.
 Returns {seq, cancel} as emit.
 ]]
-local function tool_status(keys, args)
-  local base = keys[1]
-  local tid, attempt = args[1], args[2]
-  local tkey = base .. ':turn:' .. tid
-  local cancel, epoch = fenced_turn(base, tkey, attempt)
-  if not cancel then
+local function op_tool(S, op)
+  local verdict, cancel, epoch, st = fence(S, op, 0)
+  if verdict == 'dup' then
+    return cancel
+  elseif verdict == 'fenced' then
     return { 0, 0 }
   end
-  local seq = append_event(base,
-    { v = 1, type = 'tool_status', turn_id = tid, name = args[3], state = args[4] }, args[6], epoch)
-  redis.call('HSET', tkey, 'lease', now_ms() + tonumber(args[5]))
-  if args[7] then
-    redis.call('HSET', tkey .. ':tools', args[7], args[8])
-    redis.call('EXPIRE', tkey .. ':tools', tonumber(args[9]))
+  local seq = append_event(S, { v = 1, type = 'tool_status', turn_id = op[1], name = op[4], state = op[5] }, epoch)
+  if op[6] and op[6] ~= '' then
+    redis.call('HSET', S.tools, op[6], op[7])
+    redis.call('EXPIRE', S.tools, C.ttl)
   end
-  return { seq, cancel == '1' and 1 or 0 }
+  return applied(S, op, st, { seq, cancel == '1' and 1 or 0 })
 end
 
---[[ turn_audit: a worker records who answered the turn (fenced like emit). Added for upstreams.
-KEYS: base
-ARGV: tid, attempt, upstream name, model name, prompt template version
-Returns 1 when recorded (turn hash fields upstream, model, template), 0 when fenced. A later
-round of the same turn (after tool calls) overwrites them with whoever answered it.
-]]
-local function turn_audit(keys, args)
-  local base = keys[1]
-  local tkey = base .. ':turn:' .. args[1]
-  if not fenced_turn(base, tkey, args[2]) then
-    return 0
-  end
-  redis.call('HSET', tkey, 'upstream', args[3], 'model', args[4], 'template', args[5])
-  return 1
-end
-
---[[ put_summary: stores a summary of a session's older history, written off the streaming path.
-KEYS: base
-ARGV: epoch, upto (turn id of the last summarised turn), text, template version, ttl_s
-Returns 1 when stored, 0 when the session moved to another epoch or the stored summary already
-covers as much (turn ids are time-ordered UUIDv7, so they compare as strings). Atomic so two
-summaries racing for one session keep the one that covers more.
-]]
-local function put_summary(keys, args)
-  local base = keys[1]
-  if redis.call('HGET', base .. ':meta', 'epoch') ~= args[1] then
-    return 0
-  end
-  local key = base .. ':summary'
-  local cur = redis.call('HMGET', key, 'epoch', 'upto')
-  if cur[1] == args[1] and cur[2] and cur[2] >= args[2] then
-    return 0
-  end
-  redis.call('HSET', key, 'epoch', args[1], 'upto', args[2], 'text', args[3], 'template', args[4])
-  redis.call('EXPIRE', key, tonumber(args[5]))
-  return 1
-end
-
---[[ heartbeat: fenced lease extension while the model is silent.
-KEYS: base
-ARGV: tid, attempt, lease_ms, abandon_ms (as emit)
+--[[ op hb: fenced lease extension while the model is silent.             keys: session, turn
+op: tid, attempt, write index, abandon_ms (as emit)
 Returns {ok, cancel}: ok = 0 when fenced.
 ]]
-local function heartbeat(keys, args)
-  local base = keys[1]
-  local tkey = base .. ':turn:' .. args[1]
-  local cancel = fenced_turn(base, tkey, args[2], args[4])
-  if not cancel then
+local function op_hb(S, op)
+  local verdict, cancel, _, st = fence(S, op, op[4])
+  if verdict == 'dup' then
+    return cancel
+  elseif verdict == 'fenced' then
     return { 0, 0 }
   end
-  redis.call('HSET', tkey, 'lease', now_ms() + tonumber(args[3]))
-  return { 1, cancel == '1' and 1 or 0 }
+  st[7] = 0 -- a heartbeat always extends the lease
+  return applied(S, op, st, { 1, cancel == '1' and 1 or 0 })
 end
 
---[[ finish_turn: a worker ends its turn.
-KEYS: base, turns stream, dead-letter stream of the partition
-ARGV: tid, attempt, outcome (done|error|cancelled), group, entry id, ttl_s, log_max, hist_max,
-      prompt_tokens, completion_tokens, error code, error message, dead ('1' = dead-letter it)
-      [, upstream, model, template]  optional: who answered the last round, when no delta of the
-      round recorded it (as emit)
-      ttl_s is no longer used (enqueue_turn refreshes the TTL once per turn); it keeps its place so
-      the positions of the others stay.
+--[[ op audit: a worker records who answered the turn (fenced like emit).  keys: session, turn
+op: tid, attempt, write index, upstream, model, template
+Returns {1} when recorded, {0} when fenced.
+]]
+local function op_audit(S, op)
+  local verdict, reply, _, st = fence(S, op, 0)
+  if verdict == 'dup' then
+    return reply
+  elseif verdict == 'fenced' then
+    return { 0 }
+  end
+  return applied(S, op, st, { 1 }, audit_fields(op, 4))
+end
+
+--[[ op finish: a worker ends its turn.                 keys: session, turn, stream, dead letters
+op: tid, attempt, write index, outcome (done|error|cancelled), entry id, prompt_tokens,
+    completion_tokens, error code, error message, dead (1 = dead-letter it), usage source
+    (reported|estimated) [, upstream, model, template]
 Returns {'ok', seq} or {'fenced'}.
 Atomic so that the final event, the history entry, the active flag and the ack happen exactly once
 (I4) and only for the current attempt (I1).
 ]]
-local function finish_turn(keys, args)
-  local base, stream, dlq = keys[1], keys[2], keys[3]
-  local tid, attempt, outcome = args[1], args[2], args[3]
-  local tkey = base .. ':turn:' .. tid
-  local owned, epoch = fenced_turn(base, tkey, attempt)
-  if not owned then
+local function op_finish(S, op)
+  local verdict, reply, epoch, st = fence(S, op, 0)
+  if verdict == 'dup' then
+    return reply
+  elseif verdict == 'fenced' then
     return { 'fenced' }
   end
-  local now = now_ms()
+  local tid, outcome = op[1], op[4]
   local ev = { v = 1, type = outcome, turn_id = tid }
   if outcome == 'done' then
-    ev.prompt_tokens = tonumber(args[9])
-    ev.completion_tokens = tonumber(args[10])
+    ev.prompt_tokens = op[6]
+    ev.completion_tokens = op[7]
+    if op[11] == 'estimated' then
+      ev.usage_estimated = true
+    end
   elseif outcome == 'error' then
-    ev.code = args[11]
-    ev.message = args[12]
+    ev.code = op[8]
+    ev.message = op[9]
   end
-  if args[14] then
-    redis.call('HSET', tkey, 'upstream', args[14], 'model', args[15], 'template', args[16])
+  local audit = audit_fields(op, 12)
+  if audit then
+    redis.call('HSET', S.turn, unpack(audit))
   end
-  local seq = end_turn(base, tid, outcome, ev, args[7], tonumber(args[8]), now, epoch)
-  if args[13] == '1' then
-    redis.call('XADD', dlq, '*', 'b', base, 't', tid, 'reason', args[11], 'detail', args[12],
-      'attempts', attempt, 'at', now)
+  local seq = end_turn(S, tid, outcome, ev, epoch)
+  if op[10] == 1 then
+    dead_letter(S, 'b', string.sub(S.meta, 1, -6), 't', tid, 'reason', op[8], 'detail', op[9],
+      'attempts', op[2], 'at', C.now)
   end
-  ack_del(stream, args[4], args[5])
+  ack_del(S.stream, op[5])
+  local fields = { 'wi', op[3], 'wr', cjson.encode({ 'ok', seq }), 'usage', op[11] or 'reported',
+    'prompt_tokens', op[6], 'completion_tokens', op[7] }
+  redis.call('HSET', S.turn, unpack(fields))
   return { 'ok', seq }
 end
 
---[[ cancel_turn: the user pressed stop.
-KEYS: base
-ARGV: tid, log_max, worker control channel prefix, hist_max
+--[[ op release: a draining worker hands its running turn back without waiting for the lease.
+                                                                         keys: session, turn
+op: tid, attempt, write index
+Returns {1} when released, {0} when fenced. The turn becomes queued with its lease expired,
+clients get `reset`, and the next sweep hands it to another worker.
+]]
+local function op_release(S, op)
+  local verdict, reply, epoch = fence(S, op, 0)
+  if verdict == 'dup' then
+    return reply
+  elseif verdict == 'fenced' then
+    return { 0 }
+  end
+  redis.call('HSET', S.turn, 'status', 'queued', 'worker', '', 'lease', 0, 'wi', op[3], 'wr', cjson.encode({ 1 }))
+  redis.call('DEL', S.partial)
+  append_event(S, { v = 1, type = 'reset', turn_id = op[1], attempt = op[2] }, epoch)
+  return { 1 }
+end
+
+--[[ op cancel: the user pressed stop.                                    keys: session, turn
+op: tid, worker control channel prefix
 Returns
   {'cancelled', seq}      the turn was queued: it ends now and will never start
   {'cancelling', worker}  the turn is running: its cancel flag is set and its worker is told on
                           <prefix><worker> (a push that saves waiting for the next emit; the
                           flag stays the truth if the push is lost)
-  {'ended', status}       the turn already ended
+  {'ended', status}       the turn already ended (also what a resent cancel of a queued turn gets)
   {'unknown'}             no such turn in this session
 ]]
-local function cancel_turn(keys, args)
-  local base, tid = keys[1], args[1]
-  local tkey = base .. ':turn:' .. tid
-  local st = redis.call('HMGET', tkey, 'status', 'worker')
+local function op_cancel(S, op)
+  local tid = op[1]
+  local st = redis.call('HMGET', S.turn, 'status', 'worker')
   if not st[1] then
     return { 'unknown' }
   end
   if st[1] == 'queued' then
-    local seq = end_turn(base, tid, 'cancelled', { v = 1, type = 'cancelled', turn_id = tid },
-      args[2], tonumber(args[4]), now_ms())
-    return { 'cancelled', seq }
+    local epoch = redis.call('HGET', S.meta, 'epoch')
+    return { 'cancelled', end_turn(S, tid, 'cancelled', { v = 1, type = 'cancelled', turn_id = tid }, epoch) }
   end
   if st[1] == 'running' then
-    redis.call('HSET', tkey, 'cancel', 1, 'cancel_at', now_ms())
-    redis.call('PUBLISH', args[3] .. st[2], base .. '\n' .. tid)
+    redis.call('HSET', S.turn, 'cancel', 1, 'cancel_at', C.now)
+    redis.call('PUBLISH', op[2] .. st[2], string.sub(S.meta, 1, -6) .. '\n' .. tid)
     return { 'cancelling', st[2] }
   end
   return { 'ended', st[1] }
 end
 
---[[ reclaim: one sweep of a partition for turns whose worker is gone.
-KEYS: turns stream, sweep lock, dead-letter stream
-ARGV: group, consumer (the sweeping worker), lock_ms, min_idle_ms, count, max_attempts,
-      log_max, hist_max, ttl_s, cursor ('-' to start at the oldest pending entry),
-      consumer_gc_idle_ms (0 = off)
-Returns {next cursor, {{entry id, base, tid, traceparent}, ...}}: the entries now claimed by the caller, to
-run like new deliveries. The cursor pages through the pending list across calls, so healthy long
-turns at its head never hide expired ones behind them.
+--[[ op reclaim: takes over one turn found by cf2_reclaim_scan.
+                                                 keys: session, turn, stream, dead letters
+op: tid, entry id, consumer (the sweeping worker), max_attempts
 Decides on the turn's lease (server time), never on pending idle time alone, so a healthy long
-turn is never taken over; idle time only pre-filters. A reclaimed running turn goes back to
-queued (its old attempt is fenced from here on) and clients get `reset`. Past max_attempts the
-turn is dead-lettered and clients get `error`. Entries whose payload is gone are acked and
-recorded in the dead-letter stream. One sweeper per partition at a time, by the lock.
-Then consumers with nothing pending that were idle for consumer_gc_idle_ms are removed (workers
-that exited): checked and deleted in this one script, so no delivery can slip in between and
-be destroyed with the consumer. A live worker removed by mistake is recreated by its next read.
+turn is never taken over. A reclaimed running turn goes back to queued (its old attempt is fenced
+from here on) and clients get `reset`. Past max_attempts the turn is dead-lettered and clients get
+`error`. A turn of a lost epoch, or gone, is acked away. Returns
+  {'claimed'}  the entry is now the caller's, to run like a new delivery
+  {'ended'}    the turn ended here (cancelled, dead-lettered, or gone)
+  {'live'}     its lease is current: left alone
+A resend finds the entry claimed and the turn queued again: it claims it again (harmless).
 ]]
-local function reclaim(keys, args)
+local function op_reclaim(S, op)
+  local tid, eid = op[1], op[2]
+  local st = redis.call('HMGET', S.turn, 'status', 'attempt', 'lease', 'cancel', 'epoch')
+  local status = st[1]
+  local epoch = redis.call('HGET', S.meta, 'epoch')
+  if not status or TERMINAL[status] or st[5] ~= epoch then
+    ack_del(S.stream, eid)
+    if status and not TERMINAL[status] then
+      clear_active(S, tid)
+    end
+    return { 'ended' }
+  end
+  if status == 'running' and tonumber(st[3] or 0) >= C.now then
+    return { 'live' }
+  end
+  if status == 'running' and st[4] == '1' then
+    end_turn(S, tid, 'cancelled', { v = 1, type = 'cancelled', turn_id = tid }, epoch)
+    ack_del(S.stream, eid)
+    return { 'ended' }
+  end
+  if status == 'running' and tonumber(st[2]) >= tonumber(op[4]) then
+    end_turn(S, tid, 'error', { v = 1, type = 'error', turn_id = tid, code = 'worker_lost',
+      message = 'the turn failed on ' .. st[2] .. ' workers' }, epoch)
+    dead_letter(S, 'b', string.sub(S.meta, 1, -6), 't', tid, 'reason', 'max_attempts', 'attempts', st[2],
+      'at', C.now)
+    ack_del(S.stream, eid)
+    touch(S, true)
+    return { 'ended' }
+  end
+  if status == 'running' then
+    redis.call('HSET', S.turn, 'status', 'queued', 'worker', '', 'lease', 0)
+    redis.call('DEL', S.partial)
+    append_event(S, { v = 1, type = 'reset', turn_id = tid, attempt = tonumber(st[2]) }, epoch)
+  end
+  redis.call('XCLAIM', S.stream, C.group, op[3], 0, eid, 'JUSTID')
+  return { 'claimed' }
+end
+
+--[[ op open: a client says hello. Sent after the gateway subscribed to the session channel, so
+nothing published from here on is missed.                                      keys: session
+op: epoch_candidate, client epoch ('' if none), client last_seq (-1 if none), replay_max, hist_n,
+    connection id ('' = not a lasting connection; else it now watches the session, until
+    `detach` with the same id), user (the opener; '*' skips the owner check)
+Returns
+  {'replay', epoch, seq, {{seq, event}, ...}}   the events after last_seq, all still in the log
+  {'snapshot', epoch, seq, history, active turn id or '', partial text, reason}
+      reason: 'new' (no last_seq), 'epoch' (history was lost or is another session's),
+      'trimmed' (last_seq older than the log keeps), 'future' (last_seq ahead of the session:
+      Redis lost writes the client saw)
+  {'forbidden'}  the session is bound to another user
+Atomic so that the replay or snapshot and the seq it ends at are one consistent cut.
+]]
+local function op_open(S, op)
+  local epoch, owner = ensure_meta(S, op[1], op[7])
+  if refused(owner, op[7]) then
+    return { 'forbidden' }
+  end
+  if op[6] ~= '' then
+    redis.call('HSET', S.conns, op[6], C.now)
+    redis.call('EXPIRE', S.conns, C.ttl)
+    redis.call('HDEL', S.meta, 'detached')
+  end
+  touch(S, false)
+  local seq = tonumber(redis.call('HGET', S.meta, 'seq'))
+  local replay_max = tonumber(op[4])
+  local reason = 'new'
+  local last = tonumber(op[3])
+  if last >= 0 then
+    if op[2] ~= epoch then
+      reason = 'epoch'
+    elseif last > seq then
+      reason = 'future'
+    elseif last == seq then
+      return { 'replay', epoch, seq, {} }
+    elseif seq - last <= replay_max then
+      local entries = redis.call('XRANGE', S.log, (last + 1) .. '-0', '+', 'COUNT', replay_max)
+      if #entries > 0 and entries[1][1] == (last + 1) .. '-0' then
+        local out = {}
+        for i, e in ipairs(entries) do
+          out[i] = { tonumber(string.match(e[1], '^(%d+)')), e[2][2] }
+        end
+        return { 'replay', epoch, seq, out }
+      end
+      reason = 'trimmed'
+    else
+      reason = 'trimmed'
+    end
+  end
+  local hist = redis.call('LRANGE', S.hist, -tonumber(op[5]), -1)
+  local active = redis.call('HGET', S.meta, 'active') or ''
+  local partial = ''
+  if active ~= '' then
+    partial = redis.call('GET', S.partial) or ''
+  end
+  return { 'snapshot', epoch, seq, hist, active, partial, reason }
+end
+
+--[[ op detach: a lasting connection of the session closed.                     keys: session
+op: connection id
+Returns {n}: the connections still attached. When none is left, the time is recorded, and the
+disconnect policy (see fence) may stop the running turn after its grace period. A gateway that
+dies without detaching leaves its connections counted: the policy then errs on keeping the turn.
+]]
+local function op_detach(S, op)
+  if not redis.call('HGET', S.meta, 'epoch') then
+    return { 0 }
+  end
+  redis.call('HDEL', S.conns, op[1])
+  local n = redis.call('HLEN', S.conns)
+  if n == 0 and not redis.call('HGET', S.meta, 'detached') then
+    redis.call('HSET', S.meta, 'detached', C.now)
+  end
+  return { n }
+end
+
+--[[ op summary: stores a summary of a session's older history, written off the streaming path.
+                                                                               keys: session
+op: epoch, upto (turn id of the last summarised turn), text, template version
+Returns {1} when stored, {0} when the session moved to another epoch or the stored summary already
+covers as much (turn ids are time-ordered UUIDv7, so they compare as strings). Atomic so two
+summaries racing for one session keep the one that covers more; a resend finds it stored.
+]]
+local function op_summary(S, op)
+  if redis.call('HGET', S.meta, 'epoch') ~= op[1] then
+    return { 0 }
+  end
+  local cur = redis.call('HMGET', S.summary, 'epoch', 'upto')
+  if cur[1] == op[1] and cur[2] and cur[2] >= op[2] then
+    return { 0 }
+  end
+  redis.call('HSET', S.summary, 'epoch', op[1], 'upto', op[2], 'text', op[3], 'template', op[4])
+  redis.call('EXPIRE', S.summary, C.ttl)
+  return { 1 }
+end
+
+local OPS = {
+  enq = op_enq, start = op_start, emit = op_emit, tool = op_tool, hb = op_hb, audit = op_audit,
+  finish = op_finish, release = op_release, cancel = op_cancel, reclaim = op_reclaim, open = op_open,
+  detach = op_detach, summary = op_summary,
+}
+
+--[[ cf2_batch: a group of ops, applied in order.
+KEYS: the keys of every op, each op's block starting at its key index
+ARGV[1]: settings (msgpack map): ttl (s), log_max, hist_max, dedupe_max, dlq_max, lease_ms, group
+ARGV[2..]: one op each, msgpack array {kind, key index, op fields...}
+Returns one reply per op, in order: the op's reply, or {'err', message} when the op raised an
+error (its neighbours are unaffected; an op checks before it writes, so an error leaves at most
+that op half-done, which its own resend or the sweep repairs).
+]]
+local function batch(keys, args)
+  local cfg = cmsgpack.unpack(args[1])
+  C = cfg
+  C.now, C.now_us = clock()
+  local out = {}
+  for i = 2, #args do
+    local op = cmsgpack.unpack(args[i])
+    local kind, k = op[1], op[2]
+    local fields = {}
+    for j = 3, #op do
+      fields[j - 2] = op[j]
+    end
+    local f = OPS[kind]
+    if not f then
+      out[#out + 1] = { 'err', 'unknown op ' .. tostring(kind) }
+    else
+      local ok, reply = pcall(f, session_keys(keys, k), fields)
+      if ok then
+        out[#out + 1] = reply
+      else
+        out[#out + 1] = { 'err', tostring(reply) }
+      end
+    end
+  end
+  return out
+end
+
+--[[ cf2_reclaim_scan: one sweep step of a partition, looking for turns whose worker is gone.
+KEYS: turns stream, sweep lock, dead-letter stream
+ARGV: group, consumer (the sweeping worker), lock_ms, min_idle_ms, count, cursor ('-' to start
+      at the oldest pending entry), consumer_gc_idle_ms (0 = off), dlq_max
+Returns {next cursor, {{entry id, base, tid, traceparent}, ...}}: the candidates, pending longer
+than min_idle_ms, for the caller to settle with `reclaim` ops (which declare the sessions' keys).
+The cursor pages through the pending list across calls, so healthy long turns at its head never
+hide expired ones behind them. Entries whose payload is gone are acked and dead-lettered. One
+sweeper per partition at a time, by the lock. Then consumers with nothing pending that were idle
+for consumer_gc_idle_ms are removed (workers that exited): checked and deleted in this one script,
+so no delivery can slip in between. A live worker removed by mistake is recreated by its next read.
+]]
+local function reclaim_scan(keys, args)
   local stream, lock, dlq = keys[1], keys[2], keys[3]
   local group, consumer = args[1], args[2]
   local holder = redis.call('GET', lock)
@@ -459,56 +706,29 @@ local function reclaim(keys, args)
     return { '-', {} }
   end
   redis.call('SET', lock, consumer, 'PX', args[3])
-  local now = now_ms()
-  local max_attempts, log_max, hist_max, ttl = tonumber(args[6]), args[7], tonumber(args[8]), tonumber(args[9])
-  local claimed = {}
   local count = tonumber(args[5])
-  local pending = redis.call('XPENDING', stream, group, 'IDLE', args[4], args[10], '+', count)
+  local pending = redis.call('XPENDING', stream, group, 'IDLE', args[4], args[6], '+', count)
   local cursor = '-'
   if #pending == count then
     cursor = '(' .. pending[#pending][1]
   end
+  local found = {}
   for _, p in ipairs(pending) do
     local eid = p[1]
     local entry = redis.call('XRANGE', stream, eid, eid)
     if #entry == 0 then
       redis.call('XACK', stream, group, eid)
-      redis.call('XADD', dlq, '*', 'eid', eid, 'reason', 'payload_missing', 'at', now)
+      redis.call('XADD', dlq, 'MAXLEN', '~', args[8], '*', 'eid', eid, 'reason', 'payload_missing')
     else
       local f = entry[1][2]
       local base, tid, tp
       for i = 1, #f, 2 do
         if f[i] == 'b' then base = f[i + 1] elseif f[i] == 't' then tid = f[i + 1] elseif f[i] == 'tp' then tp = f[i + 1] end
       end
-      local tkey = base .. ':turn:' .. tid
-      local st = redis.call('HMGET', tkey, 'status', 'attempt', 'lease', 'cancel')
-      local status = st[1]
-      if not status or TERMINAL[status] then
-        ack_del(stream, group, eid)
-      elseif status == 'queued' or tonumber(st[3] or 0) < now then
-        if status == 'running' and st[4] == '1' then
-          end_turn(base, tid, 'cancelled', { v = 1, type = 'cancelled', turn_id = tid }, log_max, hist_max, now)
-          ack_del(stream, group, eid)
-        elseif status == 'running' and tonumber(st[2]) >= max_attempts then
-          end_turn(base, tid, 'error', { v = 1, type = 'error', turn_id = tid, code = 'worker_lost',
-            message = 'the turn failed on ' .. st[2] .. ' workers' }, log_max, hist_max, now)
-          redis.call('XADD', dlq, '*', 'b', base, 't', tid, 'reason', 'max_attempts',
-            'attempts', st[2], 'at', now)
-          ack_del(stream, group, eid)
-          touch(base, tid, ttl)
-        else
-          if status == 'running' then
-            redis.call('HSET', tkey, 'status', 'queued', 'worker', '', 'lease', 0)
-            redis.call('DEL', tkey .. ':text')
-            append_event(base, { v = 1, type = 'reset', turn_id = tid, attempt = tonumber(st[2]) }, log_max)
-          end
-          redis.call('XCLAIM', stream, group, consumer, 0, eid, 'JUSTID')
-          claimed[#claimed + 1] = { eid, base, tid, tp or '' }
-        end
-      end
+      found[#found + 1] = { eid, base or '', tid or '', tp or '' }
     end
   end
-  local gc_idle = tonumber(args[11] or 0) or 0
+  local gc_idle = tonumber(args[7] or 0) or 0
   if gc_idle > 0 and cursor == '-' then
     for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', stream, group)) do
       local name, pend, idle
@@ -522,129 +742,39 @@ local function reclaim(keys, args)
       end
     end
   end
-  return { cursor, claimed }
+  return { cursor, found }
 end
 
---[[ release_turn: a draining worker hands its running turn back without waiting for the lease.
-KEYS: base
-ARGV: tid, attempt, log_max
-Returns 1 when released, 0 when fenced. The turn becomes queued with its lease expired, clients
-get `reset`, and the next sweep hands it to another worker.
-]]
-local function release_turn(keys, args)
-  local base, tid = keys[1], args[1]
-  local tkey = base .. ':turn:' .. tid
-  if not fenced_turn(base, tkey, args[2]) then
-    return 0
-  end
-  redis.call('HSET', tkey, 'status', 'queued', 'worker', '', 'lease', 0)
-  redis.call('DEL', tkey .. ':text')
-  append_event(base, { v = 1, type = 'reset', turn_id = tid, attempt = tonumber(args[2]) }, args[3])
-  return 1
-end
-
---[[ open_session: a client says hello. Called after the gateway subscribed to the session channel,
-so nothing published from here on is missed.
-KEYS: base
-ARGV: epoch_candidate, client epoch ('' if none), client last_seq ('' if none), replay_max,
-      hist_n, ttl_s, attach ('1': a lasting connection (WebSocket, SSE) now watches the session;
-      `detach` undoes it)
-Returns
-  {'replay', epoch, seq, {{seq, event}, ...}}   the events after last_seq, all still in the log
-  {'snapshot', epoch, seq, history, active turn id or '', partial text, reason}
-      reason: 'new' (no last_seq), 'epoch' (history was lost or is another session's),
-      'trimmed' (last_seq older than the log keeps), 'future' (last_seq ahead of the session)
-Atomic so that the replay or snapshot and the seq it ends at are one consistent cut.
-]]
-local function open_session(keys, args)
-  local base = keys[1]
-  local now = now_ms()
-  local epoch = ensure_meta(base, args[1], now)
-  if args[7] == '1' then
-    redis.call('HINCRBY', base .. ':meta', 'conns', 1)
-    redis.call('HDEL', base .. ':meta', 'detached')
-  end
-  local seq = tonumber(redis.call('HGET', base .. ':meta', 'seq'))
-  local replay_max = tonumber(args[4])
-  local reason = 'new'
-  if args[3] ~= '' then
-    local last = tonumber(args[3])
-    if args[2] ~= epoch then
-      reason = 'epoch'
-    elseif last > seq then
-      reason = 'future'
-    elseif last == seq then
-      touch(base, nil, tonumber(args[6]))
-      return { 'replay', epoch, seq, {} }
-    elseif seq - last <= replay_max then
-      local entries = redis.call('XRANGE', base .. ':log', (last + 1) .. '-0', '+', 'COUNT', replay_max)
-      if #entries > 0 and entries[1][1] == (last + 1) .. '-0' then
-        local out = {}
-        for i, e in ipairs(entries) do
-          out[i] = { tonumber(string.match(e[1], '^(%d+)')), e[2][2] }
-        end
-        touch(base, nil, tonumber(args[6]))
-        return { 'replay', epoch, seq, out }
-      end
-      reason = 'trimmed'
-    else
-      reason = 'trimmed'
-    end
-  end
-  local hist = redis.call('LRANGE', base .. ':hist', -tonumber(args[5]), -1)
-  local active = redis.call('HGET', base .. ':meta', 'active') or ''
-  local partial = ''
-  if active ~= '' then
-    partial = redis.call('GET', base .. ':turn:' .. active .. ':text') or ''
-  end
-  touch(base, nil, tonumber(args[6]))
-  return { 'snapshot', epoch, seq, hist, active, partial, reason }
-end
-
---[[ detach: a lasting connection of the session closed.
-KEYS: base
-ARGV: (none)
-Returns the number of connections still attached. When none is left, the time is recorded, and
-the disconnect policy (see fenced_turn) may stop the running turn after its grace period. A gateway
-that dies without detaching leaves the count too high: the policy then errs on keeping the turn.
-]]
-local function detach(keys, args)
-  local meta = keys[1] .. ':meta'
-  if not redis.call('HGET', meta, 'epoch') then
-    return 0
-  end
-  local n = redis.call('HINCRBY', meta, 'conns', -1)
-  if n <= 0 then
-    redis.call('HSET', meta, 'conns', 0, 'detached', now_ms())
-    n = 0
-  end
-  return n
-end
-
---[[ read_log: events after a seq, for a gateway catching a connection up after a pub/sub gap.
-KEYS: base
+--[[ cf2_read_log: events after a seq, for a gateway catching a connection up after a pub/sub gap.
+KEYS: meta, log of the session
 ARGV: after seq, count, epoch the connection is on
-Returns {status, {{seq, event}, ...}}: 'ok'; 'epoch' when the session's epoch changed (the
-connection must resync with a snapshot); 'trimmed' when after+1 is no longer in the log.
+Returns {status, top seq, {{seq, event}, ...}}: 'ok'; 'epoch' when the session's epoch changed
+(the connection must resync with a snapshot); 'trimmed' when after+1 is no longer in the log;
+'behind' when the session's top seq is below `after` (Redis lost writes the connection saw, e.g.
+a failover to a lagging replica: the connection must resync with a snapshot).
 ]]
 local function read_log(keys, args)
-  local base = keys[1]
-  if redis.call('HGET', base .. ':meta', 'epoch') ~= args[3] then
-    return { 'epoch', {} }
+  local m = redis.call('HMGET', keys[1], 'epoch', 'seq')
+  if m[1] ~= args[3] then
+    return { 'epoch', 0, {} }
   end
+  local top = tonumber(m[2] or 0)
   local after = tonumber(args[1])
-  local entries = redis.call('XRANGE', base .. ':log', (after + 1) .. '-0', '+', 'COUNT', args[2])
+  if top < after then
+    return { 'behind', top, {} }
+  end
+  local entries = redis.call('XRANGE', keys[2], (after + 1) .. '-0', '+', 'COUNT', args[2])
   if #entries > 0 and entries[1][1] ~= (after + 1) .. '-0' then
-    return { 'trimmed', {} }
+    return { 'trimmed', top, {} }
   end
   local out = {}
   for i, e in ipairs(entries) do
     out[i] = { tonumber(string.match(e[1], '^(%d+)')), e[2][2] }
   end
-  return { 'ok', out }
+  return { 'ok', top, out }
 end
 
---[[ lead: take or keep a leader lock (e.g. the one queue-metrics exporter).
+--[[ cf2_lead: take or keep a leader lock (e.g. the one queue-metrics exporter).
 KEYS: lock
 ARGV: candidate id, ttl_ms
 Returns 1 when the candidate holds the lock (now renewed), else 0. Atomic so that checking the
@@ -662,37 +792,44 @@ end
 --[[
 Tenant quotas (src/quota). These two functions touch only the tenant's own quota keys, which carry
 the tenant hash tag `{t:<tenant>}` and never a partition's: in Redis Cluster they live in their
-own slot, so they are called as separate commands next to enqueue_turn, never inside it. The cost
-is a small, documented inconsistency (docs/security.md): a gateway that dies between acquire and
+own slot, so they are called as separate commands next to `enq`, never inside it. The cost is a
+small, documented inconsistency (docs/security.md): a gateway that dies between acquire and
 enqueue leaves a slot held until the caller's reconciliation or `stale_ms` frees it.
 
-  KEYS[1]  the tenant quota base `<prefix>:{t:<tenant>}:q`; keys hang off it:
-             <base>:inflight    ZSET  member "<session base>|<turn id>", score = admitted (ms)
-             <base>:tpm:<min>   STRING turns admitted in that clock minute (Redis time)
+  KEYS[1]  <prefix>:{t:<tenant>}:q:inflight   ZSET  member "<session base>|<turn id>", score =
+                                                    admitted (ms)
+  KEYS[2]  <prefix>:{t:<tenant>}:q:tpm:<min>  STRING turns admitted in that clock minute (Redis
+                                                    time); the caller names the minute it expects,
+                                                    and the function checks it against TIME
 
-cf1_quota_acquire  ARGV: member, max_inflight (0 = off), max_per_minute (0 = off), stale_ms,
+cf2_quota_acquire  ARGV: member, max_inflight (0 = off), max_per_minute (0 = off), stale_ms,
                          max_listed
   returns {'ok'}
         | {'per_minute', retry_after_ms}          nothing written
         | {'inflight', now_ms, member, admitted_ms, member, admitted_ms, ...}
                                                   the oldest holders (up to max_listed), for the
                                                   caller to check against their turns' status
+        | {'minute', minute}                      the caller named another minute: call again
+  Idempotent by member: a member that already holds a slot is admitted again and counted once.
   Atomic so that two gateways admitting at once cannot both take the last slot.
 ]]
 local function quota_acquire(keys, args)
-  local base = keys[1]
+  local inflight, tpm = keys[1], keys[2]
   local member, max_inflight, max_pm = args[1], tonumber(args[2]), tonumber(args[3])
   local stale_ms, max_listed = tonumber(args[4]), tonumber(args[5])
-  local now = now_ms()
-  local inflight = base .. ':inflight'
+  local now = clock()
   local minute = math.floor(now / 60000)
-  local tpm = base .. ':tpm:' .. minute
+  if string.sub(tpm, -#tostring(minute) - 1) ~= ':' .. minute then
+    return { 'minute', minute }
+  end
+  if redis.call('ZSCORE', inflight, member) then
+    return { 'ok' }
+  end
   redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now - stale_ms)
   if max_pm > 0 and tonumber(redis.call('GET', tpm) or '0') >= max_pm then
     return { 'per_minute', (minute + 1) * 60000 - now }
   end
-  if max_inflight > 0 and redis.call('ZSCORE', inflight, member) == false
-      and redis.call('ZCARD', inflight) >= max_inflight then
+  if max_inflight > 0 and redis.call('ZCARD', inflight) >= max_inflight then
     local oldest = redis.call('ZRANGE', inflight, 0, max_listed - 1, 'WITHSCORES')
     local out = { 'inflight', now }
     for i = 1, #oldest, 2 do
@@ -709,39 +846,29 @@ local function quota_acquire(keys, args)
 end
 
 --[[
-cf1_quota_release  KEYS[1] the tenant quota base; ARGV: uncount ('1' also takes one turn back from
-  this minute's count: the send stored nothing new), member, member, ...
-  returns the number of members removed.
+cf2_quota_release  KEYS[1] inflight ZSET, KEYS[2] the current minute's counter (as acquire)
+  ARGV: uncount ('1' also takes each removed member's turn back from this minute's count: the
+  send stored nothing new), member, member, ...
+  returns the number of members removed. Idempotent: a member already gone is neither removed nor
+  uncounted again.
 ]]
 local function quota_release(keys, args)
-  local base = keys[1]
-  if args[1] == '1' then
-    local tpm = base .. ':tpm:' .. math.floor(now_ms() / 60000)
-    if tonumber(redis.call('GET', tpm) or '0') > 0 then
-      redis.call('DECR', tpm)
-    end
-  end
   local removed = 0
   for i = 2, #args do
-    removed = removed + redis.call('ZREM', base .. ':inflight', args[i])
+    removed = removed + redis.call('ZREM', keys[1], args[i])
+  end
+  if args[1] == '1' and removed > 0 then
+    local left = tonumber(redis.call('GET', keys[2]) or '0')
+    if left > 0 then
+      redis.call('DECRBY', keys[2], math.min(left, removed))
+    end
   end
   return removed
 end
 
-redis.register_function('cf1_enqueue_turn', enqueue_turn)
-redis.register_function('cf1_lead', lead)
-redis.register_function('cf1_start_turn', start_turn)
-redis.register_function('cf1_emit', emit)
-redis.register_function('cf1_tool_status', tool_status)
-redis.register_function('cf1_turn_audit', turn_audit)
-redis.register_function('cf1_put_summary', put_summary)
-redis.register_function('cf1_heartbeat', heartbeat)
-redis.register_function('cf1_finish_turn', finish_turn)
-redis.register_function('cf1_cancel_turn', cancel_turn)
-redis.register_function('cf1_reclaim', reclaim)
-redis.register_function('cf1_release_turn', release_turn)
-redis.register_function('cf1_open_session', open_session)
-redis.register_function('cf1_detach', detach)
-redis.register_function{ function_name = 'cf1_read_log', callback = read_log, flags = { 'no-writes' } }
-redis.register_function('cf1_quota_acquire', quota_acquire)
-redis.register_function('cf1_quota_release', quota_release)
+redis.register_function('cf2_batch', batch)
+redis.register_function('cf2_reclaim_scan', reclaim_scan)
+redis.register_function{ function_name = 'cf2_read_log', callback = read_log, flags = { 'no-writes' } }
+redis.register_function('cf2_lead', lead)
+redis.register_function('cf2_quota_acquire', quota_acquire)
+redis.register_function('cf2_quota_release', quota_release)

@@ -171,7 +171,8 @@ async fn dlq_replay(store: &Store, id: &str) -> anyhow::Result<String> {
     let epoch = uuid::Uuid::new_v4().simple().to_string();
     // The client_msg_id is derived from the dead turn, so replaying twice makes one new turn.
     let cmid = format!("replay.{tid}");
-    match store.enqueue_turn(&keys, &new_tid, &cmid, &text, &epoch, &opts).await? {
+    // The operator acts for the session's owner: "*" passes the owner check.
+    match store.enqueue_turn(&keys, &new_tid, &cmid, &text, &epoch, &opts, "*").await? {
         EnqueueOutcome::New { turn_id, .. } | EnqueueOutcome::Duplicate { turn_id, .. } => {
             let (_, entry) = parse_id(id)?;
             let _: i64 = store.redis().client().xdel(store.keys().dlq(p), entry).await?;
@@ -180,6 +181,7 @@ async fn dlq_replay(store: &Store, id: &str) -> anyhow::Result<String> {
         EnqueueOutcome::Busy { active_turn } => {
             anyhow::bail!("the session is running turn {active_turn}; replay again after it ends")
         }
+        EnqueueOutcome::Forbidden => unreachable!("the operator passes the owner check"),
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! A session lives in partition `p = fnv1a(tenant, session) mod P`. Every key of the partition
 //! carries the hash tag `{pNN}`, so the turn stream and all of its sessions' keys share one slot
-//! and each Lua function touches one slot only. The session keys themselves are derived inside
-//! `lua/chatfleet.lua` from the session *base* name built here.
+//! and each Lua function touches one slot only. Every key a function touches is built here and
+//! declared in the call's KEYS (`lua/chatfleet.lua`, "Keys"), so Cluster routing and slot
+//! migration see the real keys.
 
 use std::fmt;
 
@@ -106,6 +107,58 @@ impl Keyspace {
     pub fn worker_channel_prefix(&self) -> String {
         format!("{}:w:", self.prefix)
     }
+
+    /// A tenant's quota keys: their own hash tag `{t:<tenant>}`, so they never share a slot with
+    /// a partition. The set of turns holding an in-flight slot.
+    pub fn quota_inflight(&self, tenant: &str) -> String {
+        format!("{}:{{t:{}}}:q:inflight", self.prefix, tenant)
+    }
+
+    /// The counter of turns a tenant was admitted in one clock minute (Redis time).
+    pub fn quota_minute(&self, tenant: &str, minute: u64) -> String {
+        format!("{}:{{t:{}}}:q:tpm:{}", self.prefix, tenant, minute)
+    }
+}
+
+/// Number of keys in a session block (the first keys of every session op, in this order).
+pub const SESSION_BLOCK: usize = 9;
+
+/// The session's keys, in the order `lua/chatfleet.lua` expects them at an op's key index:
+/// meta, log, hist, dedupe, dq, conns, partial, flags, summary.
+pub fn session_block(base: &str) -> [String; SESSION_BLOCK] {
+    ["meta", "log", "hist", "dedupe", "dq", "conns", "partial", "flags", "summary"].map(|k| format!("{base}:{k}"))
+}
+
+/// A turn's keys (after the session block): its hash and its tool records.
+pub fn turn_block(base: &str, turn_id: &str) -> [String; 2] {
+    let turn = turn_key(base, turn_id);
+    let tools = format!("{turn}:tools");
+    [turn, tools]
+}
+
+/// A turn's hash.
+pub fn turn_key(base: &str, turn_id: &str) -> String {
+    format!("{base}:turn:{turn_id}")
+}
+
+/// A session's meta hash (epoch, seq, active turn).
+pub fn meta_key(base: &str) -> String {
+    format!("{base}:meta")
+}
+
+/// A session's event log.
+pub fn log_key(base: &str) -> String {
+    format!("{base}:log")
+}
+
+/// A session's dedupe hash: client_msg_id -> "<turn id> <seq>".
+pub fn dedupe_key(base: &str) -> String {
+    format!("{base}:dedupe")
+}
+
+/// The tenant named in a session base (`<prefix>:{pNN}:s:<tenant>:<sid>`).
+pub fn tenant_of(base: &str) -> &str {
+    base.split(':').nth(3).unwrap_or_default()
 }
 
 /// The names of one session, as the Lua functions expect them.
@@ -122,6 +175,11 @@ impl SessionKeys {
     /// The session's sharded pub/sub channel.
     pub fn channel(&self) -> String {
         format!("{}:ch", self.base)
+    }
+
+    /// The session id (the last component of the base name).
+    pub fn session_id(&self) -> &str {
+        self.base.rsplit(':').next().unwrap_or_default()
     }
 
     /// The session's base name, recovered from its channel name.

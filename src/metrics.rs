@@ -105,6 +105,10 @@ pub const QUEUE_LAG: &str = "chatfleet_queue_lag";
 pub const QUEUE_PENDING: &str = "chatfleet_queue_pending";
 /// Gauge (s): age of the oldest unfinished turn, by `partition`.
 pub const QUEUE_OLDEST_PENDING_SECONDS: &str = "chatfleet_queue_oldest_pending_seconds";
+/// Histogram: ops per `cf2_batch` call (group commit; 1 on an idle system).
+pub const REDIS_BATCH_OPS: &str = "chatfleet_redis_batch_ops";
+/// Histogram (s): duration of one `cf2_batch` call, as its process saw it.
+pub const REDIS_BATCH_SECONDS: &str = "chatfleet_redis_batch_seconds";
 
 /// Installs the global recorder and returns the handle that renders `/metrics`. Idempotent: a
 /// second call (tests, `dev` running several roles) returns a handle to the first recorder.
@@ -124,6 +128,12 @@ pub fn install() -> PrometheusHandle {
                     b.set_buckets_for_metric(
                         Matcher::Full(TURN_DELTAS.into()),
                         &[1.0, 5.0, 20.0, 50.0, 100.0, 250.0, 1000.0],
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(REDIS_BATCH_OPS.into()),
+                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
                     )
                 })
                 .and_then(|b| {

@@ -92,6 +92,18 @@ pub struct RedisSettings {
     pub reconnect_max_delay_ms: u64,
     /// Capacity of the pub/sub broadcast buffer; a slower reader lags and catches up from logs.
     pub broadcast_capacity: usize,
+    /// Times a command is sent before its caller sees the error, when connections drop while
+    /// it is in flight. Every call is idempotent, so a resend never applies a write twice.
+    pub max_command_attempts: u32,
+    /// Group commit: most ops (deltas, starts, finishes, enqueues, opens…) one `cf2_batch` call
+    /// carries. A batch is whatever queued while the lane's previous call was in flight, so an
+    /// idle process sends each op at once.
+    pub batch_max_ops: usize,
+    /// Ops that may wait for one lane's next call; a caller past this waits (backpressure).
+    pub batch_queue: usize,
+    /// Lanes (calls in flight at once) of a process on a standalone Redis. In Cluster every
+    /// partition has its own lane, since a call may touch one slot only.
+    pub batch_lanes: usize,
 }
 
 /// Per-session storage bounds.
@@ -107,6 +119,13 @@ pub struct SessionSettings {
     pub replay_max_events: u64,
     /// Largest user message text, in bytes.
     pub max_message_bytes: usize,
+    /// A session belongs to the user who created it: another user of the tenant cannot open it
+    /// or send on it. `false` shares every session across its tenant. A token whose `sessions`
+    /// claim names a session may open it either way.
+    pub bind_to_user: bool,
+    /// Sends remembered per session for deduplication by `client_msg_id` (a retried send within
+    /// the last this-many gets its original ack); older ones are forgotten.
+    pub dedupe_max_sends: u64,
     /// Default policy for a running turn whose session has no client attached (WebSocket or SSE).
     pub on_disconnect: OnDisconnect,
     /// With `on_disconnect = "cancel"`: how long a session may stay unwatched before its turn stops
@@ -188,6 +207,9 @@ pub struct WorkerSettings {
     /// Consumers (exited workers) idle this long with nothing pending are removed from the group
     /// by the sweep; 0 keeps them.
     pub consumer_gc_idle_ms: u64,
+    /// Entries kept in each partition's dead-letter stream (XADD MAXLEN ~): an upstream outage
+    /// must not fill Redis with dead letters.
+    pub dead_letter_max_len: u64,
     /// Retries of an upstream that fails before its first token (connect error, 429, 5xx).
     pub upstream_retries: u32,
     /// First retry delay; doubles per retry, with full jitter, up to `upstream_retry_max_ms`.
@@ -294,6 +316,10 @@ impl Settings {
         check(r.pool_size >= 1, "redis.pool_size", "must be at least 1")?;
         check(r.command_timeout_ms > 0, "redis.command_timeout_ms", "must be > 0")?;
         check(r.broadcast_capacity >= 16, "redis.broadcast_capacity", "must be at least 16")?;
+        check((1..=10).contains(&r.max_command_attempts), "redis.max_command_attempts", "must be 1..=10")?;
+        check((1..=4096).contains(&r.batch_max_ops), "redis.batch_max_ops", "must be 1..=4096")?;
+        check(r.batch_queue >= r.batch_max_ops, "redis.batch_queue", "must be at least redis.batch_max_ops")?;
+        check((1..=256).contains(&r.batch_lanes), "redis.batch_lanes", "must be 1..=256")?;
         let s = &self.session;
         check(s.ttl_secs >= 60, "session.ttl_secs", "must be at least 60")?;
         check(s.log_max_events >= 100, "session.log_max_events", "must be at least 100")?;
@@ -304,6 +330,7 @@ impl Settings {
             "must be 1..=session.log_max_events",
         )?;
         check(s.max_message_bytes >= 1, "session.max_message_bytes", "must be at least 1")?;
+        check(s.dedupe_max_sends >= 16, "session.dedupe_max_sends", "must be at least 16")?;
         let g = &self.gateway;
         check(crate::keys::is_valid_component(&g.tenant), "gateway.tenant", "1-64 characters of [A-Za-z0-9_.-]")?;
         check(g.max_connections >= 1, "gateway.max_connections", "must be at least 1")?;
@@ -337,6 +364,7 @@ impl Settings {
         )?;
         check(w.sweep_interval_ms >= 50, "worker.sweep_interval_ms", "must be at least 50")?;
         check(w.max_attempts >= 1, "worker.max_attempts", "must be at least 1")?;
+        check(w.dead_letter_max_len >= 100, "worker.dead_letter_max_len", "must be at least 100")?;
         check(
             w.consumer_gc_idle_ms == 0 || w.consumer_gc_idle_ms > w.read_block_ms * 2,
             "worker.consumer_gc_idle_ms",

@@ -35,6 +35,20 @@ impl Identity {
         self.sessions.as_ref().map_or(true, |list| list.iter().any(|s| s == session))
     }
 
+    /// Who this client acts as on `session`, for the session's owner check in Redis
+    /// (`lua/chatfleet.lua`, `refused`): `"*"` when its token names the session explicitly (a
+    /// `sessions` claim shares sessions on purpose), else its user when sessions are bound to
+    /// their creator (`session.bind_to_user`), else `""` (shared across the tenant).
+    pub fn actor(&self, session: &str, bind_to_user: bool) -> &str {
+        if self.sessions.as_ref().is_some_and(|list| list.iter().any(|s| s == session)) {
+            "*"
+        } else if bind_to_user {
+            &self.user
+        } else {
+            ""
+        }
+    }
+
     /// Time left until the token expires (zero when it has); `None` when it never does.
     pub fn time_left(&self) -> Option<Duration> {
         let exp = self.expires_at?;

@@ -88,7 +88,8 @@ pub async fn send_with(
     };
     // If this fails, whether the turn was stored is unknown: the slot is kept, and freed when
     // the tenant next reaches its limit and the turn is found ended or missing.
-    let outcome = app.store.enqueue_turn(keys, &turn_id, client_msg_id, text, &epoch, &opts).await?;
+    let actor = who.actor(keys.session_id(), app.settings.session.bind_to_user);
+    let outcome = app.store.enqueue_turn(keys, &turn_id, client_msg_id, text, &epoch, &opts, actor).await?;
     metrics::histogram!(m::GATEWAY_ACK_SECONDS).record(started.elapsed().as_secs_f64());
     if let (Some(slot), false) = (slot, matches!(outcome, EnqueueOutcome::New { .. })) {
         if let Err(e) = app.quotas.release(&app.store, slot, true).await {
@@ -101,6 +102,7 @@ pub async fn send_with(
             Ok(ControlMsg::Ack { client_msg_id: client_msg_id.to_string(), turn_id, seq })
         }
         EnqueueOutcome::Busy { active_turn } => Err(ApiError::Busy { active_turn }),
+        EnqueueOutcome::Forbidden => Err(ApiError::Forbidden("this session belongs to another user".into())),
     }
 }
 

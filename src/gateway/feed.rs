@@ -43,6 +43,9 @@ pub enum Item {
 pub enum FeedError {
     #[error("the connection reads too slowly")]
     Overflow,
+    /// The session is bound to another user (`session.bind_to_user`).
+    #[error("the session belongs to another user")]
+    Forbidden,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -72,16 +75,19 @@ pub struct Feed {
     ready: Vec<Arc<Frame>>,
     /// The log must be read after `last` (a gap, or a hub resync) before more live frames.
     stale: bool,
-    /// A lasting connection counted in the session (detached when the feed is dropped).
-    attached: bool,
+    /// The id this lasting connection is counted under in the session (detached when the feed
+    /// is dropped); 0 when it is not counted (long-poll).
+    conn: u64,
+    /// Who opened the session, for the owner check of a later snapshot (see `Store::open_session`).
+    actor: Box<str>,
 }
 impl Drop for Feed {
     fn drop(&mut self) {
-        if self.attached {
-            let (store, base) = (self.store.clone(), self.keys.base.clone());
+        if self.conn != 0 {
+            let (store, base, conn) = (self.store.clone(), self.keys.base.clone(), self.conn);
             // Bounded by the command timeout; a lost detach only keeps a turn generating.
             tokio::spawn(async move {
-                if let Err(e) = store.detach(&base).await {
+                if let Err(e) = store.detach(&base, &format!("{conn:x}")).await {
                     tracing::warn!(error = %e, "detach failed");
                 }
             });
@@ -97,7 +103,9 @@ pub struct Opening {
 
 impl Feed {
     /// Opens the session for a client that has `last_seq` of `epoch` (or nothing). `attach`: a
-    /// lasting connection (WebSocket, SSE) that counts as watching the session.
+    /// lasting connection (WebSocket, SSE) that counts as watching the session. `actor`: who
+    /// opens it, for the owner check ([`crate::auth::Identity::actor`]).
+    #[allow(clippy::too_many_arguments)]
     pub async fn open(
         hub: &Hub,
         store: &Store,
@@ -106,11 +114,16 @@ impl Feed {
         epoch: Option<&str>,
         last_seq: Option<u64>,
         attach: bool,
+        actor: &str,
     ) -> Result<(Self, Opening), FeedError> {
         let sub = hub.join(&keys.channel()).await?;
         let candidate = uuid::Uuid::new_v4().simple().to_string();
-        let opened = store.open_session(&keys, &candidate, epoch, last_seq, attach).await?;
+        // A random id per lasting connection: a resent open or detach counts it once.
+        let conn = if attach { rand::random::<u64>() | 1 } else { 0 };
+        let conn_id = (conn != 0).then(|| format!("{conn:x}"));
+        let opened = store.open_session(&keys, &candidate, epoch, last_seq, conn_id.as_deref(), actor).await?;
         let (epoch, seq, first, resume) = match opened {
+            Opened::Forbidden => return Err(FeedError::Forbidden),
             Opened::Replay { epoch, seq, events } => {
                 let frames = events.into_iter().map(|(s, e)| Frame::new(s, e.into())).collect();
                 (epoch, seq, Item::Frames(frames), ResumeKind::Replay)
@@ -131,7 +144,8 @@ impl Feed {
             inbox: VecDeque::new(),
             ready: Vec::new(),
             stale: false,
-            attached: attach,
+            conn,
+            actor: actor.into(),
         };
         Ok((feed, Opening { welcome, first }))
     }
@@ -219,7 +233,14 @@ impl Feed {
         loop {
             let read = self.store.read_log(&self.keys.base, self.last, CATCHUP_BATCH, &self.epoch).await?;
             match read {
-                LogRead::Events(events) => {
+                LogRead::Events { events, .. }
+                    if events.is_empty() && self.inbox.front().is_some_and(|f| f.seq > self.last + 1) =>
+                {
+                    // A live frame is ahead of everything the log has after `last`: the log
+                    // cannot fill the gap (lost writes, a trimmed log). Reading again would spin.
+                    return Ok(Some(self.snapshot_now().await?));
+                }
+                LogRead::Events { events, .. } => {
                     let n = events.len() as u64;
                     for (seq, ev) in events {
                         self.last = seq;
@@ -229,7 +250,12 @@ impl Feed {
                         return Ok(None);
                     }
                 }
-                LogRead::EpochChanged | LogRead::Trimmed => return Ok(Some(self.snapshot_now().await?)),
+                // `Behind`: Redis lost writes this connection saw (a failover to a lagging replica,
+                // a restart from an older snapshot) with the epoch unchanged. The session's truth
+                // is what Redis holds now, so the client gets it as a snapshot.
+                LogRead::EpochChanged | LogRead::Trimmed | LogRead::Behind { .. } => {
+                    return Ok(Some(self.snapshot_now().await?))
+                }
             }
         }
     }
@@ -243,7 +269,8 @@ impl Feed {
     /// Takes a fresh snapshot; the caller holds a log-read turn.
     async fn snapshot_now(&mut self) -> Result<Item, FeedError> {
         let candidate = uuid::Uuid::new_v4().simple().to_string();
-        match self.store.open_session(&self.keys, &candidate, None, None, false).await? {
+        match self.store.open_session(&self.keys, &candidate, None, None, None, &self.actor).await? {
+            Opened::Forbidden => Err(FeedError::Forbidden),
             Opened::Snapshot { epoch, seq, history, active_turn, partial, reason } => {
                 self.epoch = epoch.clone();
                 self.last = seq;

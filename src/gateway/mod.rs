@@ -147,7 +147,7 @@ impl Gateway {
         let app = App(Arc::new(AppInner {
             auth,
             limits: GatewayLimits::new(&g.limits),
-            quotas: Quotas::new(settings.quota.clone(), store.keys().clone()),
+            quotas: Quotas::new(settings.quota.clone()),
             admission,
             connections: Arc::new(Semaphore::new(g.max_connections)),
             settings,

@@ -80,8 +80,9 @@ async fn sse(
         .transpose()?;
     let last_seq = last_event_id.or(q.last_seq);
     let guard = app.admit("sse", &who)?;
+    let actor = who.actor(&session_id, app.settings.session.bind_to_user);
     let (feed, opening) =
-        Box::pin(Feed::open(&app.hub, &app.store, keys, &session_id, q.epoch.as_deref(), last_seq, true))
+        Box::pin(Feed::open(&app.hub, &app.store, keys, &session_id, q.epoch.as_deref(), last_seq, true, actor))
             .await
             .map_err(feed_error)?;
     let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(SSE_BUFFER);
@@ -136,6 +137,7 @@ async fn pump(
                         tracing::error!(error = %e, "SSE feed failed");
                         return;
                     }
+                    Err(FeedError::Forbidden) => return,
                 },
             },
         };
@@ -190,8 +192,9 @@ async fn long_poll(app: App, who: Identity, session_id: String, q: EventsQuery) 
     // A poll never outlives its token.
     let wait = who.time_left().map_or(wait, |left| wait.min(left));
     let _guard = app.admit("poll", &who)?;
+    let actor = who.actor(&session_id, app.settings.session.bind_to_user);
     let (mut feed, opening) =
-        Box::pin(Feed::open(&app.hub, &app.store, keys, &session_id, q.epoch.as_deref(), q.after, false))
+        Box::pin(Feed::open(&app.hub, &app.store, keys, &session_id, q.epoch.as_deref(), q.after, false, actor))
             .await
             .map_err(feed_error)?;
     let ControlMsg::Welcome { epoch, seq, .. } = opening.welcome else { unreachable!("open returns welcome") };
@@ -221,5 +224,6 @@ fn feed_error(e: FeedError) -> ApiError {
     match e {
         FeedError::Store(s) => ApiError::Store(s),
         FeedError::Overflow => ApiError::Overloaded("too many events at once; retry"),
+        FeedError::Forbidden => ApiError::Forbidden("this session belongs to another user".into()),
     }
 }

@@ -230,6 +230,9 @@ async fn session(app: &App, tx: &mut Tx, who: &Identity, query_sid: Option<Strin
                         tracing::error!(error = %e, "session feed failed");
                         return Err(Ending(Some((close::UNAVAILABLE, "session feed failed; reconnect"))));
                     }
+                    Err(FeedError::Forbidden) => {
+                        return Err(Ending(Some((close::POLICY, "the session belongs to another user"))));
+                    }
                 };
                 let item = if coalesce.is_zero() { item } else { gather(&mut feed, item, coalesce).await? };
                 send_item(tx, &feed, item, write_timeout).await?;
@@ -287,9 +290,16 @@ async fn hello(
         Err((code, msg, close)) => return Err(reject(tx, code, &msg, close, write_timeout).await),
     };
     let coalesce = ms(coalesce.unwrap_or(0).min(g.max_client_coalesce_ms));
+    let actor = who.actor(&session_id, app.settings.session.bind_to_user);
     let (feed, opening) =
-        match Box::pin(Feed::open(&app.hub, &app.store, keys, &session_id, epoch.as_deref(), last_seq, true)).await {
+        match Box::pin(Feed::open(&app.hub, &app.store, keys, &session_id, epoch.as_deref(), last_seq, true, actor))
+            .await
+        {
             Ok(f) => f,
+            Err(FeedError::Forbidden) => {
+                let e = ApiError::Forbidden("this session belongs to another user".into());
+                return Err(reject(tx, e.code(), &e.to_string(), close::POLICY, write_timeout).await);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot open session");
                 let msg = "the session cannot be opened now";
@@ -344,6 +354,9 @@ async fn gather(feed: &mut Feed, first: Item, window: Duration) -> Result<Item, 
             }
             Ok(Err(FeedError::Store(_))) => {
                 return Err(Ending(Some((close::UNAVAILABLE, "session feed failed; reconnect"))))
+            }
+            Ok(Err(FeedError::Forbidden)) => {
+                return Err(Ending(Some((close::POLICY, "the session belongs to another user"))))
             }
         }
     }

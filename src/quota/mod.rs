@@ -1,7 +1,7 @@
 //! Per-tenant quotas shared by every gateway through Redis: turns in flight (queued or running)
 //! and turns admitted per clock minute.
 //!
-//! A send takes a slot with `cf1_quota_acquire` before its turn is enqueued. The quota keys carry
+//! A send takes a slot with `cf2_quota_acquire` before its turn is enqueued. The quota keys carry
 //! the tenant's own hash tag (`{t:<tenant>}`), never a partition's, so in Redis Cluster the acquire
 //! and the enqueue are two commands on two slots, not one script. Slots are released lazily: when
 //! a tenant is at its limit, the oldest holders are checked against their turns' status (which the
@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use crate::keys::{Keyspace, SessionKeys};
+use crate::keys::SessionKeys;
 use crate::settings::SettingsError;
 use crate::store::{QuotaOutcome, Store, StoreError};
 
@@ -86,7 +86,7 @@ pub enum QuotaError {
 /// A held slot, to hand back with [`Quotas::release`] when the send stored no new turn.
 #[derive(Debug)]
 pub struct Slot {
-    base: String,
+    tenant: String,
     member: String,
 }
 
@@ -94,17 +94,11 @@ pub struct Slot {
 #[derive(Clone)]
 pub struct Quotas {
     settings: QuotaSettings,
-    keys: Keyspace,
 }
 
 impl Quotas {
-    pub fn new(settings: QuotaSettings, keys: Keyspace) -> Self {
-        Self { settings, keys }
-    }
-
-    /// Tenant quota base: its own hash tag, so it never shares a slot with a partition.
-    pub fn base(&self, tenant: &str) -> String {
-        format!("{}:{{t:{}}}:q", self.keys.prefix(), tenant)
+    pub fn new(settings: QuotaSettings) -> Self {
+        Self { settings }
     }
 
     /// Takes a slot for `turn_id` of `session`, freeing ended holders once if the tenant is full.
@@ -116,17 +110,17 @@ impl Quotas {
         turn_id: &str,
     ) -> Result<Slot, QuotaError> {
         let (max_inflight, per_minute) = self.settings.limits(tenant);
-        let slot = Slot { base: self.base(tenant), member: format!("{}|{turn_id}", session.base) };
+        let slot = Slot { tenant: tenant.to_string(), member: member(&session.base, turn_id) };
         let s = &self.settings;
         for attempt in 0..2 {
             let outcome = store
-                .quota_acquire(&slot.base, &slot.member, max_inflight, per_minute, s.stale_ms, s.reconcile_batch)
+                .quota_acquire(&slot.tenant, &slot.member, max_inflight, per_minute, s.stale_ms, s.reconcile_batch)
                 .await?;
             match outcome {
                 QuotaOutcome::Admitted => return Ok(slot),
                 QuotaOutcome::PerMinute { retry_after_ms } => return Err(QuotaError::PerMinute { retry_after_ms }),
                 QuotaOutcome::InFlight { holders } if attempt == 0 => {
-                    if self.free_ended(store, &slot.base, holders).await? == 0 {
+                    if self.free_ended(store, &slot.tenant, holders).await? == 0 {
                         break;
                     }
                 }
@@ -138,11 +132,19 @@ impl Quotas {
 
     /// Hands a slot back; `uncount` also takes the turn back from this minute's count.
     pub async fn release(&self, store: &Store, slot: Slot, uncount: bool) -> Result<(), StoreError> {
-        store.quota_release(&slot.base, uncount, &[slot.member]).await.map(|_| ())
+        store.quota_release(&slot.tenant, uncount, &[slot.member]).await.map(|_| ())
+    }
+
+    /// Frees the slot of a turn that ended: the worker calls this after the turn's end is
+    /// written, so a tenant's slots follow its turns instead of waiting for reconciliation.
+    /// Harmless when the slot was already freed (or never taken: quotas off).
+    pub async fn release_ended(&self, store: &Store, session_base: &str, turn_id: &str) -> Result<(), StoreError> {
+        let tenant = crate::keys::tenant_of(session_base);
+        store.quota_release(tenant, false, &[member(session_base, turn_id)]).await.map(|_| ())
     }
 
     /// Frees the holders whose turns have ended (or whose records are gone); returns how many.
-    async fn free_ended(&self, store: &Store, base: &str, holders: Vec<(String, u64)>) -> Result<u64, StoreError> {
+    async fn free_ended(&self, store: &Store, tenant: &str, holders: Vec<(String, u64)>) -> Result<u64, StoreError> {
         let checks = holders.iter().map(|(m, _)| async move {
             match m.rsplit_once('|') {
                 Some((session_base, tid)) => store.turn_status(session_base, tid).await,
@@ -162,6 +164,11 @@ impl Quotas {
         if ended.is_empty() {
             return Ok(0);
         }
-        store.quota_release(base, false, &ended).await
+        store.quota_release(tenant, false, &ended).await
     }
+}
+
+/// A turn's member in its tenant's in-flight set.
+fn member(session_base: &str, turn_id: &str) -> String {
+    format!("{session_base}|{turn_id}")
 }

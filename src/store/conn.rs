@@ -15,8 +15,8 @@ use crate::settings::{ms, RedisSettings};
 pub const FUNCTIONS_LIBRARY: &str = include_str!("../../lua/chatfleet.lua");
 
 /// Versioned library name (first line of the library). Function names carry the same version
-/// (`cf1_*`), so two versions can be loaded side by side during a rolling deploy.
-pub const LIBRARY_NAME: &str = "chatfleet_1";
+/// (`cf2_*`), so two versions can be loaded side by side during a rolling deploy.
+pub const LIBRARY_NAME: &str = "chatfleet_2";
 
 /// The Redis connections of one process.
 #[derive(Clone)]
@@ -115,7 +115,9 @@ fn builder(config: &Config, s: &RedisSettings, command_timeout: bool) -> Builder
     b.with_connection_config(|c| {
         c.connection_timeout = ms(s.connect_timeout_ms);
         c.internal_command_timeout = ms(s.command_timeout_ms);
-        c.max_command_attempts = 2;
+        // Every call chatfleet makes is safe to resend (docs/architecture.md, "The write path"),
+        // so a command in flight when its connection drops is sent again after the reconnect.
+        c.max_command_attempts = s.max_command_attempts;
         c.tcp = TcpConfig { nodelay: Some(true), keepalive: Some(socket2_keepalive()), ..Default::default() };
         if command_timeout {
             c.unresponsive = UnresponsiveConfig {

@@ -1,22 +1,37 @@
-//! Redis: connections, the Functions library, and a typed call per Lua function.
+//! Redis: connections, the Functions library, and a typed call per operation. Every access to
+//! Redis in chatfleet goes through this module.
 //!
 //! - [`Redis`] owns the connections of a process: a command pool with timeouts for everything
 //!   non-blocking, plus factories for the dedicated clients that must not share it (a blocking
 //!   XREADGROUP holds its connection; a subscriber connection runs only pub/sub).
-//! - [`Store`] is the typed API over `lua/chatfleet.lua`: one method per function, each
-//!   returning an enum of the function's outcomes.
+//! - [`Store`] is the typed API over `lua/chatfleet.lua`. Writes are ops that travel in group
+//!   commits (`batch`): [`session`] (what gateways do), [`turn`] (what workers do with a turn),
+//!   [`sweep`] (takeover of dead workers' turns, leader locks), [`quota`] (tenant quotas).
+//!   Every call is safe to resend (docs/architecture.md, "The write path").
 
+mod batch;
 mod conn;
-mod functions;
+mod ops;
 mod quota;
 mod reply;
+#[cfg(test)]
+mod resend_tests;
+mod session;
+mod sweep;
+mod turn;
+
+use bytes::Bytes;
+use serde::Serialize;
 
 pub use conn::{Redis, FUNCTIONS_LIBRARY, LIBRARY_NAME};
-pub use functions::{
-    CancelOutcome, Claimed, EnqueueOutcome, FinishArgs, LogRead, Opened, StartOutcome, Store, TurnAudit, TurnContext,
-    WriteOutcome,
-};
 pub use quota::QuotaOutcome;
+pub use session::{Actor, CancelOutcome, EnqueueOutcome, LogRead, Opened};
+pub use sweep::Claimed;
+pub use turn::{FinishArgs, StartOutcome, TurnAudit, TurnContext, TurnWriter, UsageSource, WriteOutcome};
+
+use crate::keys::Keyspace;
+use crate::settings::Settings;
+use batch::Batcher;
 
 /// A failed Redis call or an unexpected reply.
 #[derive(Debug, thiserror::Error)]
@@ -30,4 +45,82 @@ pub enum StoreError {
     /// A stored payload could not be decoded.
     #[error(transparent)]
     Payload(#[from] crate::payload::PayloadError),
+}
+
+/// The settings every op of a batch reads (ARGV[1] of `cf2_batch`), named as the Lua side reads
+/// them.
+#[derive(Serialize)]
+struct BatchSettings<'a> {
+    ttl: u64,
+    log_max: u64,
+    hist_max: u64,
+    dedupe_max: u64,
+    dlq_max: u64,
+    lease_ms: u64,
+    group: &'a str,
+}
+
+/// The typed function API. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    redis: Redis,
+    keys: Keyspace,
+    batcher: Batcher,
+    replay_max: u64,
+    hist_max: u64,
+    dlq_max: u64,
+    worker_channel_prefix: String,
+    sweep: sweep::SweepParams,
+}
+
+impl Store {
+    pub fn new(redis: Redis, settings: &Settings) -> Self {
+        let keys = Keyspace::new(settings.redis.key_prefix.clone(), settings.redis.partitions);
+        let (s, w) = (&settings.session, &settings.worker);
+        let batch_settings = BatchSettings {
+            ttl: s.ttl_secs,
+            log_max: s.log_max_events,
+            hist_max: s.history_max_messages,
+            dedupe_max: s.dedupe_max_sends,
+            dlq_max: w.dead_letter_max_len,
+            lease_ms: w.lease_ms,
+            group: crate::keys::GROUP,
+        };
+        let encoded = rmp_serde::to_vec_named(&batch_settings).expect("plain struct encodes");
+        let batcher = Batcher::new(redis.clone(), Bytes::from(encoded), keys.partitions());
+        Self {
+            worker_channel_prefix: keys.worker_channel_prefix(),
+            keys,
+            redis,
+            batcher,
+            replay_max: s.replay_max_events,
+            hist_max: s.history_max_messages,
+            dlq_max: w.dead_letter_max_len,
+            sweep: sweep::SweepParams::new(w),
+        }
+    }
+
+    pub fn redis(&self) -> &Redis {
+        &self.redis
+    }
+
+    pub fn keys(&self) -> &Keyspace {
+        &self.keys
+    }
+
+    /// Loads the functions and creates the consumer group of every partition.
+    pub async fn ensure_schema(&self) -> Result<(), StoreError> {
+        self.redis.load_functions().await?;
+        let creates = (0..self.keys.partitions()).map(|p| self.redis.ensure_group_owned(self.keys.stream(p)));
+        futures::future::try_join_all(creates).await?;
+        Ok(())
+    }
+
+    /// Sends one op with the next group commit of its partition's lane.
+    async fn op(&self, base: &str, op: ops::Op) -> Result<reply::Reply, StoreError> {
+        let kind = op.kind;
+        let p = Keyspace::partition_in(base).unwrap_or(0);
+        let v = self.batcher.call(p, op).await?;
+        reply::Reply::new(kind, v)
+    }
 }

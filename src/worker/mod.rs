@@ -70,6 +70,8 @@ struct Shared {
     model: Arc<dyn Model>,
     /// Tools the model may call (`[tools]`).
     tools: Arc<crate::tools::ToolBox>,
+    /// Frees an ended turn's quota slot (the tenant's quota, `[quota]`).
+    quotas: crate::quota::Quotas,
     permits: Arc<Semaphore>,
     /// Running turns by turn id. A std mutex: never held across an await.
     running: Mutex<HashMap<String, TurnSignals>>,
@@ -109,6 +111,7 @@ impl Worker {
         let shared = Arc::new(Shared {
             id: id.clone(),
             tools,
+            quotas: crate::quota::Quotas::new(settings.quota.clone()),
             permits: Arc::new(Semaphore::new(settings.worker.max_concurrent_turns)),
             settings,
             store,

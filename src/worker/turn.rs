@@ -17,7 +17,7 @@ use tracing::Instrument;
 use super::{Delivery, Shared, TurnSignals};
 use crate::metrics as m;
 use crate::model::ModelUsage;
-use crate::store::{FinishArgs, StartOutcome, StoreError, TurnAudit};
+use crate::store::{FinishArgs, StartOutcome, StoreError, TurnAudit, TurnWriter, UsageSource};
 use crate::upstream::summary;
 
 /// How a turn's streaming loop ended.
@@ -46,9 +46,8 @@ pub(super) async fn run(shared: &Arc<Shared>, d: Delivery) {
 
 async fn run_inner(shared: &Arc<Shared>, d: Delivery) {
     let store = &shared.store;
-    let stream_key = store.keys().stream(d.partition);
     let load_started = Instant::now();
-    let start = store.start_turn(&d.base, &stream_key, &d.turn_id, &d.entry_id, &shared.id).await;
+    let start = store.start_turn(&d.base, &d.turn_id, &d.entry_id, &shared.id).await;
     let (attempt, history, opts, created_us, started_us, ctx) = match start {
         Ok(StartOutcome::Run { attempt, history, opts, created_us, started_us, context }) => {
             (attempt, history, opts, created_us, started_us, context)
@@ -71,7 +70,8 @@ async fn run_inner(shared: &Arc<Shared>, d: Delivery) {
     metrics::gauge!(m::WORKER_ACTIVE_TURNS).increment(1.0);
     let began = Instant::now();
     let mut stats = Stats { deltas: 0, queue_wait, load_started, audit: None };
-    let turn = stream::Turn { shared, d: &d, attempt, signals: &signals, ctx: &ctx };
+    let writer = store.writer(&d.base, &d.turn_id, &d.entry_id, attempt);
+    let turn = stream::Turn { shared, d: &d, w: &writer, signals: &signals, ctx: &ctx };
     let ending = stream::run(turn, &history, &opts, &mut stats).await;
     if matches!(ending, Ending::Done(_)) {
         summarize_if_due(shared, &d, &history, &ctx);
@@ -80,7 +80,7 @@ async fn run_inner(shared: &Arc<Shared>, d: Delivery) {
     if let Ok(mut map) = shared.running.lock() {
         map.remove(&d.turn_id);
     }
-    let outcome = finish(shared, &d, attempt, ending, stats.audit.as_ref()).await;
+    let outcome = finish(shared, &d, &writer, ending, stats.audit.as_ref()).await;
     metrics::counter!(m::TURNS, "outcome" => outcome).increment(1);
     metrics::histogram!(m::TURN_DURATION_SECONDS, "outcome" => outcome).record(began.elapsed().as_secs_f64());
     metrics::histogram!(m::TURN_DELTAS).record(stats.deltas as f64);
@@ -95,10 +95,7 @@ pub(super) struct Stats {
     audit: Option<TurnAudit>,
 }
 
-/// The tenant named in a session base (`<prefix>:{pNN}:s:<tenant>:<sid>`).
-fn tenant_of(base: &str) -> &str {
-    base.split(':').nth(3).unwrap_or_default()
-}
+use crate::keys::tenant_of;
 
 /// Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^(n-1))].
 fn full_jitter(base_ms: u64, cap_ms: u64, n: u32) -> Duration {
@@ -147,18 +144,15 @@ fn cancelled<T>(signals: &TurnSignals, work: T) -> Ending {
 async fn finish(
     shared: &Arc<Shared>,
     d: &Delivery,
-    attempt: u32,
+    writer: &TurnWriter,
     ending: Ending,
     audit: Option<&TurnAudit>,
 ) -> &'static str {
-    let store = &shared.store;
     let mut args = FinishArgs {
-        turn_id: &d.turn_id,
-        attempt,
-        entry_id: &d.entry_id,
         outcome: "done",
         prompt_tokens: 0,
         completion_tokens: 0,
+        usage_source: UsageSource::Reported,
         error_code: "",
         error_message: "",
         dead_letter: false,
@@ -188,7 +182,7 @@ async fn finish(
             return "fenced";
         }
         Ending::Released => {
-            return match store.release_turn(&d.base, &d.turn_id, attempt).await {
+            return match writer.release().await {
                 Ok(_) => "released",
                 Err(e) => {
                     tracing::warn!(error = %e, "release failed; the lease will expire instead");
@@ -206,12 +200,28 @@ async fn finish(
         "cancelled" => "cancelled",
         _ => "error",
     };
-    match store.finish_turn(&d.base, d.partition, &args).await {
-        Ok(Some(_)) => outcome,
+    match writer.finish(&args).await {
+        Ok(Some(_)) => {
+            release_quota(shared, d);
+            outcome
+        }
         Ok(None) => "fenced",
         Err(e) => {
             tracing::error!(error = %e, "finish_turn failed; the lease will expire and the turn rerun");
             "abandoned"
         }
     }
+}
+
+/// Frees the ended turn's quota slot, off the turn's path (its tenant's slot is another Redis
+/// slot, so it cannot be part of the finish). A lost release is caught by the gateways'
+/// reconciliation.
+fn release_quota(shared: &Arc<Shared>, d: &Delivery) {
+    let (store, quotas) = (shared.store.clone(), shared.quotas.clone());
+    let (base, turn_id) = (d.base.clone(), d.turn_id.clone());
+    shared.tracker.spawn(async move {
+        if let Err(e) = quotas.release_ended(&store, &base, &turn_id).await {
+            tracing::debug!(error = %e, "cannot free the turn's quota slot");
+        }
+    });
 }

@@ -184,7 +184,7 @@ async fn every_key_of_a_session_expires_while_a_turn_streams_and_after_it() {
         }
     };
     let mid = app.keys_matching(&format!("{base}*")).await;
-    assert!(mid.iter().any(|k| k.ends_with(":text")), "the partial text is stored: {mid:?}");
+    assert!(mid.iter().any(|k| k.ends_with(":partial")), "the partial text is stored: {mid:?}");
     check(mid).await;
     c.until_end(&turn).await;
     let after = app.keys_matching(&format!("{base}*")).await;

@@ -10,6 +10,7 @@ mod hostile;
 mod observability;
 mod procs;
 mod quota;
+mod redis_faults;
 mod resume;
 mod tenancy;
 mod tls;

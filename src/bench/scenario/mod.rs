@@ -149,7 +149,10 @@ async fn run_once(
     judge::specific(args.scenario, p, &result, &mut outcome);
     if p.peer {
         if let Some(f) = fleet.as_ref() {
-            if let Err(e) = judge::peer(args, p, f, &result, &mut outcome, logs).await {
+            // A peer that did not run is a failed check, not a silent gap in the comparison.
+            let ran = judge::peer(args, p, f, &result, &mut outcome, logs).await;
+            outcome.check("peer_ran", u64::from(ran.is_ok()), ran.is_ok());
+            if let Err(e) = ran {
                 outcome.notes.push(format!("peer run failed: {e:#}"));
             }
         }

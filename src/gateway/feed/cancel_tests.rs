@@ -66,7 +66,7 @@ async fn a_feed_cancelled_at_any_await_hands_out_every_event_once_in_order() {
     let hub = Hub::start(conn.subscriber().await.expect("subscriber"), limits, shutdown.clone());
     let keys = store.keys().session("tenant", "s1");
 
-    let (mut feed, opening) = Feed::open(&hub, &store, keys.clone(), "s1", None, None, false).await.expect("opens");
+    let (mut feed, opening) = Feed::open(&hub, &store, keys.clone(), "s1", None, None, false, "").await.expect("opens");
     let ControlMsg::Welcome { epoch, seq: 0, .. } = opening.welcome else { panic!("a new session starts at seq 0") };
 
     let producer = tokio::spawn({

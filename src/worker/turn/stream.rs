@@ -19,7 +19,7 @@ use crate::metrics as m;
 use crate::model::{ModelError, ModelEvent, ModelRequest, ModelStream, ModelUsage, RouteHints};
 use crate::payload;
 use crate::settings::ms;
-use crate::store::{StoreError, TurnAudit, TurnContext, WriteOutcome};
+use crate::store::{StoreError, TurnAudit, TurnContext, TurnWriter, WriteOutcome};
 use crate::tools::{ToolOutcome, ToolState};
 use crate::upstream::summary;
 use crate::worker::coalesce::Coalescer;
@@ -29,7 +29,8 @@ use crate::worker::{Delivery, Shared, TurnSignals};
 pub(in crate::worker) struct Turn<'a> {
     pub shared: &'a Arc<Shared>,
     pub d: &'a Delivery,
-    pub attempt: u32,
+    /// The attempt's fenced writes.
+    pub w: &'a TurnWriter,
     pub signals: &'a TurnSignals,
     pub ctx: &'a TurnContext,
 }
@@ -118,9 +119,8 @@ pub(in crate::worker) async fn run(
     opts: &Bytes,
     stats: &mut Stats,
 ) -> Ending {
-    let Turn { shared, d, attempt, signals, .. } = t;
+    let Turn { shared, d, signals, w: writer, .. } = t;
     let w = &shared.settings.worker;
-    let store = &shared.store;
     let tools = &shared.tools;
     let began = Instant::now();
     let turn_deadline = began + ms(w.turn_timeout_ms);
@@ -199,9 +199,7 @@ pub(in crate::worker) async fn run(
                     let record = conv.record(i, out.state.as_str(), &out.content);
                     let key = conv.key(i);
                     let state = out.state.as_str();
-                    let w = store
-                        .tool_status_recorded(&d.base, &d.turn_id, attempt, &call.name, state, &key, &record)
-                        .await;
+                    let w = writer.tool_status(&call.name, state, Some((&key, &record))).await;
                     if let Verdict::End(e) = verdict(w, signals) {
                         return if matches!(e, Ending::Cancelled) { cancelled(signals, phase) } else { e };
                     }
@@ -219,7 +217,7 @@ pub(in crate::worker) async fn run(
             },
             _ = sleep_until(next_heartbeat) => {
                 next_heartbeat = Instant::now() + heartbeat;
-                match store.heartbeat(&d.base, &d.turn_id, attempt, abandon_ms).await {
+                match writer.heartbeat(abandon_ms).await {
                     Ok(None) => return Ending::Fenced,
                     Ok(Some(true)) => {
                         signals.mark_cancel_requested();
@@ -241,7 +239,7 @@ pub(in crate::worker) async fn run(
         while co.ready(now) || (round_end && co.deadline().is_some()) {
             let Some(text) = (if round_end { co.finish() } else { co.take(now) }) else { break };
             let audit = stats.audit.take();
-            match verdict(store.emit(&d.base, &d.turn_id, attempt, &text, abandon_ms, audit.as_ref()).await, signals) {
+            match verdict(writer.emit(&text, abandon_ms, audit.as_ref()).await, signals) {
                 Verdict::Go => {
                     stats.deltas += 1;
                     next_heartbeat = Instant::now() + heartbeat;
@@ -283,7 +281,7 @@ pub(in crate::worker) async fn run(
         }
         // Tool statuses do not carry the audit: record it before the round's tools run.
         if let Some(a) = stats.audit.take() {
-            match store.turn_audit(&d.base, &d.turn_id, attempt, &a).await {
+            match writer.audit(&a).await {
                 Ok(true) => {}
                 Ok(false) => return Ending::Fenced,
                 Err(e) => return Ending::Abandoned(e),
@@ -301,7 +299,7 @@ pub(in crate::worker) async fn run(
 /// earlier attempt finished is not run again, its recorded result is reused; a call an earlier
 /// attempt left running is run again only if the tool is safe to repeat.
 async fn start_tools<'a>(t: &Turn<'a>, conv: &Conversation) -> Result<Phase<'a>, Ending> {
-    let Turn { shared, d, attempt, signals, .. } = *t;
+    let Turn { shared, signals, w: writer, .. } = *t;
     let running: FuturesUnordered<ToolFuture<'a>> = FuturesUnordered::new();
     for (i, call) in conv.calls().iter().enumerate() {
         let earlier = conv.earlier(i).map(|r| (ToolState::parse(&r.state), r.result.clone()));
@@ -320,10 +318,7 @@ async fn start_tools<'a>(t: &Turn<'a>, conv: &Conversation) -> Result<Phase<'a>,
             continue;
         }
         let record = conv.record(i, ToolState::Running.as_str(), "");
-        let w = shared
-            .store
-            .tool_status_recorded(&d.base, &d.turn_id, attempt, &call.name, "running", &conv.key(i), &record)
-            .await;
+        let w = writer.tool_status(&call.name, "running", Some((&conv.key(i), &record))).await;
         if let Verdict::End(e) = verdict(w, signals) {
             return Err(e);
         }

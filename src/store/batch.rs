@@ -1,0 +1,135 @@
+//! Group commit: the ops of many sessions and turns travel to Redis in one `cf2_batch` call.
+//!
+//! Each lane (a partition's slot in Cluster; a few lanes in standalone, where every key is on one
+//! node) has one call in flight at a time. A batch is whatever queued while the previous call was
+//! in flight, so an idle system sends each op at once and a busy one amortises the function call
+//! over up to `redis.batch_max_ops` ops. Every op is idempotent (lua/chatfleet.lua, I5), so the
+//! client's resend of a call whose reply was lost applies nothing twice.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use fred::prelude::*;
+use tokio::sync::{mpsc, oneshot};
+
+use super::ops::Op;
+use super::{Redis, StoreError};
+use crate::metrics as m;
+
+/// The function every op goes through.
+pub(crate) const BATCH_FUNCTION: &str = "cf2_batch";
+
+/// An op waiting for its batch, and where its reply goes.
+struct Pending {
+    op: Op,
+    reply: oneshot::Sender<Result<Value, StoreError>>,
+}
+
+/// The group-commit lanes of one process. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Batcher(Arc<Inner>);
+
+struct Inner {
+    redis: Redis,
+    /// ARGV[1] of every call: the deployment's settings the ops need.
+    settings: Bytes,
+    lanes: Vec<OnceLock<mpsc::Sender<Pending>>>,
+    clustered: bool,
+    max_ops: usize,
+    queue: usize,
+}
+
+impl Batcher {
+    pub fn new(redis: Redis, settings: Bytes, partitions: u16) -> Self {
+        let s = redis.settings();
+        let clustered = redis.is_clustered();
+        // In Cluster a call may only touch one slot, and every partition has its own.
+        let lanes = if clustered { partitions as usize } else { s.batch_lanes.max(1) };
+        let (max_ops, queue) = (s.batch_max_ops.max(1), s.batch_queue.max(1));
+        Self(Arc::new(Inner {
+            redis,
+            settings,
+            lanes: (0..lanes).map(|_| OnceLock::new()).collect(),
+            clustered,
+            max_ops,
+            queue,
+        }))
+    }
+
+    /// Sends `op` with the next batch of partition `p`'s lane; returns its reply.
+    pub async fn call(&self, p: u16, op: Op) -> Result<Value, StoreError> {
+        let kind = op.kind;
+        let lane = if self.0.clustered { p as usize } else { p as usize % self.0.lanes.len() };
+        let tx = self.0.lanes[lane % self.0.lanes.len()].get_or_init(|| self.spawn_lane());
+        let (reply, rx) = oneshot::channel();
+        // A full lane makes the caller wait: the queue is bounded (`redis.batch_queue`).
+        tx.send(Pending { op, reply }).await.map_err(|_| lane_gone(kind))?;
+        let v = rx.await.map_err(|_| lane_gone(kind))??;
+        check_op_error(kind, v)
+    }
+
+    fn spawn_lane(&self) -> mpsc::Sender<Pending> {
+        let (tx, rx) = mpsc::channel(self.0.queue);
+        // The lane ends when every sender (every clone of the store) is gone.
+        tokio::spawn(run_lane(self.0.redis.clone(), self.0.settings.clone(), rx, self.0.max_ops));
+        tx
+    }
+}
+
+fn lane_gone(kind: &'static str) -> StoreError {
+    StoreError::Reply { function: kind, detail: "the batch lane stopped".into() }
+}
+
+/// An op's `{'err', message}` reply becomes an error of that op alone.
+fn check_op_error(kind: &'static str, v: Value) -> Result<Value, StoreError> {
+    if let Value::Array(items) = &v {
+        if items.len() == 2 && items[0].as_str().as_deref() == Some("err") {
+            let detail = items[1].as_string().unwrap_or_default();
+            return Err(StoreError::Reply { function: kind, detail });
+        }
+    }
+    Ok(v)
+}
+
+async fn run_lane(redis: Redis, settings: Bytes, mut rx: mpsc::Receiver<Pending>, max_ops: usize) {
+    let mut batch = Vec::with_capacity(max_ops);
+    while rx.recv_many(&mut batch, max_ops).await > 0 {
+        send_batch(&redis, &settings, &mut batch).await;
+    }
+}
+
+/// One call for every op in `batch`; each op's reply (or the call's error) goes to its caller.
+async fn send_batch(redis: &Redis, settings: &Bytes, batch: &mut Vec<Pending>) {
+    let n_keys: usize = batch.iter().map(|p| p.op.keys.len()).sum();
+    let mut keys: Vec<String> = Vec::with_capacity(n_keys);
+    let mut args: Vec<Value> = Vec::with_capacity(batch.len() + 1);
+    args.push(Value::Bytes(settings.clone()));
+    for p in batch.iter_mut() {
+        let k = keys.len() as u32 + 1;
+        args.push(Value::Bytes(p.op.encode_at(k)));
+        keys.append(&mut p.op.keys);
+    }
+    metrics::histogram!(m::REDIS_BATCH_OPS).record(batch.len() as f64);
+    let started = Instant::now();
+    let result: Result<Value, _> = redis.client().fcall(BATCH_FUNCTION, keys, args).await;
+    metrics::histogram!(m::REDIS_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(Value::Array(replies)) if replies.len() == batch.len() => {
+            for (p, v) in batch.drain(..).zip(replies) {
+                let _ = p.reply.send(Ok(v));
+            }
+        }
+        Ok(other) => {
+            let detail = format!("expected {} replies, got {:?}", batch.len(), other.kind());
+            for p in batch.drain(..) {
+                let _ = p.reply.send(Err(StoreError::Reply { function: BATCH_FUNCTION, detail: detail.clone() }));
+            }
+        }
+        Err(e) => {
+            for p in batch.drain(..) {
+                let _ = p.reply.send(Err(StoreError::Redis(e.clone())));
+            }
+        }
+    }
+}

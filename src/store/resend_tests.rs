@@ -1,0 +1,174 @@
+//! Every write is safe to resend (lua/chatfleet.lua, I5): each op sent a second time, as the
+//! Redis client does when a connection drops before the reply arrives, must answer as the first
+//! time and change nothing. Against a real redis-server.
+
+use fred::prelude::*;
+
+use super::*;
+use crate::keys::{self, SessionKeys};
+use crate::local_redis::LocalRedis;
+
+struct Fixture {
+    _redis: LocalRedis,
+    store: Store,
+    raw: Client,
+    keys: SessionKeys,
+}
+
+async fn fixture() -> Fixture {
+    let redis = LocalRedis::start(&[]).await.expect("redis-server starts");
+    let mut settings = Settings::defaults();
+    settings.redis.url = redis.url();
+    settings.redis.partitions = 4;
+    let conn = Redis::connect(&settings.redis).await.expect("connects");
+    let store = Store::new(conn.clone(), &settings);
+    store.ensure_schema().await.expect("schema");
+    let keys = store.keys().session("acme", "s1");
+    Fixture { _redis: redis, raw: conn.client().clone(), store, keys }
+}
+
+impl Fixture {
+    async fn log_len(&self) -> u64 {
+        self.raw.xlen(keys::log_key(&self.keys.base)).await.unwrap()
+    }
+
+    async fn entry_of(&self, turn: &str) -> String {
+        let entries: Vec<(String, Vec<(String, String)>)> =
+            self.raw.xrange(&self.keys.stream, "-", "+", None).await.unwrap();
+        let found = entries.into_iter().find(|(_, f)| f.iter().any(|(k, v)| k == "t" && v == turn));
+        found.expect("the turn's entry").0
+    }
+
+    async fn enqueue(&self, turn: &str, cmid: &str, user: &str) -> EnqueueOutcome {
+        self.store.enqueue_turn(&self.keys, turn, cmid, "hello", "epoch1", &[], user).await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn every_turn_write_sent_twice_is_applied_once() {
+    let f = fixture().await;
+    let EnqueueOutcome::New { seq, .. } = f.enqueue("t1", "c1", "u1").await else { panic!("new turn") };
+    assert_eq!(
+        f.enqueue("t1b", "c1", "u1").await,
+        EnqueueOutcome::Duplicate { turn_id: "t1".into(), seq, epoch: "epoch1".into() }
+    );
+    let eid = f.entry_of("t1").await;
+    let stream_len: u64 = f.raw.xlen(&f.keys.stream).await.unwrap();
+    assert_eq!(stream_len, 1, "the resent send queued nothing");
+
+    // start: the same request twice gets the same attempt, and one turn_started.
+    let base = &f.keys.base;
+    let a = f.store.start_turn_as(base, "t1", &eid, "w1", "req-1").await.unwrap();
+    let b = f.store.start_turn_as(base, "t1", &eid, "w1", "req-1").await.unwrap();
+    let (StartOutcome::Run { attempt: a1, .. }, StartOutcome::Run { attempt: a2, .. }) = (a, b) else {
+        panic!("both answers are run")
+    };
+    assert_eq!((a1, a2), (1, 1));
+    assert_eq!(f.log_len().await, 2, "user_message and one turn_started");
+    // Another request is another worker's claim: held, not a second start.
+    let c = f.store.start_turn_as(base, "t1", &eid, "w2", "req-2").await.unwrap();
+    assert!(matches!(c, StartOutcome::Held), "{c:?}");
+
+    let w = f.store.writer(base, "t1", &eid, 1);
+    let first = w.emit("Hel", 0, None).await.unwrap();
+    w.rewind();
+    assert_eq!(w.emit("Hel", 0, None).await.unwrap(), first, "a resent delta answers as the first time");
+    let second = w.emit("lo", 0, None).await.unwrap();
+    assert_ne!(first, second);
+    let partial: String = f.raw.get(format!("{base}:partial")).await.unwrap();
+    assert_eq!(partial, "Hello", "each delta is in the partial text once");
+    assert_eq!(f.log_len().await, 4);
+
+    let record = Some(("call-1", &b"record"[..]));
+    let tool = w.tool_status("calc", "running", record).await.unwrap();
+    w.rewind();
+    assert_eq!(w.tool_status("calc", "running", record).await.unwrap(), tool);
+    assert_eq!(f.log_len().await, 5, "one tool_status event");
+
+    assert_eq!(w.heartbeat(0).await.unwrap(), Some(false));
+    w.rewind();
+    assert_eq!(w.heartbeat(0).await.unwrap(), Some(false));
+    let audit = TurnAudit { upstream: "up".into(), model: "m".into(), template: "v1".into() };
+    assert!(w.audit(&audit).await.unwrap());
+    w.rewind();
+    assert!(w.audit(&audit).await.unwrap());
+
+    let args = FinishArgs {
+        outcome: "done",
+        prompt_tokens: 3,
+        completion_tokens: 2,
+        usage_source: UsageSource::Estimated,
+        error_code: "",
+        error_message: "",
+        dead_letter: false,
+        audit: None,
+    };
+    let end = w.finish(&args).await.unwrap();
+    assert!(end.is_some());
+    w.rewind();
+    assert_eq!(w.finish(&args).await.unwrap(), end, "a resent finish answers ok with the same seq");
+    assert_eq!(f.log_len().await, 6, "one final event");
+    let hist: Vec<Bytes> = f.raw.lrange(format!("{base}:hist"), 0, -1).await.unwrap();
+    assert_eq!(hist.len(), 2, "the user message and one assistant message");
+    let answer = crate::payload::decode_history(&hist[1]).unwrap();
+    assert_eq!(answer.text, "Hello");
+    let stream_len: u64 = f.raw.xlen(&f.keys.stream).await.unwrap();
+    assert_eq!(stream_len, 0, "the ended turn left the stream");
+    // A write of an attempt that was resent after its end is fenced, not applied.
+    assert_eq!(w.emit("late", 0, None).await.unwrap(), WriteOutcome::Fenced);
+}
+
+#[tokio::test]
+async fn release_open_detach_and_quota_sent_twice_count_once() {
+    let f = fixture().await;
+    let base = f.keys.base.clone();
+    f.enqueue("t1", "c1", "u1").await;
+    let eid = f.entry_of("t1").await;
+    f.store.start_turn_as(&base, "t1", &eid, "w1", "r").await.unwrap();
+    let w = f.store.writer(&base, "t1", &eid, 1);
+    assert!(w.release().await.unwrap());
+    w.rewind();
+    assert!(w.release().await.unwrap(), "a resent release answers released");
+    assert_eq!(f.log_len().await, 3, "user_message, turn_started, one reset");
+
+    let open = || f.store.open_session(&f.keys, "e", None, None, Some("conn-a"), "u1");
+    open().await.unwrap();
+    open().await.unwrap();
+    let conns: u64 = f.raw.hlen(format!("{base}:conns")).await.unwrap();
+    assert_eq!(conns, 1, "one connection, however often its open is sent");
+    assert_eq!(f.store.detach(&base, "conn-a").await.unwrap(), 0);
+    assert_eq!(f.store.detach(&base, "conn-a").await.unwrap(), 0);
+    let detached: Option<String> = f.raw.hget(format!("{base}:meta"), "detached").await.unwrap();
+    assert!(detached.is_some(), "the session counts as unwatched");
+
+    let acquire = || f.store.quota_acquire("acme", "m1", 10, 10, 60_000, 10);
+    assert_eq!(acquire().await.unwrap(), QuotaOutcome::Admitted);
+    assert_eq!(acquire().await.unwrap(), QuotaOutcome::Admitted);
+    let minute_keys: Vec<String> = f.raw.custom(fred::cmd!("KEYS"), vec!["*tpm*"]).await.unwrap();
+    let counted: u64 = f.raw.get(&minute_keys[0]).await.unwrap();
+    assert_eq!(counted, 1, "a resent acquire counts the turn once");
+    let m = ["m1".to_string()];
+    assert_eq!(f.store.quota_release("acme", true, &m).await.unwrap(), 1);
+    assert_eq!(f.store.quota_release("acme", true, &m).await.unwrap(), 0);
+    let counted: u64 = f.raw.get(&minute_keys[0]).await.unwrap();
+    assert_eq!(counted, 0, "uncounted once");
+}
+
+#[tokio::test]
+async fn a_session_belongs_to_the_user_who_created_it() {
+    let f = fixture().await;
+    assert!(matches!(f.enqueue("t1", "c1", "alice").await, EnqueueOutcome::New { .. }));
+    assert_eq!(f.enqueue("t2", "c2", "mallory").await, EnqueueOutcome::Forbidden);
+    let opened = f.store.open_session(&f.keys, "e", None, None, None, "mallory").await.unwrap();
+    assert!(matches!(opened, Opened::Forbidden));
+    let opened = f.store.open_session(&f.keys, "e", None, None, None, "*").await.unwrap();
+    assert!(matches!(opened, Opened::Snapshot { .. }), "an explicit grant passes");
+    let log: u64 = f.log_len().await;
+    assert_eq!(log, 1, "the refused send stored nothing");
+    // A shared session ('' at creation) is open to every user of its tenant.
+    let shared = f.store.keys().session("acme", "s2");
+    let r = f.store.enqueue_turn(&shared, "t3", "c3", "hi", "e2", &[], "").await.unwrap();
+    assert!(matches!(r, EnqueueOutcome::New { .. }));
+    let opened = f.store.open_session(&shared, "e", None, None, None, "bob").await.unwrap();
+    assert!(matches!(opened, Opened::Snapshot { .. }));
+}

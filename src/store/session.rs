@@ -1,0 +1,262 @@
+//! What gateways (and the operator tool) do to a session: enqueue a turn, open the session for a
+//! connection and detach it, cancel a turn, read the log, store a summary.
+//!
+//! Each is an op of `cf2_batch` (group-committed) except the log read, a read-only function.
+//! Resending any of them is harmless: `enq` dedupes by client_msg_id, `open`/`detach` count
+//! connections by id, `cancel` sets a flag, `summary` keeps the one that covers more.
+
+use fred::prelude::*;
+use tracing::Instrument;
+
+use super::ops::OpBuilder;
+use super::reply::Reply;
+use super::{Store, StoreError};
+use crate::keys::{self, SessionKeys};
+use crate::payload::{self, HistoryMessage, StoredEvent};
+
+/// Result of `enqueue_turn`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnqueueOutcome {
+    /// Stored and queued; `seq` is the `user_message` event.
+    New { turn_id: String, seq: u64, epoch: String },
+    /// A retry of an earlier send: its original turn and seq.
+    Duplicate { turn_id: String, seq: u64, epoch: String },
+    /// Another turn is active; nothing stored.
+    Busy { active_turn: String },
+    /// The session belongs to another user; nothing stored.
+    Forbidden,
+}
+
+/// Result of `cancel_turn`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was queued and is now cancelled.
+    Cancelled {
+        seq: u64,
+    },
+    /// It is running; its worker was told.
+    Cancelling {
+        worker: String,
+    },
+    /// It had already ended.
+    Ended {
+        status: String,
+    },
+    Unknown,
+}
+
+/// Result of `open_session`.
+#[derive(Debug, Clone)]
+pub enum Opened {
+    Replay {
+        epoch: String,
+        seq: u64,
+        events: Vec<(u64, StoredEvent)>,
+    },
+    Snapshot {
+        epoch: String,
+        seq: u64,
+        history: Vec<HistoryMessage>,
+        active_turn: Option<String>,
+        partial: String,
+        reason: String,
+    },
+    /// The session is bound to another user.
+    Forbidden,
+}
+
+/// Result of `read_log`.
+#[derive(Debug, Clone)]
+pub enum LogRead {
+    /// Events after the requested seq, and the session's top seq.
+    Events { events: Vec<(u64, StoredEvent)>, top: u64 },
+    /// The session's epoch changed: the connection must take a snapshot.
+    EpochChanged,
+    /// The requested seq is no longer in the log.
+    Trimmed,
+    /// The session's top seq is below the requested one: Redis lost writes the connection saw
+    /// (a failover to a lagging replica, a restart from an older snapshot). Snapshot.
+    Behind { top: u64 },
+}
+
+/// Who acts on a session, for the owner check (see `lua/chatfleet.lua`, `refused`): a user id,
+/// `""` to create shared sessions, or `"*"` to pass the check (an operator, or a token allowed
+/// the session explicitly).
+pub type Actor<'a> = &'a str;
+
+impl Store {
+    /// Stores the user's message and queues its turn (idempotent by `client_msg_id`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn enqueue_turn(
+        &self,
+        s: &SessionKeys,
+        turn_id: &str,
+        client_msg_id: &str,
+        text: &str,
+        epoch_candidate: &str,
+        opts: &[u8],
+        user: Actor<'_>,
+    ) -> Result<EnqueueOutcome, StoreError> {
+        // The turn's trace starts here, as a child of the caller's span (the gateway connection).
+        let span = tracing::info_span!("enqueue_turn", turn_id);
+        let traceparent = crate::trace::traceparent_of(&span);
+        let op = OpBuilder::turn("enq", &s.base, turn_id)
+            .key(s.stream.clone())
+            .str(turn_id)
+            .str(client_msg_id)
+            .str(text)
+            .str(epoch_candidate)
+            .bin(opts)
+            .str(&traceparent)
+            // Workers in a Cluster wait for a wake-up; standalone ones block on the streams.
+            .uint(u64::from(self.redis.is_clustered()))
+            .str(user)
+            .build();
+        let mut r = self.op(&s.base, op).instrument(span).await?;
+        let status = r.string()?;
+        let turn_id = r.string()?;
+        let seq = r.int()? as u64;
+        let epoch = r.string()?;
+        match status.as_str() {
+            "new" => Ok(EnqueueOutcome::New { turn_id, seq, epoch }),
+            "dup" => Ok(EnqueueOutcome::Duplicate { turn_id, seq, epoch }),
+            "busy" => Ok(EnqueueOutcome::Busy { active_turn: turn_id }),
+            "forbidden" => Ok(EnqueueOutcome::Forbidden),
+            other => Err(r.bad(format!("unknown status {other}"))),
+        }
+    }
+
+    /// Opens a session for a client. `conn`: the id of a lasting connection (WebSocket, SSE)
+    /// that now watches the session until [`Store::detach`] with the same id; `None` for a
+    /// one-off read (long-poll).
+    pub async fn open_session(
+        &self,
+        s: &SessionKeys,
+        epoch_candidate: &str,
+        client_epoch: Option<&str>,
+        last_seq: Option<u64>,
+        conn: Option<&str>,
+        user: Actor<'_>,
+    ) -> Result<Opened, StoreError> {
+        let op = OpBuilder::session("open", &s.base)
+            .str(epoch_candidate)
+            .str(client_epoch.unwrap_or(""))
+            .int(last_seq.map(|s| s as i64).unwrap_or(-1))
+            .uint(self.replay_max)
+            .uint(self.hist_max)
+            .str(conn.unwrap_or(""))
+            .str(user)
+            .build();
+        let mut r = self.op(&s.base, op).await?;
+        let kind = r.string()?;
+        if kind == "forbidden" {
+            return Ok(Opened::Forbidden);
+        }
+        let epoch = r.string()?;
+        let seq = r.int()? as u64;
+        match kind.as_str() {
+            "replay" => Ok(Opened::Replay { epoch, seq, events: events(r.array()?)? }),
+            "snapshot" => {
+                let history = history(r.array()?)?;
+                let active = r.string()?;
+                let partial = r.string()?;
+                let reason = r.string()?;
+                Ok(Opened::Snapshot {
+                    epoch,
+                    seq,
+                    history,
+                    active_turn: (!active.is_empty()).then_some(active),
+                    partial,
+                    reason,
+                })
+            }
+            other => Err(r.bad(format!("unknown kind {other}"))),
+        }
+    }
+
+    /// A lasting connection `conn` of the session closed; returns how many are still attached.
+    pub async fn detach(&self, base: &str, conn: &str) -> Result<i64, StoreError> {
+        let op = OpBuilder::session("detach", base).str(conn).build();
+        self.op(base, op).await?.int()
+    }
+
+    pub async fn cancel_turn(&self, s: &SessionKeys, turn_id: &str) -> Result<CancelOutcome, StoreError> {
+        let op = OpBuilder::turn("cancel", &s.base, turn_id).str(turn_id).str(&self.worker_channel_prefix).build();
+        let mut r = self.op(&s.base, op).await?;
+        match r.string()?.as_str() {
+            "cancelled" => Ok(CancelOutcome::Cancelled { seq: r.int()? as u64 }),
+            "cancelling" => Ok(CancelOutcome::Cancelling { worker: r.string()? }),
+            "ended" => Ok(CancelOutcome::Ended { status: r.string()? }),
+            "unknown" => Ok(CancelOutcome::Unknown),
+            other => Err(r.bad(format!("unknown status {other}"))),
+        }
+    }
+
+    /// Stores a summary of the session's history up to turn `upto`; false when the session moved
+    /// to another epoch or a summary covering as much is already there.
+    pub async fn put_summary(
+        &self,
+        base: &str,
+        epoch: &str,
+        upto: &str,
+        text: &str,
+        template: &str,
+    ) -> Result<bool, StoreError> {
+        let op = OpBuilder::session("summary", base).str(epoch).str(upto).str(text).str(template).build();
+        Ok(self.op(base, op).await?.int()? == 1)
+    }
+
+    /// Events after `after`, at most `count`, if the session is still on `epoch`.
+    pub async fn read_log(&self, base: &str, after: u64, count: u64, epoch: &str) -> Result<LogRead, StoreError> {
+        let v: Value = self
+            .redis
+            .client()
+            .fcall_ro(
+                "cf2_read_log",
+                vec![keys::meta_key(base), keys::log_key(base)],
+                vec![after.to_string(), count.to_string(), epoch.to_string()],
+            )
+            .await?;
+        let mut r = Reply::new("cf2_read_log", v)?;
+        let status = r.string()?;
+        let top = r.int()?.max(0) as u64;
+        match status.as_str() {
+            "ok" => Ok(LogRead::Events { events: events(r.array()?)?, top }),
+            "epoch" => Ok(LogRead::EpochChanged),
+            "trimmed" => Ok(LogRead::Trimmed),
+            "behind" => Ok(LogRead::Behind { top }),
+            other => Err(r.bad(format!("unknown status {other}"))),
+        }
+    }
+
+    /// The turn an earlier send with `client_msg_id` created in this session, if any: a plain
+    /// read of the session's dedupe hash. Lets a retried send get its ack even while new sends
+    /// are refused.
+    pub async fn known_send(&self, session_base: &str, client_msg_id: &str) -> Result<Option<String>, StoreError> {
+        let v: Option<String> = self.redis.client().hget(keys::dedupe_key(session_base), client_msg_id).await?;
+        Ok(v.map(|v| v.split(' ').next().unwrap_or_default().to_string()))
+    }
+
+    /// The status of a turn (`queued`, `running`, `done`, …), or `None` when its record is gone.
+    pub async fn turn_status(&self, session_base: &str, turn_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.redis.client().hget(keys::turn_key(session_base, turn_id), "status").await?)
+    }
+}
+
+pub(super) fn events(mut list: Reply) -> Result<Vec<(u64, StoredEvent)>, StoreError> {
+    let mut out = Vec::with_capacity(list.len());
+    while list.len() > 0 {
+        let mut e = list.array()?;
+        let seq = e.int()? as u64;
+        out.push((seq, payload::decode_event(&e.bytes()?)?));
+    }
+    Ok(out)
+}
+
+pub(super) fn history(mut h: Reply) -> Result<Vec<HistoryMessage>, StoreError> {
+    let mut out = Vec::with_capacity(h.len());
+    while h.len() > 0 {
+        out.push(payload::decode_history(&h.bytes()?)?);
+    }
+    Ok(out)
+}

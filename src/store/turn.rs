@@ -1,0 +1,306 @@
+//! What a worker does with a turn: start it (which fences every later write to the attempt it
+//! gets), then write through a [`TurnWriter`]: deltas, tool statuses, heartbeats, the audit, and
+//! the end (finish or release).
+//!
+//! Each write names its turn, attempt and a write index within the attempt. The turn hash keeps
+//! the last index applied and its reply, so a write that is sent again (the Redis client resends
+//! a command whose connection dropped before the reply came) returns its first reply and writes
+//! nothing: no doubled delta, no second tool event, no second end.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+use super::ops::OpBuilder;
+use super::reply::Reply;
+use super::session::history;
+use super::{Store, StoreError};
+use crate::keys::Keyspace;
+use crate::payload::HistoryMessage;
+
+/// Result of `start_turn`.
+#[derive(Debug, Clone)]
+pub enum StartOutcome {
+    Run {
+        attempt: u32,
+        history: Vec<HistoryMessage>,
+        opts: Bytes,
+        /// Server time of the enqueue and of this start (µs): the queue wait.
+        created_us: u64,
+        started_us: u64,
+        /// Session flags, summary and earlier attempts' tool records.
+        context: TurnContext,
+    },
+    /// Ended before it started (e.g. cancelled while queued); the entry was acked.
+    Skip { status: String },
+    /// The turn no longer exists; the entry was acked.
+    Gone,
+    /// Another attempt is running it.
+    Held,
+}
+
+/// What a starting attempt reads besides its history: the context part of `start`'s reply.
+#[derive(Debug, Clone, Default)]
+pub struct TurnContext {
+    /// The session's epoch (for `put_summary`).
+    pub epoch: String,
+    /// Members of the session's flags set (routing).
+    pub flags: Vec<String>,
+    /// The summary of older history and the turn id it covers up to, if any.
+    pub summary: Option<(String, String)>,
+    /// Tool call records written by earlier attempts of the turn (msgpack `ToolRecord`s).
+    pub tool_records: Vec<Bytes>,
+}
+
+/// Result of a fenced write (`emit`, `tool_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Written {
+        seq: u64,
+        cancel: bool,
+    },
+    /// This attempt no longer owns the turn: stop, write nothing more.
+    Fenced,
+}
+
+/// Which upstream and model answered a round, and the prompt template version: recorded on the
+/// turn by the round's next fenced write (`emit`, `finish`), so the audit never costs a round
+/// trip of its own before the first token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnAudit {
+    pub upstream: String,
+    pub model: String,
+    pub template: String,
+}
+
+/// Where a turn's token counts came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UsageSource {
+    /// The upstream reported them.
+    #[default]
+    Reported,
+    /// The upstream sent none; the worker counted them itself.
+    Estimated,
+}
+
+impl UsageSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageSource::Reported => "reported",
+            UsageSource::Estimated => "estimated",
+        }
+    }
+}
+
+/// How a turn ends, for [`TurnWriter::finish`].
+#[derive(Debug, Clone)]
+pub struct FinishArgs<'a> {
+    /// `done`, `error` or `cancelled`.
+    pub outcome: &'a str,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub usage_source: UsageSource,
+    pub error_code: &'a str,
+    pub error_message: &'a str,
+    /// Also record the turn in the dead-letter stream.
+    pub dead_letter: bool,
+    /// Who answered, when no earlier write of the round recorded it.
+    pub audit: Option<&'a TurnAudit>,
+}
+
+impl Store {
+    /// Starts a delivered turn: queued → running under a new attempt, and everything the attempt
+    /// reads before calling the model, in one op.
+    pub async fn start_turn(
+        &self,
+        base: &str,
+        turn_id: &str,
+        entry_id: &str,
+        worker: &str,
+    ) -> Result<StartOutcome, StoreError> {
+        // A resend of this start is recognised by the request id and answered `run` again.
+        let request = uuid::Uuid::new_v4().simple().to_string();
+        self.start_turn_as(base, turn_id, entry_id, worker, &request).await
+    }
+
+    /// [`Store::start_turn`] under a given request id.
+    pub(super) async fn start_turn_as(
+        &self,
+        base: &str,
+        turn_id: &str,
+        entry_id: &str,
+        worker: &str,
+        request: &str,
+    ) -> Result<StartOutcome, StoreError> {
+        let p = Keyspace::partition_in(base).unwrap_or(0);
+        let op = OpBuilder::turn("start", base, turn_id)
+            .key(self.keys.stream(p))
+            .str(turn_id)
+            .str(entry_id)
+            .str(worker)
+            .str(request)
+            .build();
+        let mut r = self.op(base, op).await?;
+        match r.string()?.as_str() {
+            "run" => {
+                let attempt = r.int()? as u32;
+                let history = history(r.array()?)?;
+                let opts = r.bytes()?;
+                let created_us = r.string()?.parse().map_err(|_| r.bad("created_us is not a number"))?;
+                let started_us = r.string()?.parse().map_err(|_| r.bad("started_us is not a number"))?;
+                let context = turn_context(&mut r)?;
+                Ok(StartOutcome::Run { attempt, history, opts, created_us, started_us, context })
+            }
+            "skip" => Ok(StartOutcome::Skip { status: r.string()? }),
+            "gone" => Ok(StartOutcome::Gone),
+            "held" => Ok(StartOutcome::Held),
+            other => Err(r.bad(format!("unknown status {other}"))),
+        }
+    }
+
+    /// The writer of a started attempt.
+    pub fn writer(&self, base: &str, turn_id: &str, entry_id: &str, attempt: u32) -> TurnWriter {
+        TurnWriter {
+            store: self.clone(),
+            base: base.to_string(),
+            turn_id: turn_id.to_string(),
+            entry_id: entry_id.to_string(),
+            attempt,
+            written: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The fenced writes of one attempt of one turn, each with the next write index.
+pub struct TurnWriter {
+    store: Store,
+    base: String,
+    turn_id: String,
+    entry_id: String,
+    attempt: u32,
+    /// Index of the last write sent (the first write is 1).
+    written: AtomicU64,
+}
+
+impl TurnWriter {
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Makes the next write reuse the last write's index: what a resend of that write looks like
+    /// to Redis.
+    #[cfg(test)]
+    pub(super) fn rewind(&self) {
+        self.written.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// An op of this turn, headed by (turn, attempt, next write index).
+    fn op(&self, kind: &'static str) -> OpBuilder {
+        let index = self.written.fetch_add(1, Ordering::Relaxed) + 1;
+        OpBuilder::turn(kind, &self.base, &self.turn_id).str(&self.turn_id).uint(u64::from(self.attempt)).uint(index)
+    }
+
+    /// Appends a delta. `abandon_ms` > 0 stops the turn once nobody watched it that long.
+    /// `audit`: who answered, recorded with this delta.
+    pub async fn emit(
+        &self,
+        text: &str,
+        abandon_ms: u64,
+        audit: Option<&TurnAudit>,
+    ) -> Result<WriteOutcome, StoreError> {
+        let op = with_audit(self.op("emit").str(text).uint(abandon_ms), audit).build();
+        write_outcome(self.store.op(&self.base, op).await?)
+    }
+
+    /// Reports a tool call's state; with `record`, also stores the call's record under its key in
+    /// the turn's tools hash, in the same step.
+    pub async fn tool_status(
+        &self,
+        name: &str,
+        state: &str,
+        record: Option<(&str, &[u8])>,
+    ) -> Result<WriteOutcome, StoreError> {
+        let mut b = self.op("tool").str(name).str(state);
+        if let Some((key, bytes)) = record {
+            b = b.str(key).bin(bytes);
+        }
+        write_outcome(self.store.op(&self.base, b.build()).await?)
+    }
+
+    /// Extends the lease. `Ok(None)` when fenced, else the cancel flag.
+    pub async fn heartbeat(&self, abandon_ms: u64) -> Result<Option<bool>, StoreError> {
+        let mut r = self.store.op(&self.base, self.op("hb").uint(abandon_ms).build()).await?;
+        let ok = r.int()? == 1;
+        let cancel = r.int()? == 1;
+        Ok(ok.then_some(cancel))
+    }
+
+    /// Records which upstream and model answered, and the prompt template version. False when
+    /// fenced.
+    pub async fn audit(&self, audit: &TurnAudit) -> Result<bool, StoreError> {
+        let op = self.op("audit").str(&audit.upstream).str(&audit.model).str(&audit.template).build();
+        Ok(self.store.op(&self.base, op).await?.int()? == 1)
+    }
+
+    /// Ends the turn. `Ok(None)` when fenced, else the seq of the final event.
+    pub async fn finish(&self, f: &FinishArgs<'_>) -> Result<Option<u64>, StoreError> {
+        let p = Keyspace::partition_in(&self.base).unwrap_or(0);
+        let keys = self.store.keys();
+        let b = self
+            .op("finish")
+            .key(keys.stream(p))
+            .key(keys.dlq(p))
+            .str(f.outcome)
+            .str(&self.entry_id)
+            .uint(f.prompt_tokens)
+            .uint(f.completion_tokens)
+            .str(f.error_code)
+            .str(f.error_message)
+            .uint(u64::from(f.dead_letter))
+            .str(f.usage_source.as_str());
+        let op = with_audit(b, f.audit).build();
+        let mut r = self.store.op(&self.base, op).await?;
+        match r.string()?.as_str() {
+            "ok" => Ok(Some(r.int()? as u64)),
+            "fenced" => Ok(None),
+            other => Err(r.bad(format!("unknown status {other}"))),
+        }
+    }
+
+    /// Hands the running turn back (drain). False when this attempt was already fenced.
+    pub async fn release(&self) -> Result<bool, StoreError> {
+        Ok(self.store.op(&self.base, self.op("release").build()).await?.int()? == 1)
+    }
+}
+
+fn with_audit(b: OpBuilder, audit: Option<&TurnAudit>) -> OpBuilder {
+    match audit {
+        Some(a) => b.str(&a.upstream).str(&a.model).str(&a.template),
+        None => b,
+    }
+}
+
+fn write_outcome(mut r: Reply) -> Result<WriteOutcome, StoreError> {
+    let seq = r.int()?;
+    let cancel = r.int()? == 1;
+    Ok(if seq == 0 { WriteOutcome::Fenced } else { WriteOutcome::Written { seq: seq as u64, cancel } })
+}
+
+/// The context part of `start`'s reply: epoch, flags, summary, tool records.
+fn turn_context(r: &mut Reply) -> Result<TurnContext, StoreError> {
+    let epoch = r.string()?;
+    let mut f = r.array()?;
+    let mut flags = Vec::with_capacity(f.len());
+    while f.len() > 0 {
+        flags.push(f.string()?);
+    }
+    let upto = r.string()?;
+    let text = r.string()?;
+    let mut list = r.array()?;
+    let mut tool_records = Vec::with_capacity(list.len());
+    while list.len() > 0 {
+        tool_records.push(list.bytes()?);
+    }
+    let summary = (!upto.is_empty()).then_some((upto, text));
+    Ok(TurnContext { epoch, flags, summary, tool_records })
+}
