@@ -88,13 +88,16 @@ after(async () => {
   await stranger?.close();
 });
 
-/** The answer text of a session's only turn, read from the gateway by long-poll (no Origin). */
+/** The stored answer of a session's only turn, read from the gateway by long-poll (no Origin):
+ * a poll without an epoch gets the snapshot of the session's history. */
 async function storedAnswer(sessionId) {
   const res = await fetch(`${sys.urls[0]}/v1/sessions/${sessionId}/events?after=0`, { signal: AbortSignal.timeout(WAIT_MS) });
   assert.equal(res.status, 200);
-  const { events } = await res.json();
-  assert.ok(events.some((e) => e.type === "done"), "the turn ended");
-  return events.filter((e) => e.type === "delta").map((e) => e.text).join("");
+  const { snapshot } = await res.json();
+  const answer = snapshot.messages.at(-1);
+  assert.equal(answer.role, "assistant");
+  assert.equal(answer.status, "done", "the turn ended");
+  return answer.text;
 }
 
 test("a page of a listed origin imports chatfleet.js and streams over WebSocket, SSE and long-poll", async () => {
