@@ -9,8 +9,9 @@
 //! `gateway.allowed_origins` (`"*"`: any, for a token-only public API). Listed origins also get
 //! CORS headers, so a page there can import `chatfleet.js` and use SSE, long-poll and POST.
 //!
-//! In dev mode the `Host` must also be a loopback name: a page whose own DNS name is made to
-//! point at 127.0.0.1 (DNS rebinding) is then still a stranger.
+//! In dev mode (on loopback) the `Host` must also be a loopback name: a page whose own DNS name is
+//! made to point at 127.0.0.1 (DNS rebinding) is then still a stranger. Pages of loopback origins
+//! pass there, whatever their port: the chat page of one local gateway fails over to another.
 
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -77,9 +78,9 @@ impl Origins {
         let Some(origin) = origin.to_str().ok().and_then(normalise) else {
             return Err("this page's origin may not use this gateway; see gateway.allowed_origins");
         };
-        if self.listed.iter().any(|o| o.as_bytes() == origin.as_bytes())
-            || host.is_some_and(|h| same_origin(&origin, &h))
-        {
+        let listed = self.listed.iter().any(|o| o.as_bytes() == origin.as_bytes());
+        let local = self.loopback_hosts_only && loopback_origin(&origin);
+        if listed || local || host.is_some_and(|h| same_origin(&origin, &h)) {
             return Ok(());
         }
         Err("this page's origin may not use this gateway; see gateway.allowed_origins")
@@ -131,6 +132,11 @@ fn same_origin(origin: &str, host: &Authority) -> bool {
         && oa.port_u16().unwrap_or(default) == host.port_u16().unwrap_or(default)
 }
 
+/// True for an origin on a loopback name (a page served from this machine).
+fn loopback_origin(origin: &str) -> bool {
+    Uri::from_str(origin).ok().and_then(|u| u.authority().map(|a| is_loopback_name(a.host()))).unwrap_or(false)
+}
+
 fn is_loopback_name(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
@@ -167,6 +173,9 @@ mod tests {
     fn a_dev_gateway_answers_loopback_hosts_only_and_refuses_a_wildcard() {
         let o = Origins::new(&[], true).unwrap();
         assert!(o.check(&req("localhost:8080", Some("http://localhost:8080"))).is_ok());
+        // Another local gateway's page (failover between local gateways).
+        assert!(o.check(&req("127.0.0.1:8080", Some("http://127.0.0.1:8081"))).is_ok());
+        assert!(o.check(&req("127.0.0.1:8080", Some("https://evil.example"))).is_err());
         assert!(o.check(&req("[::1]:8080", None)).is_ok());
         // DNS rebinding: same origin as far as the browser knows, but not a loopback name.
         assert!(o.check(&req("evil.example:8080", Some("http://evil.example:8080"))).is_err());

@@ -2,7 +2,9 @@
 // gateway.allowed_origins imports chatfleet.js from the gateway and streams an answer over
 // WebSocket, SSE and long-poll (POST sends with a CORS preflight); a page of an unlisted origin
 // can neither import the library nor open a socket. Each page is served by a small HTTP server
-// of its own, so its origin (http://localhost:<port>) differs from the gateway's (127.0.0.1).
+// of its own under a name of its own (embed.test, stranger.test: Chromium resolves them to
+// 127.0.0.1), so its origin is neither the gateway's nor a loopback one, which a dev gateway
+// trusts.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
@@ -14,16 +16,16 @@ let browser;
 let listed;
 let stranger;
 
-/** A page server on localhost:<port> whose page runs `script` (a module); the gateway's URL is
+/** A page server on <name>:<port> whose page runs `script` (a module); the gateway's URL is
  * the page's `?gw=` (the gateway starts after the page servers, whose origins it must list). */
-async function pageServer(script) {
+async function pageServer(name, script) {
   const port = await freePort();
   const server = createServer((req, res) => {
     res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
     res.end(`<!doctype html><meta charset="utf-8"><title>embed</title><script type="module">${script}</script>`);
   });
   await new Promise((ok) => server.listen(port, "127.0.0.1", ok));
-  return { origin: `http://localhost:${port}`, close: () => new Promise((ok) => server.close(ok)) };
+  return { origin: `http://${name}:${port}`, close: () => new Promise((ok) => server.close(ok)) };
 }
 
 // The embedding page: one chat per transport, each on a new session, one message each; the
@@ -71,15 +73,15 @@ const STRANGER = `
 
 before(async () => {
   // The page origins must be known before the gateway starts: the page servers come first.
-  listed = await pageServer(EMBED);
-  stranger = await pageServer(STRANGER);
+  listed = await pageServer("embed.test", EMBED);
+  stranger = await pageServer("stranger.test", STRANGER);
   sys = await startSystem({
     name: "cors",
     gateways: 1,
     model: { ttft_ms: 50, tokens_per_sec: 200, max_tokens: 30 },
     config: `[gateway]\nallowed_origins = ["${listed.origin}"]\n`,
   });
-  browser = await launch();
+  browser = await launch(["--host-resolver-rules=MAP embed.test 127.0.0.1, MAP stranger.test 127.0.0.1"]);
 });
 after(async () => {
   await browser?.close();
