@@ -18,6 +18,13 @@ pub const GATEWAY_BYTES_OUT: &str = "chatfleet_gateway_bytes_out_total";
 pub const GATEWAY_REJECTED: &str = "chatfleet_gateway_rejected_total";
 /// Counter: requests whose credentials were refused, by `reason` (missing, expired, invalid).
 pub const GATEWAY_AUTH_FAILURES: &str = "chatfleet_gateway_auth_failures_total";
+/// Counter: JWKS fetches (`auth.jwks_url`), by `result` (ok, error).
+pub const AUTH_JWKS_FETCHES: &str = "chatfleet_auth_jwks_fetches_total";
+/// Counter: session opens (WebSocket connects, SSE streams, long-polls) refused by the per-IP or
+/// per-user open rate, by `scope` (ip, user).
+pub const GATEWAY_OPENS_LIMITED: &str = "chatfleet_gateway_opens_limited_total";
+/// Counter: requests refused because their `Origin` (or, in dev mode, `Host`) is not allowed.
+pub const GATEWAY_ORIGIN_REFUSED: &str = "chatfleet_gateway_origin_refused_total";
 /// Counter: WebSockets closed for abuse or policy, by `reason` (rejected_frames, token_expired,
 /// forbidden, invalid_utf8).
 pub const GATEWAY_POLICY_CLOSES: &str = "chatfleet_gateway_policy_closes_total";

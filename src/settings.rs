@@ -162,6 +162,15 @@ pub struct GatewaySettings {
     pub write_timeout_ms: u64,
     /// Time a new WebSocket has to send `hello`.
     pub hello_timeout_ms: u64,
+    /// Longest time from a connection's start (or its previous response) to the end of a
+    /// request's headers; a slower client (slowloris) is disconnected. Also ends idle keep-alive
+    /// connections.
+    pub header_read_timeout_ms: u64,
+    /// Origins (`https://app.example.com`) whose pages may use this gateway: they pass the
+    /// `Origin` check on WebSocket and HTTP routes and get CORS headers. The gateway's own origin
+    /// always may; `"*"` allows any (refused in dev mode). See docs/security.md.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
     /// Interval of SSE comment heartbeats.
     pub sse_heartbeat_ms: u64,
     /// Upper bound of a long-poll request's `wait_ms`.
@@ -348,6 +357,7 @@ impl Settings {
             "gateway.pong_timeout_ms",
             "must exceed gateway.ping_interval_ms",
         )?;
+        check(g.header_read_timeout_ms >= 100, "gateway.header_read_timeout_ms", "must be at least 100")?;
         g.limits.validate()?;
         g.admission.validate()?;
         // `auth` is validated (and its key files read) where it is used, in `Gateway::build`:

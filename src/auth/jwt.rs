@@ -3,15 +3,18 @@
 //! The algorithm is fixed per key, never taken from the token: a token names a key (`kid`) or is
 //! tried against the keys of its header's algorithm, and each key checks only its own algorithm.
 //! That rules out `alg: none` (not an algorithm `jsonwebtoken` knows) and the RS256→HS256
-//! confusion (a public key is never used as an HMAC secret).
+//! confusion (a public key is never used as an HMAC secret). Keys come from the settings and,
+//! with `auth.jwks_url`, from an identity provider's key set ([`super::jwks`]).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
+use super::jwks::Jwks;
 use super::settings::{AuthSettings, KeyAlg, KeySettings};
 use super::{AuthError, Identity};
 use crate::keys::is_valid_component;
@@ -20,6 +23,8 @@ use crate::keys::is_valid_component;
 const MIN_HS256_SECRET: usize = 32;
 /// Longest `sub` accepted; it is kept per connection and used as a map key.
 const MAX_USER_BYTES: usize = 256;
+/// The refusal when no key matches a token's `kid` and `alg`.
+const NO_KEY: &str = "no key accepts this token's kid and alg";
 
 /// Why the key set could not be built (reported at start-up, naming the key).
 #[derive(Debug, thiserror::Error)]
@@ -37,25 +42,32 @@ struct Claims {
     /// The user.
     sub: String,
     exp: u64,
+    /// Issued at; when present, `exp - iat` is bounded by `auth.max_token_lifetime_secs`.
+    #[serde(default)]
+    iat: Option<u64>,
     /// When present, the only sessions this token may open.
     #[serde(default)]
     sessions: Option<Vec<String>>,
 }
 
-struct Key {
-    kid: Option<String>,
-    alg: Algorithm,
-    key: DecodingKey,
+/// One verifying key: its algorithm is fixed, whatever a token's header says.
+pub(super) struct Key {
+    pub kid: Option<String>,
+    pub alg: Algorithm,
+    pub key: DecodingKey,
 }
 
 /// Verifies tokens. Holds decoded key material only; it is never logged (no `Debug`).
 pub struct Verifier {
     keys: Vec<Key>,
+    /// The identity provider's keys, when `auth.jwks_url` is set.
+    jwks: Option<Arc<Jwks>>,
     leeway: u64,
     issuer: Option<String>,
     audience: Option<String>,
     max_token_bytes: usize,
     max_sessions: usize,
+    max_lifetime: u64,
 }
 
 impl Verifier {
@@ -63,28 +75,58 @@ impl Verifier {
         let keys = s.keys.iter().enumerate().map(|(i, k)| load(k).map_err(|reason| key_error(i, k, reason)));
         Ok(Self {
             keys: keys.collect::<Result<_, _>>()?,
+            jwks: (!s.jwks_url.is_empty()).then(|| Arc::new(Jwks::new(s))),
             leeway: s.leeway_secs,
             issuer: s.issuer.clone(),
             audience: s.audience.clone(),
             max_token_bytes: s.max_token_bytes,
             max_sessions: s.max_token_sessions,
+            max_lifetime: s.max_token_lifetime_secs,
         })
     }
 
+    /// Fetches the JWKS once (at start-up), so the first tokens need not wait for it. A failure
+    /// is logged, not fatal: tokens with a `kid` of the provider fetch again (rate-limited).
+    pub async fn prefetch(&self) {
+        if let Some(j) = &self.jwks {
+            j.refresh().await;
+        }
+    }
+
     /// The identity a token proves, or why it proves none.
-    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+    pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         if token.len() > self.max_token_bytes {
             return Err(AuthError::Invalid("token too long"));
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid("malformed token"))?;
+        let provider = self.jwks.as_ref().map(|j| j.keys());
+        let mut verdict = self.verify_with(token, &header, provider.as_ref().map(|k| k.as_slice()));
+        if let Some(j) = &self.jwks {
+            if matches!(verdict, Err(AuthError::Invalid(NO_KEY))) && header.kid.is_some() {
+                // A kid nobody knows: perhaps the provider rotated. Fetch (rate-limited) and retry.
+                j.refresh().await;
+                verdict = self.verify_with(token, &header, Some(&j.keys()));
+            }
+            j.refresh_if_stale();
+        }
+        verdict
+    }
+
+    fn verify_with(
+        &self,
+        token: &str,
+        header: &jsonwebtoken::Header,
+        provider: Option<&[Key]>,
+    ) -> Result<Identity, AuthError> {
         let candidates: Vec<&Key> = self
             .keys
             .iter()
+            .chain(provider.unwrap_or_default())
             .filter(|k| k.alg == header.alg)
             .filter(|k| header.kid.is_none() || k.kid == header.kid)
             .collect();
         if candidates.is_empty() {
-            return Err(AuthError::Invalid("no key accepts this token's kid and alg"));
+            return Err(AuthError::Invalid(NO_KEY));
         }
         let mut last = AuthError::Invalid("bad signature");
         for key in candidates {
@@ -94,6 +136,7 @@ impl Verifier {
                     // Another key of the same algorithm may have signed it (rotation).
                     ErrorKind::InvalidSignature => continue,
                     ErrorKind::ExpiredSignature => return Err(AuthError::Expired),
+                    ErrorKind::ImmatureSignature => return Err(AuthError::Invalid("token not valid yet (nbf)")),
                     ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => {
                         return Err(AuthError::Invalid("wrong issuer or audience"))
                     }
@@ -110,13 +153,18 @@ impl Verifier {
     fn validation(&self, alg: Algorithm) -> Validation {
         let mut v = Validation::new(alg);
         v.leeway = self.leeway;
+        v.validate_nbf = true;
         v.required_spec_claims = HashSet::from(["exp".to_string()]);
         v.validate_aud = self.audience.is_some();
+        // jsonwebtoken checks `iss` and `aud` only when the token has them, unless they are
+        // required: a token without them would otherwise pass a configured issuer or audience.
         if let Some(a) = &self.audience {
             v.set_audience(&[a]);
+            v.required_spec_claims.insert("aud".into());
         }
         if let Some(i) = &self.issuer {
             v.set_issuer(&[i]);
+            v.required_spec_claims.insert("iss".into());
         }
         v
     }
@@ -127,6 +175,12 @@ impl Verifier {
         }
         if c.sub.is_empty() || c.sub.len() > MAX_USER_BYTES {
             return Err(AuthError::Invalid("sub claim must be 1-256 bytes"));
+        }
+        let now = super::unix_now();
+        let too_long = c.exp > now + self.max_lifetime + self.leeway
+            || c.iat.is_some_and(|iat| c.exp.saturating_sub(iat) > self.max_lifetime);
+        if too_long {
+            return Err(AuthError::Invalid("token lifetime exceeds auth.max_token_lifetime_secs"));
         }
         if let Some(list) = &c.sessions {
             if list.len() > self.max_sessions || !list.iter().all(|s| is_valid_component(s)) {

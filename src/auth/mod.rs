@@ -5,6 +5,7 @@
 //! arrive as `Authorization: Bearer` (HTTP) or, on WebSocket, as `?token=` or the subprotocol
 //! `bearer.<token>` (browsers cannot set headers on a WebSocket); see docs/security.md.
 
+mod jwks;
 mod jwt;
 pub mod settings;
 
@@ -57,6 +58,11 @@ impl Identity {
     }
 }
 
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
 /// Why a client is not authenticated. The messages are safe to send: they never include the
 /// token or key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,13 +92,21 @@ impl Authenticator {
         self.mode
     }
 
-    /// The identity of a request carrying `token` (if any).
-    pub fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthError> {
+    /// Fetches the identity provider's keys, if any (see [`Verifier::prefetch`]).
+    pub async fn prefetch(&self) {
+        if self.mode == AuthMode::Jwt {
+            self.verifier.prefetch().await;
+        }
+    }
+
+    /// The identity of a request carrying `token` (if any). Waits only when the token names a
+    /// key the gateway does not know yet and the JWKS is fetched again.
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthError> {
         match self.mode {
             AuthMode::Dev => {
                 Ok(Identity { tenant: self.dev_tenant.clone(), user: "dev".into(), sessions: None, expires_at: None })
             }
-            AuthMode::Jwt => self.verifier.verify(token.ok_or(AuthError::Missing)?),
+            AuthMode::Jwt => self.verifier.verify(token.ok_or(AuthError::Missing)?).await,
         }
     }
 }
@@ -118,5 +132,7 @@ pub fn from_subprotocols(header: &str) -> (Option<&str>, bool) {
     (token, v1)
 }
 
+#[cfg(test)]
+mod jwks_tests;
 #[cfg(test)]
 mod tests;

@@ -59,8 +59,11 @@ pub struct AuthSettings {
     /// Allows `mode = "dev"` on a non-loopback `gateway.listen`. Anyone who can reach the port
     /// is then every tenant's user: never set this in production.
     pub force_dev_on_non_loopback: bool,
-    /// Clock skew tolerated on `exp`, in seconds.
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     pub leeway_secs: u64,
+    /// Longest a token may live: `exp` at most this many seconds after now, and after `iat` when
+    /// the token has one. Bounds what a leaked token is worth.
+    pub max_token_lifetime_secs: u64,
     /// Longest token accepted, in bytes; longer ones are refused before they are parsed.
     pub max_token_bytes: usize,
     /// Most session ids a token's `sessions` claim may list.
@@ -71,9 +74,24 @@ pub struct AuthSettings {
     /// When set, a token's `aud` must contain it.
     #[serde(default)]
     pub audience: Option<String>,
-    /// Accepted signing keys (`[[auth.keys]]`); at least one with `mode = "jwt"`.
+    /// Accepted signing keys (`[[auth.keys]]`); with `mode = "jwt"`, at least one key or a
+    /// `jwks_url`.
     #[serde(default)]
     pub keys: Vec<KeySettings>,
+    /// An identity provider's JWKS URL (`https://…/.well-known/jwks.json`). Its RSA, EC and Ed25519
+    /// signing keys are accepted next to `keys` (never an HMAC key from a URL). Empty: none.
+    #[serde(default)]
+    pub jwks_url: String,
+    /// Longest one JWKS fetch may take (connect, headers and body).
+    pub jwks_timeout_ms: u64,
+    /// Least time between two JWKS fetches: a token with an unknown `kid` triggers a fetch at
+    /// most this often, so forged `kid`s cannot make the gateway hammer the provider.
+    pub jwks_min_refresh_ms: u64,
+    /// Key sets older than this are fetched again in the background (a removed key stops
+    /// verifying within about this long).
+    pub jwks_max_age_ms: u64,
+    /// Largest JWKS response body read; a larger one is a failed fetch.
+    pub jwks_max_bytes: usize,
 }
 
 impl AuthSettings {
@@ -90,8 +108,20 @@ impl AuthSettings {
             });
         }
         let invalid = |key: &'static str, reason: String| Err(SettingsError::Invalid { key, reason });
-        if self.mode == AuthMode::Jwt && self.keys.is_empty() {
-            return invalid("auth.keys", "mode = \"jwt\" needs at least one key".into());
+        if self.mode == AuthMode::Jwt && self.keys.is_empty() && self.jwks_url.is_empty() {
+            return invalid("auth.keys", "mode = \"jwt\" needs at least one key or auth.jwks_url".into());
+        }
+        if !self.jwks_url.is_empty() {
+            let ok = reqwest::Url::parse(&self.jwks_url).is_ok_and(|u| ["https", "http"].contains(&u.scheme()));
+            if !ok {
+                return invalid("auth.jwks_url", "must be an https:// (or http://) URL".into());
+            }
+            if self.jwks_timeout_ms == 0 || self.jwks_max_bytes < 1024 {
+                return invalid("auth.jwks_timeout_ms", "needs a timeout > 0 and jwks_max_bytes >= 1024".into());
+            }
+        }
+        if self.max_token_lifetime_secs < 60 {
+            return invalid("auth.max_token_lifetime_secs", "must be at least 60".into());
         }
         if self.max_token_bytes < 256 {
             return invalid("auth.max_token_bytes", "must be at least 256".into());

@@ -30,6 +30,12 @@ fn settings(keys: Vec<KeySettings>) -> AuthSettings {
         issuer: None,
         audience: None,
         keys,
+        max_token_lifetime_secs: 3600,
+        jwks_url: String::new(),
+        jwks_timeout_ms: 2000,
+        jwks_min_refresh_ms: 30_000,
+        jwks_max_age_ms: 3_600_000,
+        jwks_max_bytes: 65536,
     }
 }
 
@@ -47,48 +53,48 @@ fn good_claims() -> serde_json::Value {
     json!({"tenant": "acme", "sub": "u1", "exp": now() + 60})
 }
 
-#[test]
-fn either_of_two_rotating_keys_is_accepted_by_kid_or_by_trial() {
+#[tokio::test]
+async fn either_of_two_rotating_keys_is_accepted_by_kid_or_by_trial() {
     let v = Verifier::new(&settings(vec![hs(Some("a"), SECRET_A), hs(Some("b"), SECRET_B)])).unwrap();
     for (kid, secret) in [(Some("a"), SECRET_A), (Some("b"), SECRET_B), (None, SECRET_B)] {
-        let id = v.verify(&token(kid, secret, good_claims())).unwrap();
+        let id = v.verify(&token(kid, secret, good_claims())).await.unwrap();
         assert_eq!((id.tenant.as_str(), id.user.as_str()), ("acme", "u1"));
     }
     // The right secret under the wrong kid does not verify.
-    assert!(v.verify(&token(Some("a"), SECRET_B, good_claims())).is_err());
+    assert!(v.verify(&token(Some("a"), SECRET_B, good_claims())).await.is_err());
     assert_eq!(
-        v.verify(&token(Some("zz"), SECRET_A, good_claims())),
+        v.verify(&token(Some("zz"), SECRET_A, good_claims())).await,
         Err(AuthError::Invalid("no key accepts this token's kid and alg"))
     );
 }
 
-#[test]
-fn expired_forged_none_and_claimless_tokens_are_refused() {
+#[tokio::test]
+async fn expired_forged_none_and_claimless_tokens_are_refused() {
     let v = Verifier::new(&settings(vec![hs(None, SECRET_A)])).unwrap();
     let expired = json!({"tenant": "acme", "sub": "u1", "exp": now() - 5});
-    assert_eq!(v.verify(&token(None, SECRET_A, expired)), Err(AuthError::Expired));
+    assert_eq!(v.verify(&token(None, SECRET_A, expired)).await, Err(AuthError::Expired));
     let forged = token(None, "someone-elses-secret-of-32-bytes-or-more", good_claims());
-    assert!(matches!(v.verify(&forged), Err(AuthError::Invalid(_))));
+    assert!(matches!(v.verify(&forged).await, Err(AuthError::Invalid(_))));
     // alg: none, signature stripped.
     let body = forged.split('.').nth(1).unwrap();
     let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{body}.");
-    assert_eq!(v.verify(&none), Err(AuthError::Invalid("malformed token")));
+    assert_eq!(v.verify(&none).await, Err(AuthError::Invalid("malformed token")));
     let no_tenant = token(None, SECRET_A, json!({"sub": "u1", "exp": now() + 60}));
-    assert!(matches!(v.verify(&no_tenant), Err(AuthError::Invalid(_))));
+    assert!(matches!(v.verify(&no_tenant).await, Err(AuthError::Invalid(_))));
     let bad_tenant = token(None, SECRET_A, json!({"tenant": "a:b", "sub": "u1", "exp": now() + 60}));
-    assert!(matches!(v.verify(&bad_tenant), Err(AuthError::Invalid(_))));
-    assert!(matches!(v.verify("garbage"), Err(AuthError::Invalid(_))));
-    assert!(matches!(v.verify(&"a".repeat(9000)), Err(AuthError::Invalid("token too long"))));
+    assert!(matches!(v.verify(&bad_tenant).await, Err(AuthError::Invalid(_))));
+    assert!(matches!(v.verify("garbage").await, Err(AuthError::Invalid(_))));
+    assert!(matches!(v.verify(&"a".repeat(9000)).await, Err(AuthError::Invalid("token too long"))));
 }
 
-#[test]
-fn a_session_list_restricts_what_the_token_may_open() {
+#[tokio::test]
+async fn a_session_list_restricts_what_the_token_may_open() {
     let v = Verifier::new(&settings(vec![hs(None, SECRET_A)])).unwrap();
     let t = token(None, SECRET_A, json!({"tenant": "acme", "sub": "u", "exp": now() + 60, "sessions": ["s1"]}));
-    let id = v.verify(&t).unwrap();
+    let id = v.verify(&t).await.unwrap();
     assert!(id.may_open("s1") && !id.may_open("s2"));
     let many = json!({"tenant": "acme", "sub": "u", "exp": now() + 60, "sessions": ["a", "b", "c", "d", "e"]});
-    assert!(v.verify(&token(None, SECRET_A, many)).is_err());
+    assert!(v.verify(&token(None, SECRET_A, many)).await.is_err());
 }
 
 #[test]
@@ -142,8 +148,8 @@ fn public(alg: KeyAlg, kid: &str, pem: &str) -> KeySettings {
     }
 }
 
-#[test]
-fn rs256_and_es256_verify_and_an_rs256_public_key_is_never_an_hmac_secret() {
+#[tokio::test]
+async fn rs256_and_es256_verify_and_an_rs256_public_key_is_never_an_hmac_secret() {
     let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let v = Verifier::new(&settings(vec![
         public(KeyAlg::RS256, "rsa", RSA_PUBLIC),
@@ -158,12 +164,63 @@ fn rs256_and_es256_verify_and_an_rs256_public_key_is_never_an_hmac_secret() {
     };
     let rsa_key = EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap();
     let ec_key = EncodingKey::from_ec_pem(ec.serialize_pem().as_bytes()).unwrap();
-    assert_eq!(v.verify(&sign(jsonwebtoken::Algorithm::RS256, "rsa", &rsa_key)).unwrap().tenant, "acme");
-    assert_eq!(v.verify(&sign(jsonwebtoken::Algorithm::ES256, "ec", &ec_key)).unwrap().tenant, "acme");
+    assert_eq!(v.verify(&sign(jsonwebtoken::Algorithm::RS256, "rsa", &rsa_key)).await.unwrap().tenant, "acme");
+    assert_eq!(v.verify(&sign(jsonwebtoken::Algorithm::ES256, "ec", &ec_key)).await.unwrap().tenant, "acme");
     // Algorithm confusion: HS256 "signed" with the RSA public key as the secret, under the RSA
     // key's kid. The RSA key only checks RS256, so nothing accepts it.
     let confused = sign(jsonwebtoken::Algorithm::HS256, "rsa", &EncodingKey::from_secret(RSA_PUBLIC.as_bytes()));
-    assert!(v.verify(&confused).is_err());
+    assert!(v.verify(&confused).await.is_err());
     // An ES256 token presented under the RSA key's kid.
-    assert!(v.verify(&sign(jsonwebtoken::Algorithm::ES256, "rsa", &ec_key)).is_err());
+    assert!(v.verify(&sign(jsonwebtoken::Algorithm::ES256, "rsa", &ec_key)).await.is_err());
+}
+
+#[tokio::test]
+async fn a_token_before_its_nbf_is_refused_and_accepted_once_it_is_due() {
+    let v = Verifier::new(&settings(vec![hs(None, SECRET_A)])).unwrap();
+    let early = json!({"tenant": "acme", "sub": "u1", "exp": now() + 600, "nbf": now() + 300});
+    assert_eq!(v.verify(&token(None, SECRET_A, early)).await, Err(AuthError::Invalid("token not valid yet (nbf)")));
+    let due = json!({"tenant": "acme", "sub": "u1", "exp": now() + 600, "nbf": now() - 1});
+    assert_eq!(v.verify(&token(None, SECRET_A, due)).await.unwrap().user, "u1");
+}
+
+#[tokio::test]
+async fn a_token_that_lives_longer_than_the_maximum_is_refused() {
+    // settings() allows 3600 s.
+    let v = Verifier::new(&settings(vec![hs(None, SECRET_A)])).unwrap();
+    let refused = Err(AuthError::Invalid("token lifetime exceeds auth.max_token_lifetime_secs"));
+    let far = json!({"tenant": "acme", "sub": "u1", "exp": now() + 7200});
+    assert_eq!(v.verify(&token(None, SECRET_A, far)).await, refused);
+    // Issued long ago for a long life, with little of it left: still too long a lifetime.
+    let old = json!({"tenant": "acme", "sub": "u1", "iat": now() - 86_400, "exp": now() + 60});
+    assert_eq!(v.verify(&token(None, SECRET_A, old)).await, refused);
+    let fine = json!({"tenant": "acme", "sub": "u1", "iat": now(), "exp": now() + 3000});
+    assert!(v.verify(&token(None, SECRET_A, fine)).await.is_ok());
+}
+
+#[tokio::test]
+async fn issuer_and_audience_are_required_and_checked_when_set() {
+    let mut s = settings(vec![hs(None, SECRET_A)]);
+    s.issuer = Some("https://id.example.com/".into());
+    s.audience = Some("chatfleet".into());
+    let v = Verifier::new(&s).unwrap();
+    let claims = |iss: &str, aud: &str| json!({"tenant": "t", "sub": "u", "exp": now() + 60, "iss": iss, "aud": aud});
+    assert!(v.verify(&token(None, SECRET_A, claims("https://id.example.com/", "chatfleet"))).await.is_ok());
+    let wrong = Err(AuthError::Invalid("wrong issuer or audience"));
+    assert_eq!(v.verify(&token(None, SECRET_A, claims("https://evil.example/", "chatfleet"))).await, wrong);
+    assert_eq!(v.verify(&token(None, SECRET_A, claims("https://id.example.com/", "other"))).await, wrong);
+    assert!(v.verify(&token(None, SECRET_A, good_claims())).await.is_err(), "no iss/aud at all");
+}
+
+#[test]
+fn production_settings_check_issuer_audience_and_lifetime() {
+    let prod: AuthSettings = config::Config::builder()
+        .add_source(config::File::from_str(crate::settings::DEFAULT_TOML, config::FileFormat::Toml))
+        .add_source(config::File::from_str(include_str!("../../config/production.toml"), config::FileFormat::Toml))
+        .build()
+        .unwrap()
+        .get("auth")
+        .unwrap();
+    assert!(prod.issuer.as_deref().is_some_and(|i| !i.is_empty()), "production sets auth.issuer");
+    assert!(prod.audience.as_deref().is_some_and(|a| !a.is_empty()), "production sets auth.audience");
+    assert!(prod.max_token_lifetime_secs <= 86_400);
 }

@@ -18,18 +18,18 @@ pub(super) enum Source<'a> {
 }
 
 /// The identity of an HTTP request.
-pub(super) fn identify(app: &App, headers: &HeaderMap, source: Source<'_>) -> Result<Identity, ApiError> {
+pub(super) async fn identify(app: &App, headers: &HeaderMap, source: Source<'_>) -> Result<Identity, ApiError> {
     let from_header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(auth::bearer);
     let token = match source {
         Source::Header => from_header,
         Source::HeaderOrQuery(q) => from_header.or(q),
     };
-    check(app, token)
+    check(app, token).await
 }
 
 /// Checks a token (or its absence) and counts a refusal.
-pub(super) fn check(app: &App, token: Option<&str>) -> Result<Identity, ApiError> {
-    app.auth.authenticate(token).map_err(|e| {
+pub(super) async fn check(app: &App, token: Option<&str>) -> Result<Identity, ApiError> {
+    app.auth.authenticate(token).await.map_err(|e| {
         let reason = match e {
             AuthError::Missing => "missing",
             AuthError::Expired => "expired",

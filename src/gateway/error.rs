@@ -35,6 +35,13 @@ pub enum ApiError {
     /// 429 `rate_limited`: too many frames or requests; retry after the hint.
     #[error("too many messages; retry after {retry_after_ms} ms")]
     RateLimited { retry_after_ms: u64 },
+    /// 429 `rate_limited`: too many session opens (connects, SSE streams, long-polls) from this
+    /// address or user; retry after the hint. On WebSocket: this error, then close 1013.
+    #[error("too many session opens; retry after {retry_after_ms} ms")]
+    OpensLimited { retry_after_ms: u64 },
+    /// 403 `forbidden`: the request's `Origin` (or, in dev mode, `Host`) is not allowed.
+    #[error("{0}")]
+    OriginRefused(&'static str),
     /// 429 `too_many_connections`: this user's connections on this gateway are all open.
     #[error("you have {limit} connections open on this gateway, the most allowed")]
     TooManyConnections { limit: usize },
@@ -77,7 +84,8 @@ impl ApiError {
             Self::TooLarge(_) => ErrorCode::TooLarge,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Busy { .. } => ErrorCode::Busy,
-            Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::RateLimited { .. } | Self::OpensLimited { .. } => ErrorCode::RateLimited,
+            Self::OriginRefused(_) => ErrorCode::Forbidden,
             Self::TooManyConnections { .. } => ErrorCode::TooManyConnections,
             Self::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
             Self::Degraded { .. } => ErrorCode::Degraded,
@@ -89,13 +97,14 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::OriginRefused(_) => StatusCode::FORBIDDEN,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Busy { .. } => StatusCode::CONFLICT,
-            Self::RateLimited { .. } | Self::TooManyConnections { .. } | Self::QuotaExceeded { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::RateLimited { .. }
+            | Self::OpensLimited { .. }
+            | Self::TooManyConnections { .. }
+            | Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Degraded { .. } | Self::Overloaded(_) | Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -104,6 +113,7 @@ impl ApiError {
         match self {
             Self::Busy { .. } | Self::Store(_) | Self::Overloaded(_) => Some(BUSY_RETRY_MS),
             Self::RateLimited { retry_after_ms }
+            | Self::OpensLimited { retry_after_ms }
             | Self::QuotaExceeded { retry_after_ms, .. }
             | Self::Degraded { retry_after_ms } => Some(*retry_after_ms),
             _ => None,

@@ -1,10 +1,12 @@
 //! Per-connection and per-user limits of one gateway: frames per second with a burst (`governor`),
-//! rejected frames in a row, HTTP requests per user, and open connections per user.
+//! rejected frames in a row, HTTP requests per user, open connections per user, and session opens
+//! (WebSocket connects, SSE streams, long-polls) per client IP and per user.
 //!
 //! These are local to a gateway on purpose: they protect this process, and a client that spreads
 //! over gateways is bounded by the tenant quotas in Redis ([`crate::quota`]).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,6 +31,19 @@ pub struct LimitSettings {
     pub max_connections_per_user: usize,
     /// Refused frames in a row after which a WebSocket is closed with 4029.
     pub max_rejected_frames: u32,
+    /// Session opens (WebSocket connects, SSE streams, long-poll requests) per second from one
+    /// client IP address (an IPv6 /64 counts as one), sustained; jwt mode only. Every open
+    /// creates or refreshes session keys in Redis for `session.ttl_secs`.
+    pub opens_per_sec_per_ip: u32,
+    /// Session opens per second of one user, sustained; jwt mode only.
+    pub opens_per_sec_per_user: u32,
+    /// Opens allowed at once above the sustained rates (per IP and per user).
+    pub opens_burst: u32,
+    /// Proxies in front of the gateway that each append the client's address to
+    /// `X-Forwarded-For`. 0: the client is the TCP peer. N: the client is the Nth address from
+    /// the right. Set it only when clients can reach the gateway through those proxies alone, or a
+    /// client can name any address it likes.
+    pub trusted_proxy_hops: usize,
 }
 
 impl LimitSettings {
@@ -49,13 +64,42 @@ impl LimitSettings {
         if self.max_rejected_frames == 0 {
             return bad("gateway.limits.max_rejected_frames");
         }
+        if self.opens_per_sec_per_ip == 0 {
+            return bad("gateway.limits.opens_per_sec_per_ip");
+        }
+        if self.opens_per_sec_per_user == 0 {
+            return bad("gateway.limits.opens_per_sec_per_user");
+        }
+        if self.opens_burst == 0 {
+            return bad("gateway.limits.opens_burst");
+        }
         Ok(())
     }
 
     fn quota(&self, per_sec: u32) -> Quota {
-        // validate() keeps both at least 1; max(1) keeps unvalidated test settings from panicking.
-        let nz = |v: u32| NonZeroU32::new(v.max(1)).expect("at least 1");
-        Quota::per_second(nz(per_sec)).allow_burst(nz(self.burst))
+        quota(per_sec, self.burst)
+    }
+}
+
+fn quota(per_sec: u32, burst: u32) -> Quota {
+    // validate() keeps both at least 1; max(1) keeps unvalidated test settings from panicking.
+    let nz = |v: u32| NonZeroU32::new(v.max(1)).expect("at least 1");
+    Quota::per_second(nz(per_sec)).allow_burst(nz(burst))
+}
+
+/// Which limit refused an open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenScope {
+    Ip,
+    User,
+}
+
+impl OpenScope {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Ip => "ip",
+            Self::User => "user",
+        }
     }
 }
 
@@ -114,6 +158,8 @@ pub struct GatewayLimits {
     /// Open connections per (tenant, user).
     per_user: Arc<Mutex<HashMap<(String, String), usize>>>,
     http: DefaultKeyedRateLimiter<(String, String)>,
+    opens_ip: DefaultKeyedRateLimiter<IpAddr>,
+    opens_user: DefaultKeyedRateLimiter<(String, String)>,
 }
 
 /// A user's connection slot; frees itself when dropped.
@@ -138,6 +184,8 @@ impl GatewayLimits {
     pub fn new(settings: &LimitSettings) -> Self {
         Self {
             http: DefaultKeyedRateLimiter::keyed(settings.quota(settings.http_requests_per_sec)),
+            opens_ip: DefaultKeyedRateLimiter::keyed(quota(settings.opens_per_sec_per_ip, settings.opens_burst)),
+            opens_user: DefaultKeyedRateLimiter::keyed(quota(settings.opens_per_sec_per_user, settings.opens_burst)),
             settings: settings.clone(),
             per_user: Arc::default(),
         }
@@ -166,10 +214,36 @@ impl GatewayLimits {
             .map_err(|nu| retry_ms(nu.wait_time_from(DefaultClock::default().now())))
     }
 
-    /// Forgets idle users' HTTP rate state, so the map stays as large as the active users.
+    /// Counts one session open from `ip` (when known) by the user; `Err` names the limit that
+    /// refused it and when to retry.
+    pub fn open(&self, ip: Option<IpAddr>, tenant: &str, user: &str) -> Result<(), (OpenScope, u64)> {
+        let wait = |nu: governor::NotUntil<_>| retry_ms(nu.wait_time_from(DefaultClock::default().now()));
+        if let Some(ip) = ip {
+            self.opens_ip.check_key(&rate_key(ip)).map_err(|nu| (OpenScope::Ip, wait(nu)))?;
+        }
+        self.opens_user.check_key(&(tenant.to_string(), user.to_string())).map_err(|nu| (OpenScope::User, wait(nu)))
+    }
+
+    /// Forgets idle users' and addresses' rate state, so the maps stay as large as the active set.
     pub fn forget_idle(&self) {
         self.http.retain_recent();
         self.http.shrink_to_fit();
+        self.opens_ip.retain_recent();
+        self.opens_ip.shrink_to_fit();
+        self.opens_user.retain_recent();
+        self.opens_user.shrink_to_fit();
+    }
+}
+
+/// The rate-limit key of a client address: an IPv6 client usually holds a whole /64, so the /64
+/// is one key; an IPv4-mapped IPv6 address is its IPv4 address.
+fn rate_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        v4 => v4,
     }
 }
 
@@ -184,7 +258,35 @@ mod tests {
             http_requests_per_sec: 1,
             max_connections_per_user: 2,
             max_rejected_frames: 2,
+            opens_per_sec_per_ip: 1,
+            opens_per_sec_per_user: 1,
+            opens_burst: 2,
+            trusted_proxy_hops: 0,
         }
+    }
+
+    #[test]
+    fn opens_are_limited_per_address_and_per_user_with_a_retry_hint() {
+        let g = GatewayLimits::new(&settings());
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(g.open(Some(ip), "t", "a").is_ok());
+        assert!(g.open(Some(ip), "t", "a").is_ok());
+        let (scope, retry) = g.open(Some(ip), "t", "b").unwrap_err();
+        assert_eq!(scope, OpenScope::Ip, "the address is out of opens, whoever asks");
+        assert!((1..=1000).contains(&retry), "{retry}");
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!(g.open(Some(other), "t", "a").unwrap_err().0, OpenScope::User, "user a spent its burst");
+        assert!(g.open(Some(other), "t", "b").is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_is_one_client_and_a_mapped_ipv4_is_its_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(rate_key(a), rate_key(b));
+        assert_ne!(rate_key(a), rate_key(c));
+        assert_eq!(rate_key("::ffff:192.0.2.7".parse().unwrap()), "192.0.2.7".parse::<IpAddr>().unwrap());
     }
 
     #[test]

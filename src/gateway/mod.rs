@@ -12,6 +12,9 @@ mod feed;
 mod http;
 pub mod hub;
 mod limits;
+mod listener;
+mod opens;
+mod origin;
 mod rest;
 mod sse;
 mod ws;
@@ -38,6 +41,8 @@ use crate::store::{Store, StoreError};
 use admission::Admission;
 use hub::Hub;
 use limits::{GatewayLimits, UserSlot};
+use opens::ClientIp;
+use origin::Origins;
 
 /// How often idle users' HTTP rate-limit state is dropped.
 const FORGET_IDLE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -67,6 +72,8 @@ pub(crate) struct AppInner {
     pub quotas: Quotas,
     /// Refuses sends while a partition's queue is too long or old.
     pub admission: Admission,
+    /// Which web pages may use the gateway (`gateway.allowed_origins`).
+    pub origins: Origins,
     /// One permit per open client connection (`gateway.max_connections`).
     pub connections: Arc<Semaphore>,
     /// Fired on shutdown; every socket task watches it.
@@ -97,12 +104,19 @@ impl Drop for ConnGuard {
 }
 
 impl App {
-    /// Takes a connection slot of the gateway and of the user, or refuses when the gateway is
-    /// full or draining, or the user has all of theirs open. In dev mode every client is the same
-    /// user, so the per-user bound does not apply there.
-    pub(crate) fn admit(&self, transport: &'static str, who: &Identity) -> Result<ConnGuard, ApiError> {
+    /// Counts a session open against the client address's and the user's open rate, then takes
+    /// a connection slot of the gateway and of the user; refuses when the gateway is full or
+    /// draining, or the client opens too fast or has all of its connections open. In dev mode
+    /// every client is the same local user, so the per-IP and per-user bounds do not apply there.
+    pub(crate) fn admit(&self, transport: &'static str, who: &Identity, ip: ClientIp) -> Result<ConnGuard, ApiError> {
         if self.shutdown.is_cancelled() {
             return Err(ApiError::Overloaded("this gateway is draining; reconnect"));
+        }
+        if self.auth.mode() == AuthMode::Jwt {
+            self.limits.open(ip.0, &who.tenant, &who.user).map_err(|(scope, retry_after_ms)| {
+                metrics::counter!(crate::metrics::GATEWAY_OPENS_LIMITED, "scope" => scope.label()).increment(1);
+                ApiError::OpensLimited { retry_after_ms }
+            })?;
         }
         let user = match self.auth.mode() {
             AuthMode::Dev => None,
@@ -136,6 +150,9 @@ impl Gateway {
         settings.auth.validate(g.listen)?;
         let auth = Authenticator::new(&settings.auth, &g.tenant)
             .map_err(|e| SettingsError::Invalid { key: "auth.keys", reason: e.to_string() })?;
+        auth.prefetch().await;
+        let dev_local = settings.auth.mode == AuthMode::Dev && !settings.auth.force_dev_on_non_loopback;
+        let origins = Origins::new(&g.allowed_origins, dev_local)?;
         let sub = store.redis().subscriber().await?;
         let limits = hub::HubLimits {
             queue_events: g.send_queue_events,
@@ -149,6 +166,7 @@ impl Gateway {
             limits: GatewayLimits::new(&g.limits),
             quotas: Quotas::new(settings.quota.clone()),
             admission,
+            origins,
             connections: Arc::new(Semaphore::new(g.max_connections)),
             settings,
             store,
@@ -169,7 +187,8 @@ impl Gateway {
         Ok(Self { app })
     }
 
-    /// The HTTP routes.
+    /// The HTTP routes. Every request passes the origin check; CORS (outermost) answers
+    /// preflights and labels responses for the allowed origins.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/v1/ws", get(ws::upgrade))
@@ -178,6 +197,8 @@ impl Gateway {
             .route("/v1/sessions/{id}/turns/{turn_id}/cancel", post(rest::cancel))
             .merge(http::router())
             .layer(DefaultBodyLimit::max(self.app.settings.gateway.max_frame_bytes))
+            .layer(axum::middleware::from_fn_with_state(self.app.clone(), origin::check))
+            .layer(self.app.origins.cors())
             .with_state(self.app.clone())
     }
 
@@ -196,16 +217,11 @@ impl Gateway {
                 ),
             ));
         }
-        let shutdown = self.app.shutdown.clone();
-        let router = self.router();
-        // No Nagle delay: small frames written back to back would otherwise wait for the peer's
-        // delayed ACK.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
+        let g = &self.app.settings.gateway;
+        let drain = ms(g.drain_timeout_ms);
+        let header_timeout = ms(g.header_read_timeout_ms);
+        listener::serve(listener, self.router(), header_timeout, self.app.shutdown.clone(), drain).await;
         self.app.tracker.close();
-        let drain = ms(self.app.settings.gateway.drain_timeout_ms);
         if tokio::time::timeout(drain, self.app.tracker.wait()).await.is_err() {
             tracing::warn!("drain deadline passed with connections still open");
         }

@@ -23,8 +23,8 @@ struct SendBody {
 
 /// Authenticates and counts one request against the user's HTTP rate (jwt mode: in dev mode all
 /// clients are one user, and one client's burst would throttle everyone).
-fn caller(app: &App, headers: &HeaderMap) -> Result<Identity, ApiError> {
-    let who = identify(app, headers, Source::Header)?;
+async fn caller(app: &App, headers: &HeaderMap) -> Result<Identity, ApiError> {
+    let who = identify(app, headers, Source::Header).await?;
     if app.auth.mode() == AuthMode::Jwt {
         app.limits
             .http_request(&who.tenant, &who.user)
@@ -41,7 +41,7 @@ pub(super) async fn send(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let run = async {
-        let who = caller(&app, &headers)?;
+        let who = caller(&app, &headers).await?;
         let keys = session_keys(&app, &who, &session_id)?;
         let body = body.map_err(|e| match e.status() {
             StatusCode::PAYLOAD_TOO_LARGE => {
@@ -67,7 +67,7 @@ pub(super) async fn cancel(
     headers: HeaderMap,
 ) -> Response {
     let run = async {
-        let who = caller(&app, &headers)?;
+        let who = caller(&app, &headers).await?;
         let keys = session_keys(&app, &who, &session_id)?;
         commands::cancel(&app, &keys, &turn_id).await
     };

@@ -21,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::authn::{identify, session_keys, Source};
 use super::error::ApiError;
 use super::feed::{merge_deltas, Feed, FeedError, Item, Opening};
+use super::opens::ClientIp;
 use super::App;
 use crate::auth::{AuthError, Identity};
 use crate::protocol::{self, ControlMsg};
@@ -47,6 +48,7 @@ pub(super) async fn events(
     State(app): State<App>,
     Path(session_id): Path<String>,
     q: Result<Query<EventsQuery>, QueryRejection>,
+    ip: ClientIp,
     headers: HeaderMap,
 ) -> Response {
     let wants_sse =
@@ -55,11 +57,11 @@ pub(super) async fn events(
         // A fixed message: the rejection's text could quote the query, token included.
         let Query(q) =
             q.map_err(|_| ApiError::BadRequest("invalid query: after, last_seq and wait_ms are integers".into()))?;
-        let who = identify(&app, &headers, Source::HeaderOrQuery(q.token.as_deref()))?;
+        let who = identify(&app, &headers, Source::HeaderOrQuery(q.token.as_deref())).await?;
         if wants_sse {
-            sse(app, who, session_id, q, &headers).await
+            sse(app, who, session_id, q, ip, &headers).await
         } else {
-            long_poll(app, who, session_id, q).await
+            long_poll(app, who, session_id, q, ip).await
         }
     };
     run.await.unwrap_or_else(|e| e.into_response())
@@ -70,6 +72,7 @@ async fn sse(
     who: Identity,
     session_id: String,
     q: EventsQuery,
+    ip: ClientIp,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let keys = session_keys(&app, &who, &session_id)?;
@@ -79,7 +82,7 @@ async fn sse(
         .map(|v| v.trim().parse::<u64>().map_err(|_| ApiError::BadRequest("Last-Event-ID must be a seq".into())))
         .transpose()?;
     let last_seq = last_event_id.or(q.last_seq);
-    let guard = app.admit("sse", &who)?;
+    let guard = app.admit("sse", &who, ip)?;
     let actor = who.actor(&session_id, app.settings.session.bind_to_user);
     let (feed, opening) =
         Box::pin(Feed::open(&app.hub, &app.store, keys, &session_id, q.epoch.as_deref(), last_seq, true, actor))
@@ -186,12 +189,18 @@ async fn push(
 }
 
 /// Long-poll: one response with the events after `after`, waiting up to `wait_ms` for some.
-async fn long_poll(app: App, who: Identity, session_id: String, q: EventsQuery) -> Result<Response, ApiError> {
+async fn long_poll(
+    app: App,
+    who: Identity,
+    session_id: String,
+    q: EventsQuery,
+    ip: ClientIp,
+) -> Result<Response, ApiError> {
     let keys = session_keys(&app, &who, &session_id)?;
     let wait = ms(q.wait_ms.unwrap_or(0).min(app.settings.gateway.longpoll_max_wait_ms));
     // A poll never outlives its token.
     let wait = who.time_left().map_or(wait, |left| wait.min(left));
-    let _guard = app.admit("poll", &who)?;
+    let _guard = app.admit("poll", &who, ip)?;
     let actor = who.actor(&session_id, app.settings.session.bind_to_user);
     let (mut feed, opening) =
         Box::pin(Feed::open(&app.hub, &app.store, keys, &session_id, q.epoch.as_deref(), q.after, false, actor))

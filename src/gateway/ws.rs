@@ -53,6 +53,9 @@ pub mod close {
     pub const TOKEN_EXPIRED: u16 = 4001;
     /// Too many frames were refused in a row (`gateway.limits.max_rejected_frames`).
     pub const ABUSE: u16 = 4029;
+    /// Too many session opens from this address or user (after `error{rate_limited,
+    /// retry_after_ms}`): reconnect after the hint.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// How long a closing socket waits for the peer's close frame.
@@ -76,6 +79,7 @@ pub(super) struct WsQuery {
 pub(super) async fn upgrade(
     State(app): State<App>,
     q: Result<Query<WsQuery>, QueryRejection>,
+    ip: super::opens::ClientIp,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -84,7 +88,7 @@ pub(super) async fn upgrade(
     };
     let offered = headers.get(header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok()).unwrap_or("");
     let (sub_token, offers_v1) = auth::from_subprotocols(offered);
-    let who = match super::authn::check(&app, q.token.as_deref().or(sub_token)) {
+    let who = match super::authn::check(&app, q.token.as_deref().or(sub_token)).await {
         Ok(who) => who,
         Err(e) => return e.into_response(),
     };
@@ -93,16 +97,20 @@ pub(super) async fn upgrade(
             return e.into_response();
         }
     }
-    let guard = match app.admit("ws", &who) {
-        Ok(g) => g,
-        Err(e) => return e.into_response(),
-    };
-    // A browser fails the handshake unless one offered subprotocol is echoed: the protocol name
-    // when offered, else the bearer entry itself (it only goes back to the client that sent it).
+    // A browser fails the handshake unless one offered subprotocol is echoed. Only the protocol
+    // name is: a token echoed in a response header ends up in proxy and browser logs.
     let ws = match (offers_v1, sub_token) {
         (true, _) => ws.protocols([auth::SUBPROTOCOL]),
-        (false, Some(t)) => ws.protocols([format!("{}{t}", auth::BEARER_SUBPROTOCOL_PREFIX)]),
+        (false, Some(_)) => {
+            let msg = format!("offer `{}` next to the `bearer.` subprotocol", auth::SUBPROTOCOL);
+            return ApiError::BadRequest(msg).into_response();
+        }
         (false, None) => ws,
+    };
+    let guard = match app.admit("ws", &who, ip) {
+        Ok(g) => g,
+        Err(e @ ApiError::OpensLimited { .. }) => return super::opens::refuse_socket(&app, ws, e),
+        Err(e) => return e.into_response(),
     };
     let limit = app.settings.gateway.max_frame_bytes;
     // tungstenite flushes at `write_buffer_size` and refuses to grow past the max; the max must

@@ -6,6 +6,7 @@ mod helpers;
 mod backpressure;
 mod cluster;
 mod e2e;
+mod edges;
 mod hostile;
 mod observability;
 mod procs;

@@ -10,13 +10,15 @@ export const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 /** Every wait in the browser tests is bounded by this unless it says otherwise. */
 export const WAIT_MS = 20_000;
 
-export async function launch() {
+/** `extraArgs`: more Chromium flags (e.g. --host-resolver-rules for pages on other names). */
+export async function launch(extraArgs = []) {
   return chromium.launch({
     executablePath: CHROMIUM,
     // The machine has no route out: without these, Chromium keeps trying to reach its services.
     args: [
       "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
       "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      ...extraArgs,
     ],
     // playwright gives every launch a fresh, temporary --user-data-dir of its own.
     timeout: WAIT_MS,

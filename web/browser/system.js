@@ -3,7 +3,7 @@
 // deadline. Every process is killed by stop(), and on exit even if a test throws.
 
 import { spawn } from "node:child_process";
-import { mkdtempSync, mkdirSync, rmSync, openSync } from "node:fs";
+import { mkdtempSync, mkdirSync, rmSync, openSync, writeFileSync } from "node:fs";
 import { createServer, connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -50,6 +50,12 @@ function redisPing(port) {
 
 const readyz = (url) => fetch(`${url}/readyz`, { signal: AbortSignal.timeout(2000) }).then((r) => r.ok);
 
+function configFile(dir, toml) {
+  const path = join(dir, "gateway.toml");
+  writeFileSync(path, toml);
+  return path;
+}
+
 function start(name, cmd, args, env, logDir) {
   const out = openSync(join(logDir, `${name}.log`), "a");
   const p = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ["ignore", out, out] });
@@ -59,9 +65,10 @@ function start(name, cmd, args, env, logDir) {
 }
 
 /**
- * @param {{gateways?: number, model?: {ttft_ms:number, tokens_per_sec:number, max_tokens:number}, name?: string}} o
+ * `config`: TOML layered over the defaults for the gateways (`--config`), e.g. allowed origins.
+ * @param {{gateways?: number, model?: {ttft_ms:number, tokens_per_sec:number, max_tokens:number}, name?: string, config?: string}} o
  */
-export async function startSystem({ gateways = 2, model = { ttft_ms: 100, tokens_per_sec: 25, max_tokens: 80 }, name = "system" } = {}) {
+export async function startSystem({ gateways = 2, model = { ttft_ms: 100, tokens_per_sec: 25, max_tokens: 80 }, name = "system", config } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "chatfleet-web-"));
   const logDir = join(ARTIFACTS, "logs", name);
   mkdirSync(logDir, { recursive: true });
@@ -84,7 +91,8 @@ export async function startSystem({ gateways = 2, model = { ttft_ms: 100, tokens
     for (let i = 0; i < gateways; i++) {
       const port = await freePort();
       const url = `http://127.0.0.1:${port}`;
-      const p = start(`gateway${i + 1}`, BIN, ["gateway"], { ...env, CHATFLEET__GATEWAY__LISTEN: `127.0.0.1:${port}` }, logDir);
+      const args = config === undefined ? ["gateway"] : ["--config", configFile(dir, config), "gateway"];
+      const p = start(`gateway${i + 1}`, BIN, args, { ...env, CHATFLEET__GATEWAY__LISTEN: `127.0.0.1:${port}` }, logDir);
       procs.push(p);
       sys.urls.push(url);
       sys.gw.push(p);
