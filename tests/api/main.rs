@@ -7,6 +7,7 @@ mod backpressure;
 mod cluster;
 mod e2e;
 mod hostile;
+mod ingress;
 mod observability;
 mod procs;
 mod quota;
