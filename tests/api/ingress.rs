@@ -107,6 +107,10 @@ async fn a_streamed_answer_is_exact_openai_chunks_with_usage_and_done_and_equals
     assert_eq!(c["choices"][0]["message"], json!({"role": "assistant", "content": text, "refusal": null}));
     assert_eq!(c["choices"][0]["finish_reason"], "stop");
     assert_eq!(c["usage"]["completion_tokens"], n);
+    // A conversation longer than the v1 frame limit fits the ingress's own body limit.
+    let long = "x".repeat(app.settings.gateway.max_frame_bytes + 1);
+    let body = json!({"messages": [{"role": "system", "content": long}, {"role": "user", "content": prompt}]});
+    assert_eq!(chat(&app, body, None).await.status(), 200);
     let resp = chat(&app, json!({"stream": true, "messages": [{"role": "user", "content": prompt}]}), None).await;
     let data = Events::of(resp).rest().await;
     let first: Value = serde_json::from_str(&data[0]).unwrap();
@@ -191,16 +195,14 @@ async fn refusals_are_openai_error_objects_with_their_status() {
     let req = http().post(&url).bearer_auth(&narrow).header("x-chatfleet-session", "theirs").json(&ok);
     let (status, e) = openai_error(req.send().await.unwrap()).await;
     assert_eq!((status, e["type"].as_str().unwrap()), (403, "permission_error"));
-    // u1's third request in a burst of 2 (the broken one counted): 429 with Retry-After.
+    // More requests of u1 at once than its burst of 2 (at 1/s): some are refused with 429 and
+    // Retry-After. (Broken bodies, so that each is answered at once: the rate counts requests.)
     let t = token("acme", "u1", 600, None);
-    let mut last = None;
-    for _ in 0..3 {
-        last = Some(http().post(&url).bearer_auth(&t).json(&ok).send().await.unwrap());
-        if last.as_ref().unwrap().status() == 429 {
-            break;
-        }
-    }
-    let resp = last.unwrap();
+    let burst =
+        (0..4).map(|_| http().post(&url).bearer_auth(&t).header("content-type", "application/json").body("{").send());
+    let mut answers = futures::future::join_all(burst).await.into_iter().map(Result::unwrap).collect::<Vec<_>>();
+    let refused = answers.iter().position(|r| r.status() == 429).expect("a request over the burst is refused");
+    let resp = answers.swap_remove(refused);
     assert!(resp.headers().contains_key("retry-after"));
     let (status, e) = openai_error(resp).await;
     assert_eq!(
@@ -326,4 +328,28 @@ async fn the_ui_message_stream_has_its_parts_and_resume_replays_the_running_answ
     let stored: Vec<_> = app.history(&chat_id).await.into_iter().filter(|m| m.role == "assistant").collect();
     assert_eq!(stored[1].text, app.expected_answer("second question"));
     assert_eq!(stored[1].status.as_deref(), Some("done"), "closing the POST stream did not stop the turn");
+}
+
+#[tokio::test]
+async fn a_worker_tool_call_is_a_dynamic_tool_part_between_the_texts() {
+    let hits = HitLog::default();
+    let call = stream(events(&openai_tool_call("call_42", "calculator", &[r#"{"expression": "6 * 7"}"#]), 0));
+    let fake =
+        Fake::start("oa", &hits, vec![call], stream(events(&openai_text(&["It ", "is ", "42."], (30, 3)), 0))).await;
+    let mut s = test_settings();
+    let up = json!({"kind": "openai", "base_url": fake.base_v1(), "model": "m", "api_key": "k"});
+    s.upstreams = [("oa".to_string(), serde_json::from_value(up).unwrap())].into_iter().collect();
+    s.routing.default = vec!["oa".into()];
+    s.tools.declared.insert("calculator".into(), serde_json::from_value(json!({"kind": "calculator"})).unwrap());
+    let app = TestApp::spawn_with(s).await;
+    let chat_id = uid("c");
+    let data = Events::of(aisdk_post(&app, &chat_id, "m1", "six times seven?").await).rest().await;
+    let parts: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let types: Vec<&str> = parts.iter().map(|p| p["type"].as_str().unwrap()).collect();
+    assert_eq!(types[..3], ["start", "tool-input-available", "tool-output-available"], "{types:?}");
+    assert_eq!(parts[1]["toolName"], "calculator");
+    assert_eq!(parts[1]["dynamic"], true);
+    assert_eq!(parts[1]["toolCallId"], parts[2]["toolCallId"]);
+    assert_eq!(types[types.len() - 2..], ["text-end", "finish"]);
+    assert_eq!(deltas(&parts), "It is 42.");
 }

@@ -19,7 +19,7 @@ test("openai (Python)", async (t) => {
       CHATFLEET_DEMO_MAX_TOKENS: String(MODEL.max_tokens),
     };
     // spawnSync would block the event loop, but nothing else runs in this process meanwhile.
-    out = spawnSync(py, [join(import.meta.dirname, "openai_test.py")], { env, encoding: "utf8", timeout: 90_000 });
+    out = spawnSync(py, [join(import.meta.dirname, "openai_test.py")], { env, encoding: "utf8", timeout: 180_000 });
   } finally {
     await sys.stop();
   }

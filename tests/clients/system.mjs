@@ -1,6 +1,6 @@
 // Starts the real system for the client-package tests: a private redis-server, one worker and two
 // gateways of target/debug/chatfleet on free ports: `url` (tenant "dev", default limits) and
-// `tightUrl` (tenant "tight", one turn per minute, for the 429 tests). The demo model answers
+// `tightUrl` (tenant "tight", one turn in flight at a time, for the 429 tests). The demo model answers
 // in about a second, slow enough to close a stream mid-answer. stop() kills everything; so does
 // the process's exit.
 
@@ -75,7 +75,7 @@ export async function startSystem(name) {
       ...env,
       CHATFLEET__GATEWAY__LISTEN: `127.0.0.1:${tightPort}`,
       CHATFLEET__GATEWAY__TENANT: "tight",
-      CHATFLEET__QUOTA__TURNS_PER_MINUTE: "1",
+      CHATFLEET__QUOTA__MAX_INFLIGHT_TURNS: "1",
     });
     for (const u of [url, tightUrl]) {
       await until(`gateway ${u}`, () => fetch(`${u}/readyz`, { signal: AbortSignal.timeout(2000) }).then((r) => r.ok));
