@@ -353,3 +353,32 @@ async fn a_worker_tool_call_is_a_dynamic_tool_part_between_the_texts() {
     assert_eq!(types[types.len() - 2..], ["text-end", "finish"]);
     assert_eq!(deltas(&parts), "It is 42.");
 }
+
+#[tokio::test]
+async fn a_long_queue_is_a_503_with_retry_after() {
+    let mut s = test_settings();
+    s.redis.partitions = 1;
+    s.gateway.admission.max_waiting_turns = 2;
+    s.gateway.admission.refresh_ms = 100;
+    s.gateway.admission.max_retry_ms = 9000;
+    // No workers: turns wait.
+    let app = TestApp::with(s, 1, 0).await;
+    for _ in 0..3 {
+        let url = format!("{}/v1/sessions/{}/messages", app.http(0), uid("s"));
+        let r = http().post(url).json(&json!({"client_msg_id": "m1", "text": "queued"})).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // A request admitted before the gateway saw the queue waits for its answer: give up on it.
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(200)).build().unwrap();
+    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
+    let resp = loop {
+        let body = json!({"stream": true, "messages": [{"role": "user", "content": "one more"}]});
+        match impatient.post(format!("{}/v1/chat/completions", app.http(0))).json(&body).send().await {
+            Ok(r) => break r,
+            Err(e) => assert!(e.is_timeout() && tokio::time::Instant::now() < deadline, "never degraded: {e}"),
+        }
+    };
+    assert_eq!(resp.headers()["retry-after"], "9");
+    let (status, e) = openai_error(resp).await;
+    assert_eq!((status, e["type"].as_str().unwrap(), e["code"].as_str().unwrap()), (503, "server_error", "degraded"));
+}
