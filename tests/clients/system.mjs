@@ -53,6 +53,8 @@ export async function startSystem(name) {
     rmSync(dir, { recursive: true, force: true });
   };
   process.once("exit", () => procs.forEach((p) => p.kill("SIGKILL")));
+  // A signal ends the process without "exit" handlers unless it exits itself.
+  for (const sig of ["SIGTERM", "SIGINT"]) process.once(sig, () => process.exit(128 + (sig === "SIGTERM" ? 15 : 2)));
   try {
     const redisPort = await freePort();
     run("redis", "redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir]);
