@@ -135,19 +135,42 @@ pub fn decode_published(bytes: &[u8]) -> Result<PublishedEvent, PayloadError> {
     Ok(PublishedEvent { seq, event: decode_event(&body)?, epoch })
 }
 
-/// Options of a turn from the client's `send` (today: the model asked for). The gateway encodes
-/// them into `enqueue_turn`'s opaque `opts`, and `start_turn` hands them to the worker. Empty
-/// bytes (turns from older gateways, `ctl dlq replay`) mean all defaults.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Options of a turn from the client's `send` (the model asked for) or from the OpenAI-compatible
+/// ingress (sampling options and the request's own context). The gateway encodes them into
+/// `enqueue_turn`'s opaque `opts`, and `start_turn` hands them to the worker. Empty bytes (turns
+/// from older gateways, `ctl dlq replay`) mean all defaults; every field after `v` is optional,
+/// so options written by an older gateway still decode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TurnOpts {
     pub v: u8,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Most tokens of the answer the client asked for; the upstream's own limit still applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// Sampling temperature the client asked for, passed to upstreams that take one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// The end user the client named (OpenAI's `user`), passed to upstreams that take one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Messages the client sent with this turn, placed between the deployment's system prompt and
+    /// the session's history (a stateless OpenAI request carries its whole conversation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context: Vec<ContextMessage>,
+}
+
+/// One message of a turn's client-supplied context.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContextMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    pub text: String,
 }
 
 impl Default for TurnOpts {
     fn default() -> Self {
-        Self { v: VERSION, model: None }
+        Self { v: VERSION, model: None, max_tokens: None, temperature: None, user: None, context: Vec::new() }
     }
 }
 
@@ -229,8 +252,18 @@ mod tests {
     #[test]
     fn turn_options_and_tool_records_round_trip_and_empty_options_are_defaults() {
         assert_eq!(decode_turn_opts(b"").unwrap(), TurnOpts::default());
-        let o = TurnOpts { v: VERSION, model: Some("gpt-4o".into()) };
+        let o = TurnOpts { v: VERSION, model: Some("gpt-4o".into()), ..Default::default() };
         assert_eq!(decode_turn_opts(&encode_turn_opts(&o)).unwrap(), o);
+        let full = TurnOpts {
+            max_tokens: Some(7),
+            temperature: Some(0.5),
+            user: Some("u".into()),
+            context: vec![ContextMessage { role: "system".into(), text: "be brief".into() }],
+            ..o.clone()
+        };
+        assert_eq!(decode_turn_opts(&encode_turn_opts(&full)).unwrap(), full);
+        // Options an older gateway wrote (model only) still decode.
+        assert_eq!(decode_turn_opts(&encode_turn_opts(&o)).unwrap().context, vec![]);
         let r = ToolRecord {
             v: VERSION,
             round: 1,

@@ -186,6 +186,8 @@ pub struct GatewaySettings {
     pub limits: crate::gateway::LimitSettings,
     /// Refusing new sends while the queue is too long (`[gateway.admission]`).
     pub admission: crate::gateway::AdmissionSettings,
+    /// The OpenAI Chat Completions and AI SDK ingresses (`[gateway.ingress]`).
+    pub ingress: crate::gateway::IngressSettings,
 }
 
 /// Worker concurrency, coalescing and lease timing.
@@ -360,6 +362,7 @@ impl Settings {
         check(g.header_read_timeout_ms >= 100, "gateway.header_read_timeout_ms", "must be at least 100")?;
         g.limits.validate()?;
         g.admission.validate()?;
+        g.ingress.validate()?;
         // `auth` is validated (and its key files read) where it is used, in `Gateway::build`:
         // workers load the same file but neither need nor mount the signing keys.
         self.quota.validate(self.worker.turn_timeout_ms)?;

@@ -52,12 +52,36 @@ pub async fn send_with(
     text: &str,
     model: Option<String>,
 ) -> Result<ControlMsg, ApiError> {
-    if model.as_ref().is_some_and(|m| m.is_empty() || m.len() > 128) {
+    let opts = crate::payload::TurnOpts { model, ..Default::default() };
+    let sent = send_opts(app, who, keys, client_msg_id, text, &opts).await?;
+    Ok(ControlMsg::Ack { client_msg_id: client_msg_id.to_string(), turn_id: sent.turn_id, seq: sent.seq })
+}
+
+/// A stored turn: its id, the seq of its `user_message` event, and the session's epoch (what a
+/// client needs to follow the turn, or to resume it on the session's feed).
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub turn_id: String,
+    pub seq: u64,
+    pub epoch: String,
+}
+
+/// [`send`] with all of a turn's options (the OpenAI-compatible ingress passes sampling options
+/// and its request's context this way).
+pub async fn send_opts(
+    app: &App,
+    who: &Identity,
+    keys: &SessionKeys,
+    client_msg_id: &str,
+    text: &str,
+    opts: &crate::payload::TurnOpts,
+) -> Result<Sent, ApiError> {
+    if opts.model.as_ref().is_some_and(|m| m.is_empty() || m.len() > 128) {
         return Err(ApiError::BadRequest("model must be 1-128 characters".into()));
     }
-    let opts = match model {
-        None => Vec::new(),
-        model => crate::payload::encode_turn_opts(&crate::payload::TurnOpts { model, ..Default::default() }),
+    let opts = match opts == &crate::payload::TurnOpts::default() {
+        true => Vec::new(),
+        false => crate::payload::encode_turn_opts(opts),
     };
     let started = std::time::Instant::now();
     if !is_valid_component(client_msg_id) {
@@ -98,8 +122,8 @@ pub async fn send_with(
         }
     }
     match outcome {
-        EnqueueOutcome::New { turn_id, seq, .. } | EnqueueOutcome::Duplicate { turn_id, seq, .. } => {
-            Ok(ControlMsg::Ack { client_msg_id: client_msg_id.to_string(), turn_id, seq })
+        EnqueueOutcome::New { turn_id, seq, epoch } | EnqueueOutcome::Duplicate { turn_id, seq, epoch } => {
+            Ok(Sent { turn_id, seq, epoch })
         }
         EnqueueOutcome::Busy { active_turn } => Err(ApiError::Busy { active_turn }),
         EnqueueOutcome::Forbidden => Err(ApiError::Forbidden("this session belongs to another user".into())),

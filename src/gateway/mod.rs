@@ -5,14 +5,18 @@
 //! [`Gateway::serve`] returns after draining.
 
 mod admission;
+mod aisdk;
 mod authn;
 mod commands;
 mod error;
 mod feed;
+mod follow;
 mod http;
 pub mod hub;
+mod ingress;
 mod limits;
 mod listener;
+mod openai;
 mod opens;
 mod origin;
 mod rest;
@@ -31,6 +35,7 @@ use tokio_util::task::TaskTracker;
 
 pub use admission::AdmissionSettings;
 pub use error::ApiError;
+pub use ingress::IngressSettings;
 pub use limits::LimitSettings;
 pub use ws::close;
 
@@ -196,6 +201,7 @@ impl Gateway {
             .route("/v1/sessions/{id}/messages", post(rest::send))
             .route("/v1/sessions/{id}/turns/{turn_id}/cancel", post(rest::cancel))
             .merge(http::router())
+            .merge(ingress::router(&self.app.settings.gateway.ingress))
             .layer(DefaultBodyLimit::max(self.app.settings.gateway.max_frame_bytes))
             .layer(axum::middleware::from_fn_with_state(self.app.clone(), origin::check))
             .layer(self.app.origins.cors())

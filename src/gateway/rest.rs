@@ -23,7 +23,7 @@ struct SendBody {
 
 /// Authenticates and counts one request against the user's HTTP rate (jwt mode: in dev mode all
 /// clients are one user, and one client's burst would throttle everyone).
-async fn caller(app: &App, headers: &HeaderMap) -> Result<Identity, ApiError> {
+pub(super) async fn caller(app: &App, headers: &HeaderMap) -> Result<Identity, ApiError> {
     let who = identify(app, headers, Source::Header).await?;
     if app.auth.mode() == AuthMode::Jwt {
         app.limits

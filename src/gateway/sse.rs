@@ -229,7 +229,8 @@ async fn long_poll(
     Ok(([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body).into_response())
 }
 
-fn feed_error(e: FeedError) -> ApiError {
+/// The refusal a failed session open becomes on an HTTP route.
+pub(super) fn feed_error(e: FeedError) -> ApiError {
     match e {
         FeedError::Store(s) => ApiError::Store(s),
         FeedError::Overflow => ApiError::Overloaded("too many events at once; retry"),

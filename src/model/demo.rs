@@ -121,7 +121,8 @@ impl Model for DemoModel {
         }
         let fail_mid = prompt.contains("[[fail-mid]]");
         let prompt_tokens = req.messages.iter().map(|m| m.text.len() as u64 / 4 + 1).sum();
-        let tokens = tokens_for(&prompt, self.settings.max_tokens);
+        let max = req.route.max_tokens.map_or(self.settings.max_tokens, |m| (m as usize).min(self.settings.max_tokens));
+        let tokens = tokens_for(&prompt, max);
         let completion_tokens = tokens.len() as u64;
         let ttft = Duration::from_millis(directive_ms(&prompt, "silent-ms").unwrap_or(self.settings.ttft_ms));
         let gap = match self.settings.tokens_per_sec {

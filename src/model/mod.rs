@@ -70,7 +70,7 @@ pub struct ToolSpec {
 }
 
 /// What the router may use to pick an upstream for this turn.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RouteHints {
     pub tenant: String,
     /// Flags of the session (`<base>:flags`, set by operators or the application backend).
@@ -79,6 +79,12 @@ pub struct RouteHints {
     pub model: Option<String>,
     /// Length of the user's new message, in characters.
     pub message_chars: usize,
+    /// Most tokens of the answer the client asked for (the upstream's limit still applies).
+    pub max_tokens: Option<u64>,
+    /// Sampling temperature the client asked for.
+    pub temperature: Option<f64>,
+    /// The end user the client named, for upstreams that take one (abuse tracking).
+    pub user: Option<String>,
 }
 
 /// What the model is asked.

@@ -51,10 +51,14 @@ pub fn body(u: &UpstreamSettings, req: &ModelRequest) -> Value {
         messages.into_iter().map(|(role, content)| json!({"role": role, "content": content})).collect();
     let mut body = json!({
         "model": u.model,
-        "max_tokens": u.max_output_tokens,
+        "max_tokens": req.route.max_tokens.map_or(u.max_output_tokens, |m| m.min(u.max_output_tokens)),
         "stream": true,
         "messages": messages,
     });
+    // Anthropic's temperature range is 0-1 (OpenAI's is 0-2).
+    if let Some(t) = req.route.temperature {
+        body["temperature"] = json!(t.clamp(0.0, 1.0));
+    }
     if !system.is_empty() {
         body["system"] = json!(system.join("\n\n"));
     }

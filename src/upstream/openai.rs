@@ -23,9 +23,15 @@ pub fn body(u: &UpstreamSettings, req: &ModelRequest) -> Value {
     let mut body = json!({
         "model": u.model,
         "stream": true,
-        "max_tokens": u.max_output_tokens,
+        "max_tokens": req.route.max_tokens.map_or(u.max_output_tokens, |m| m.min(u.max_output_tokens)),
         "messages": messages,
     });
+    if let Some(t) = req.route.temperature {
+        body["temperature"] = json!(t);
+    }
+    if let Some(user) = &req.route.user {
+        body["user"] = json!(user);
+    }
     if u.include_usage {
         body["stream_options"] = json!({ "include_usage": true });
     }

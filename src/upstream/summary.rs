@@ -61,6 +61,28 @@ pub fn conversation(
     out
 }
 
+/// Places a turn's client-supplied context (see [`crate::payload::TurnOpts::context`]) after the
+/// conversation's leading system messages and before the session's history. Its system messages
+/// thus join the pinned head, and its earlier turns are history that packing may drop from the
+/// oldest end, as it drops stored history.
+pub fn with_context(mut messages: Vec<ChatMessage>, context: &[crate::payload::ContextMessage]) -> Vec<ChatMessage> {
+    if context.is_empty() {
+        return messages;
+    }
+    let head = messages.iter().take_while(|m| m.role == Role::System).count();
+    let extra = context.iter().filter_map(|c| {
+        let role = match c.role.as_str() {
+            "system" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            _ => return None,
+        };
+        Some(ChatMessage::new(role, c.text.clone()))
+    });
+    messages.splice(head..head, extra);
+    messages
+}
+
 /// Older history due to be folded into the summary.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fold {
@@ -183,6 +205,27 @@ mod tests {
         // Covered turns do not count again.
         assert_eq!(due(&ctx, &hist(7), Some("t0002")), None);
         assert_eq!(due(&ctx, &hist(8), Some("t0002")).unwrap().upto, "t0005");
+    }
+
+    #[test]
+    fn client_context_goes_between_the_system_head_and_the_history() {
+        use crate::payload::ContextMessage;
+        let ctx = ContextSettings { system_prompt: "sys".into(), ..Default::default() };
+        let c = conversation(&ctx, &hist(1)[..1], None);
+        let cm = |role: &str, text: &str| ContextMessage { role: role.into(), text: text.into() };
+        let context = [cm("system", "be terse"), cm("user", "earlier q"), cm("assistant", "earlier a")];
+        let out = with_context(c, &context);
+        let got: Vec<(Role, &str)> = out.iter().map(|m| (m.role, m.text.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (Role::System, "sys"),
+                (Role::System, "be terse"),
+                (Role::User, "earlier q"),
+                (Role::Assistant, "earlier a"),
+                (Role::User, "q0")
+            ]
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod cluster;
 mod e2e;
 mod edges;
 mod hostile;
+mod ingress;
 mod observability;
 mod procs;
 mod quota;

@@ -81,6 +81,7 @@ fn first_request(t: &Turn<'_>, history: &[payload::HistoryMessage], opts: &Bytes
         payload::TurnOpts::default()
     });
     let messages = summary::conversation(&s.context, history, t.ctx.summary.as_ref());
+    let messages = summary::with_context(messages, &opts.context);
     let message_chars = history.last().map(|m| m.text.chars().count()).unwrap_or(0);
     ModelRequest {
         messages,
@@ -91,6 +92,9 @@ fn first_request(t: &Turn<'_>, history: &[payload::HistoryMessage], opts: &Bytes
             flags: t.ctx.flags.clone(),
             model: opts.model,
             message_chars,
+            max_tokens: opts.max_tokens,
+            temperature: opts.temperature,
+            user: opts.user,
         },
     }
 }
