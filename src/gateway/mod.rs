@@ -7,11 +7,14 @@
 mod admission;
 mod authn;
 mod commands;
+mod connect_rate;
 mod error;
 mod feed;
 mod http;
 pub mod hub;
 mod limits;
+mod linger;
+mod outbox;
 mod rest;
 mod sse;
 mod ws;
@@ -27,9 +30,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use admission::AdmissionSettings;
+pub use error::close;
 pub use error::ApiError;
 pub use limits::LimitSettings;
-pub use ws::close;
+pub use linger::bind;
 
 use crate::auth::{AuthMode, Authenticator, Identity};
 use crate::quota::Quotas;
@@ -57,7 +61,8 @@ pub(crate) struct App(Arc<AppInner>);
 
 pub(crate) struct AppInner {
     pub settings: Settings,
-    pub store: Store,
+    /// Shared, not cloned, by every connection's feed: a `Store` holds several strings.
+    pub store: Arc<Store>,
     pub hub: Hub,
     /// Turns a request's credentials into an identity (tenant, user).
     pub auth: Authenticator,
@@ -69,6 +74,8 @@ pub(crate) struct AppInner {
     pub admission: Admission,
     /// One permit per open client connection (`gateway.max_connections`).
     pub connections: Arc<Semaphore>,
+    /// New connections admitted per second (`gateway.connects_per_sec`).
+    pub connect_rate: connect_rate::ConnectRate,
     /// Fired on shutdown; every socket task watches it.
     pub shutdown: CancellationToken,
     /// Socket tasks, awaited on drain.
@@ -104,6 +111,7 @@ impl App {
         if self.shutdown.is_cancelled() {
             return Err(ApiError::Overloaded("this gateway is draining; reconnect"));
         }
+        self.connect_rate.admit().map_err(|retry_after_ms| ApiError::ConnectStorm { retry_after_ms })?;
         let user = match self.auth.mode() {
             AuthMode::Dev => None,
             AuthMode::Jwt => Some(
@@ -150,8 +158,9 @@ impl Gateway {
             quotas: Quotas::new(settings.quota.clone(), store.keys().clone()),
             admission,
             connections: Arc::new(Semaphore::new(g.max_connections)),
+            connect_rate: connect_rate::ConnectRate::new(g.connects_per_sec, g.connect_burst),
             settings,
-            store,
+            store: Arc::new(store),
             hub,
             shutdown,
             tracker: TaskTracker::new(),
@@ -198,11 +207,10 @@ impl Gateway {
         }
         let shutdown = self.app.shutdown.clone();
         let router = self.router();
-        // No Nagle delay: small frames written back to back would otherwise wait for the peer's
-        // delayed ACK.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+        let g = &self.app.settings.gateway;
+        let limits =
+            linger::LingerLimits { deadline: ms(g.linger_ms), max_bytes: g.linger_bytes, max_sockets: g.max_lingering };
+        let listener = linger::LingeringListener::new(listener, limits);
         axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
         self.app.tracker.close();
         let drain = ms(self.app.settings.gateway.drain_timeout_ms);
