@@ -99,8 +99,7 @@ pub async fn run_gateway(settings: Settings, shutdown: CancellationToken) -> any
     start_metrics(settings.metrics.listen, shutdown.clone(), ready.clone()).await?;
     let store = connect_store(&settings).await?;
     let _ = ready.set(store.clone());
-    let listener = TcpListener::bind(settings.gateway.listen)
-        .await
+    let listener = crate::gateway::bind(settings.gateway.listen, settings.gateway.listen_backlog)
         .with_context(|| format!("cannot bind gateway.listen = {}", settings.gateway.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     let gateway = Gateway::build(settings, store.clone(), shutdown).await?;
@@ -124,6 +123,8 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
 
 /// Everything locally: a private Redis, one gateway, two workers, the demo model. Prints the URL
 /// of the chat page on a line of its own once ready.
+// `chatfleet dev` tells the person at the terminal where the page is.
+#[allow(clippy::print_stdout)]
 pub async fn run_dev(
     mut settings: Settings,
     workers: usize,
@@ -171,6 +172,7 @@ pub async fn run_dev(
 }
 
 /// Starts a private cluster, prints its URL on a line of its own, and runs until shutdown.
+#[allow(clippy::print_stdout)] // the URL on stdout is this command's output
 pub async fn run_local_cluster(primaries: usize, shutdown: CancellationToken) -> anyhow::Result<()> {
     let cluster = LocalCluster::start(primaries, 0, 2000).await?;
     println!("{}", cluster.url());
@@ -180,6 +182,7 @@ pub async fn run_local_cluster(primaries: usize, shutdown: CancellationToken) ->
 }
 
 /// Runs one `ctl` command and prints its output.
+#[allow(clippy::print_stdout)] // the operator tool's output
 pub async fn run_ctl(settings: Settings, cmd: crate::ctl::CtlCommand) -> anyhow::Result<()> {
     let redis = Redis::connect(&settings.redis)
         .await

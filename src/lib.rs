@@ -20,6 +20,10 @@
 //! - [`bench`]: `chatfleet bench`, the load generator and benchmark scenarios (docs/benchmarks.md).
 //! - [`metrics`], [`telemetry`], [`trace`], [`shutdown`]: operations.
 
+// Output goes through `tracing`; a stray print is a debug leftover. The few commands whose
+// output is the terminal text allow it where they print.
+#![deny(clippy::print_stderr, clippy::print_stdout)]
+
 pub mod app;
 pub mod auth;
 pub mod bench;

@@ -140,6 +140,9 @@ pub struct GatewaySettings {
     pub listen: SocketAddr,
     /// Tenant of every session until authentication assigns one per token.
     pub tenant: String,
+    /// Connections the kernel queues for the gateway to accept (capped by `net.core.somaxconn`);
+    /// in a reconnect storm, connections beyond it wait a second for a SYN retransmit.
+    pub listen_backlog: u32,
     /// Open client connections (all transports) one gateway accepts; more get 503.
     pub max_connections: usize,
     /// Largest WebSocket frame or message a client may send; refused before it is buffered.
@@ -182,6 +185,23 @@ pub struct GatewaySettings {
     /// Log the text of user messages (debug level). Off by default: message text is the users'
     /// data and must not reach log pipelines unless someone is debugging on purpose.
     pub log_message_text: bool,
+    /// A closed connection's socket first sends FIN, then reads and discards the peer's input for
+    /// at most this long (a lingering close: closing with unread input sends RST, and the peer may
+    /// lose the close frame or error response that is still in its receive buffer).
+    pub linger_ms: u64,
+    /// Most bytes a lingering socket reads and discards before it closes anyway.
+    pub linger_bytes: usize,
+    /// Sockets lingering at once; past this a closed socket is closed at once.
+    pub max_lingering: usize,
+    /// New connections (all transports) one gateway admits per second, sustained, with
+    /// `connect_burst` above it; more are refused with 503 and a `Retry-After`, so a reconnect
+    /// storm is served at a pace the gateway keeps up with instead of queueing without bound.
+    pub connects_per_sec: u32,
+    /// Connections admitted at once above `connects_per_sec`.
+    pub connect_burst: u32,
+    /// The `retry:` an SSE stream gives the browser: how long `EventSource` waits before it
+    /// reconnects (and resumes from `Last-Event-ID`) after the stream ends.
+    pub sse_retry_ms: u64,
     /// Per-connection and per-user limits (`[gateway.limits]`).
     pub limits: crate::gateway::LimitSettings,
     /// Refusing new sends while the queue is too long (`[gateway.admission]`).
@@ -354,6 +374,9 @@ impl Settings {
         check(g.send_queue_bytes >= 65536, "gateway.send_queue_bytes", "must be at least 65536")?;
         check(g.max_concurrent_catchups >= 1, "gateway.max_concurrent_catchups", "must be at least 1")?;
         check(g.ws_read_buffer_bytes >= 64, "gateway.ws_read_buffer_bytes", "must be at least 64")?;
+        check(g.linger_ms <= 60_000, "gateway.linger_ms", "must be at most 60000")?;
+        check(g.connects_per_sec >= 1, "gateway.connects_per_sec", "must be at least 1")?;
+        check(g.connect_burst >= 1, "gateway.connect_burst", "must be at least 1")?;
         check(
             g.pong_timeout_ms > g.ping_interval_ms,
             "gateway.pong_timeout_ms",

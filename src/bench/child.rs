@@ -26,6 +26,7 @@ pub const MAX_RESETS: usize = 100_000;
 pub const COUNTERS: &[&str] = &[
     "connected",
     "connect_failed",
+    "connect_retries",
     "turns_sent",
     "turns_done",
     "turns_failed",

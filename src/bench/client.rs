@@ -72,6 +72,25 @@ pub async fn open(target: SocketAddr, source: IpAddr, session: &str) -> anyhow::
     Ok(ws)
 }
 
+/// The wait a refused upgrade asks for (`retry_after_ms` of its `error` body, else its
+/// `Retry-After`), when the refusal is one to retry (429, 503).
+pub fn retry_hint(e: &anyhow::Error) -> Option<u64> {
+    let tokio_tungstenite::tungstenite::Error::Http(resp) = e.downcast_ref()? else { return None };
+    if !matches!(resp.status().as_u16(), 429 | 503) {
+        return None;
+    }
+    let from_body = resp
+        .body()
+        .as_deref()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .and_then(|v| v["retry_after_ms"].as_u64());
+    let from_header = || {
+        let secs = resp.headers().get("retry-after")?.to_str().ok()?.parse::<u64>().ok()?;
+        Some(secs * 1000)
+    };
+    from_body.or_else(from_header).or(Some(1000))
+}
+
 /// Sends a client frame.
 pub async fn send(ws: &mut Ws, msg: &ClientMsg) -> anyhow::Result<()> {
     let text = serde_json::to_string(msg)?;

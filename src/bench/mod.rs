@@ -42,6 +42,9 @@ pub enum Scenario {
     Stream,
     /// Idle subscribed sockets on one gateway; RSS per connection.
     Idle,
+    /// A reconnect storm: every socket connects and says hello at once; connect → `welcome`
+    /// percentiles, beside Socket.IO clients reconnecting at once.
+    Storm,
     /// Streams for a long time; RSS growth, errors, lost events.
     Soak,
     /// `stream` while workers are killed and gateways restarted; takeover and reconnect times.

@@ -18,6 +18,7 @@ use super::procstat::{self, Sample};
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Where the peer scripts live: `bench/` under the working directory (the repository root).
+#[allow(clippy::print_stderr)] // tells the person at the terminal why the run pauses
 pub fn dir() -> anyhow::Result<PathBuf> {
     let d = PathBuf::from("bench");
     if !d.join("package.json").exists() {
@@ -188,6 +189,7 @@ pub async fn bullmq(
 }
 
 /// Socket.IO: `rooms` sockets, one per room, each sent `rate` messages/s for `seconds`.
+#[allow(clippy::print_stderr)] // a note beside the table
 pub async fn socketio(
     dir: &Path,
     logs: &Path,
@@ -272,4 +274,65 @@ pub async fn socketio(
             ("sio-producer".into(), delta_ms(p0, p1)),
         ],
     })
+}
+
+/// What the Socket.IO storm measured.
+#[derive(Debug, Clone, Default)]
+pub struct StormRun {
+    pub connected: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Socket.IO's reconnect storm: `sockets` clients (over `procs` processes) connect at once, each
+/// joining its room, as after a server restart; connect → `connect` event percentiles.
+pub async fn socketio_storm(
+    dir: &Path,
+    logs: &Path,
+    redis_url: &str,
+    sockets: usize,
+    procs: usize,
+) -> anyhow::Result<StormRun> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let s = |v: &str| v.to_string();
+    let mut gw = Node::spawn(
+        dir,
+        "sio-server.mjs",
+        &[s("gateway"), s("--redis"), s(redis_url), s("--port"), port.to_string()],
+        &logs.join("sio-storm-gateway.log"),
+    )?;
+    gw.expect("ready").await?;
+    let per = sockets.div_ceil(procs.max(1));
+    let mut clients = Vec::new();
+    for i in 0..procs.max(1) {
+        let first = i * per;
+        let count = per.min(sockets.saturating_sub(first));
+        let args = [
+            s("--url"),
+            format!("http://127.0.0.1:{port}"),
+            s("--first"),
+            first.to_string(),
+            s("--count"),
+            count.to_string(),
+            s("--storm"),
+            s("1"),
+        ];
+        clients.push(Node::spawn(dir, "sio-client.mjs", &args, &logs.join(format!("sio-storm-client-{i}.log")))?);
+    }
+    let mut ms: Vec<f64> = Vec::new();
+    let mut connected = 0;
+    for c in &mut clients {
+        let v = c.expect("storm").await?;
+        connected += v["storm"]["connected"].as_u64().unwrap_or(0);
+        ms.extend(v["storm"]["ms"].as_array().into_iter().flatten().filter_map(Value::as_f64));
+    }
+    for mut c in clients {
+        c.say("report").await;
+        c.wait().await;
+    }
+    let _ = gw.child.start_kill();
+    gw.wait().await;
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let q = |f: f64| ms.get(((ms.len() as f64 - 1.0) * f).round() as usize).copied().unwrap_or(0.0);
+    Ok(StormRun { connected, p50_ms: q(0.5), p99_ms: q(0.99) })
 }

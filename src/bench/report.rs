@@ -122,6 +122,7 @@ fn fmt(v: f64) -> String {
 }
 
 /// The summary table: figures (medians when several runs), checks, processes.
+#[allow(clippy::print_stdout)] // the benchmark's table is its output
 pub fn print_table(scenario: &str, runs: &[Outcome], figures: &[Figure]) {
     println!("\n== {scenario} ({} run{}) ==", runs.len(), if runs.len() == 1 { "" } else { "s" });
     println!("{:<44} {:>12} {:<10} target", "figure", "value", "unit");

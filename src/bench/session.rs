@@ -50,7 +50,7 @@ pub async fn run(ctx: Arc<Ctx>, i: usize, connected: Arc<Semaphore>) {
     let id = format!("{}-{}", plan.session_prefix, plan.first + i);
     let mut s = Session { id, epoch: String::new(), last_seq: 0, target: i % plan.targets.len(), turns: 0 };
     let began = Instant::now();
-    let first = timeout(CONNECT_TIMEOUT, connect(&ctx, i, &s, None)).await;
+    let first = timeout(CONNECT_TIMEOUT, first_connect(&ctx, i, &s)).await;
     let mut ws = match first {
         Ok(Ok((ws, w))) => {
             record(&ctx, "connect", began.elapsed());
@@ -175,6 +175,8 @@ fn record(ctx: &Ctx, name: &str, d: Duration) {
 }
 
 /// Handles one text frame; false when the socket should be resumed (server asked to reconnect).
+// The load child's stderr is its log file: each functional failure is named there.
+#[allow(clippy::print_stderr)]
 fn on_text(ctx: &Ctx, s: &mut Session, turn: &mut Option<Turn>, text: &str, next_at: &mut Instant) -> bool {
     let Ok(f) = serde_json::from_str::<Frame>(text) else {
         ctx.add("error_frames", 1);
@@ -313,6 +315,22 @@ fn end_turn(ctx: &Ctx, turn: &mut Option<Turn>, next_at: &mut Instant) {
     if let Mode::Closed { think_ms } = ctx.plan.mode {
         let jitter = if think_ms > 1 { rand::rng().random_range(0..think_ms) } else { 0 };
         *next_at = Instant::now() + Duration::from_millis(think_ms / 2 + jitter);
+    }
+}
+
+/// The first connect. A refusal with a retry hint (a gateway admitting a reconnect storm at its
+/// own pace) is retried after the hint, as docs/client.md asks of clients; the caller bounds the
+/// whole by [`CONNECT_TIMEOUT`].
+async fn first_connect(ctx: &Ctx, i: usize, s: &Session) -> anyhow::Result<(Ws, Welcome)> {
+    loop {
+        match connect(ctx, i, s, None).await {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                let Some(ms) = client::retry_hint(&e) else { return Err(e) };
+                ctx.add("connect_retries", 1);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! The gateway's error type: one variant per refusal, each mapped in one place to an HTTP status
-//! and a protocol `error{code}`. Internal causes are logged once, here, and never sent to clients.
+//! and a protocol `error{code}`; and the WebSocket close codes ([`close`]), so every transport
+//! ends a connection the same way. Internal causes are logged once, here, and never sent to
+//! clients.
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -9,6 +11,33 @@ use crate::auth::AuthError;
 use crate::protocol::{ControlMsg, ErrorCode};
 use crate::quota::QuotaError;
 use crate::store::StoreError;
+
+/// Close codes (docs/protocol.md).
+pub mod close {
+    /// The server is restarting or draining: reconnect (resume) at once.
+    pub const GOING_AWAY: u16 = 1012;
+    /// A frame broke the protocol (e.g. no `hello` first, a bad first frame).
+    pub const PROTOCOL: u16 = 1002;
+    /// A text frame was not valid UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
+    /// The token does not allow this session (after `error{forbidden}`).
+    pub const POLICY: u16 = 1008;
+    /// A frame or message exceeded its size limit.
+    pub const TOO_LARGE: u16 = 1009;
+    /// No hello, or no traffic and no pong, in time.
+    pub const TIMEOUT: u16 = 4000;
+    /// The session could not be opened (storage unavailable); reconnect with backoff.
+    pub const UNAVAILABLE: u16 = 4003;
+    /// The client read too slowly and its send queue overflowed: reconnect and resume.
+    pub const SLOW_CONSUMER: u16 = 4008;
+    /// The token expired (after `error{unauthorized}`): reconnect with a fresh token and resume.
+    pub const TOKEN_EXPIRED: u16 = 4001;
+    /// Too many frames were refused in a row (`gateway.limits.max_rejected_frames`).
+    pub const ABUSE: u16 = 4029;
+    /// Too many session opens from this address or user (after `error{rate_limited,
+    /// retry_after_ms}`): reconnect after the hint.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
 
 /// A refused request or frame.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +80,11 @@ pub enum ApiError {
     /// 503 `degraded`: the queue is too long or too old; retry after the measured hint.
     #[error("the service is overloaded; retry after {retry_after_ms} ms")]
     Degraded { retry_after_ms: u64 },
+    /// 503 `unavailable`: new connections arrive faster than this gateway admits them
+    /// (`gateway.connects_per_sec`, a reconnect storm); retry after the hint, which spreads the
+    /// retries out.
+    #[error("too many clients are connecting at once; retry after {retry_after_ms} ms")]
+    ConnectStorm { retry_after_ms: u64 },
     /// 503 `unavailable`: this gateway is at its connection limit or draining.
     #[error("{0}")]
     Overloaded(&'static str),
@@ -89,7 +123,7 @@ impl ApiError {
             Self::TooManyConnections { .. } => ErrorCode::TooManyConnections,
             Self::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
             Self::Degraded { .. } => ErrorCode::Degraded,
-            Self::Overloaded(_) | Self::Store(_) => ErrorCode::Unavailable,
+            Self::ConnectStorm { .. } | Self::Overloaded(_) | Self::Store(_) => ErrorCode::Unavailable,
         }
     }
 
@@ -105,7 +139,9 @@ impl ApiError {
             | Self::OpensLimited { .. }
             | Self::TooManyConnections { .. }
             | Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Degraded { .. } | Self::Overloaded(_) | Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Degraded { .. } | Self::ConnectStorm { .. } | Self::Overloaded(_) | Self::Store(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -115,7 +151,8 @@ impl ApiError {
             Self::RateLimited { retry_after_ms }
             | Self::OpensLimited { retry_after_ms }
             | Self::QuotaExceeded { retry_after_ms, .. }
-            | Self::Degraded { retry_after_ms } => Some(*retry_after_ms),
+            | Self::Degraded { retry_after_ms }
+            | Self::ConnectStorm { retry_after_ms } => Some(*retry_after_ms),
             _ => None,
         }
     }

@@ -63,7 +63,7 @@ impl From<Overflowed> for FeedError {
 /// the struct (`inbox`, `ready`, `stale`) and `last` only moves together with `ready`; an await
 /// that is dropped loses nothing, and the next call carries on where it stopped.
 pub struct Feed {
-    store: Store,
+    store: Arc<Store>,
     keys: SessionKeys,
     sub: Subscription,
     epoch: String,
@@ -108,7 +108,7 @@ impl Feed {
     #[allow(clippy::too_many_arguments)]
     pub async fn open(
         hub: &Hub,
-        store: &Store,
+        store: &Arc<Store>,
         keys: SessionKeys,
         session_id: &str,
         epoch: Option<&str>,
@@ -155,6 +155,11 @@ impl Feed {
         &self.keys
     }
 
+    /// The session epoch of the frames handed out so far.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
     /// Waits for the next events (or a snapshot), in order. Cancel-safe (see [`Feed`]).
     pub async fn next(&mut self) -> Result<Item, FeedError> {
         loop {
@@ -193,6 +198,11 @@ impl Feed {
     /// Completes when this connection's queue overflowed (it reads too slowly).
     pub async fn overflowed(&self) {
         self.sub.mailbox.overflowed().await
+    }
+
+    /// The connection's queue in the hub.
+    pub fn mailbox(&self) -> &Arc<super::hub::Mailbox> {
+        &self.sub.mailbox
     }
 
     /// Tells the hub's byte accounting that `bytes` of queued frames were written.

@@ -14,7 +14,10 @@
 //!   connection's read to Redis at the same moment and deepen the overload.
 //! - A connection's queue is a [`Mailbox`]: one small allocation, no storage while idle.
 //! - SSUBSCRIBE/SUNSUBSCRIBE go through one command task, so a leave and a join of the same
-//!   channel can never reach Redis out of order; commands waiting together are batched.
+//!   channel can never reach Redis out of order (a leave queues its SUNSUBSCRIBE under the
+//!   membership lock, and the task skips it if the channel has members again by then); commands
+//!   waiting together are batched, up to [`BATCH`] channels in one SSUBSCRIBE (per slot on a
+//!   Cluster, the slots' calls sent at once).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -250,17 +253,13 @@ impl Hub {
     }
 
     fn leave(&self, channel: &str, id: u64) {
-        let empty = {
-            let mut map = self.inner.channels.lock().expect("hub lock");
-            let Some(subs) = map.get_mut(channel) else { return };
-            subs.retain(|s| s.id != id);
-            let empty = subs.is_empty();
-            if empty {
-                map.remove(channel);
-            }
-            empty
-        };
-        if empty {
+        let mut map = self.inner.channels.lock().expect("hub lock");
+        let Some(subs) = map.get_mut(channel) else { return };
+        subs.retain(|s| s.id != id);
+        if subs.is_empty() {
+            map.remove(channel);
+            // Queued while the lock is held: a join that follows takes the lock after this, so
+            // its Subscribe is queued after this Unsubscribe and Redis sees them in that order.
             // Best effort: if the queue is full the channel stays subscribed until the next
             // reconnect; its messages then find no member and are dropped cheaply.
             let _ = self.inner.commands.try_send(Command::Unsubscribe(channel.to_string()));
@@ -345,6 +344,11 @@ async fn run_commands(hub: Hub, sub: SubscriberClient, mut rx: mpsc::Receiver<Co
                         let r = ssubscribe_grouped(&sub, std::mem::take(&mut subscribe)).await;
                         answer(std::mem::take(&mut waiters), r);
                     }
+                    // A member joined since the last one left: its Subscribe is queued after
+                    // this, or was just sent; unsubscribing now would leave it with nothing.
+                    if hub.has_members(&ch) {
+                        continue;
+                    }
                     if let Err(e) = sub.sunsubscribe(ch).await {
                         tracing::warn!(error = %e, "SUNSUBSCRIBE failed");
                     }
@@ -368,19 +372,25 @@ async fn run_commands(hub: Hub, sub: SubscriberClient, mut rx: mpsc::Receiver<Co
     }
 }
 
-/// SSUBSCRIBE, one call per hash slot: a Cluster refuses channels of several slots in one call.
+/// SSUBSCRIBE for a batch: one call on a single server; on a Cluster, which refuses channels of
+/// several slots in one call, one call per hash slot, all sent at once (fred pipelines them) so
+/// that a reconnect storm's batch costs one round trip, not one per slot.
 /// (fred's `resubscribe_all` is not used: in 10.1 it first sends SUBSCRIBE with no channels,
 /// which Redis refuses, and then never reaches the sharded channels.)
 async fn ssubscribe_grouped(sub: &SubscriberClient, channels: Vec<String>) -> Result<(), String> {
     if channels.is_empty() {
         return Ok(());
     }
+    if !sub.is_clustered() {
+        return sub.ssubscribe(channels).await.map_err(|e| e.to_string());
+    }
     let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
     for ch in channels {
         by_slot.entry(fred::util::redis_keyslot(ch.as_bytes())).or_default().push(ch);
     }
-    for (_, chs) in by_slot {
-        sub.ssubscribe(chs).await.map_err(|e| e.to_string())?;
+    let calls = by_slot.into_values().map(|chs| sub.ssubscribe(chs));
+    for r in futures::future::join_all(calls).await {
+        r.map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -456,3 +466,6 @@ async fn watch_reconnects(hub: Hub, sub: SubscriberClient, shutdown: Cancellatio
     }
     let _ = sub.quit().await;
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,25 +16,22 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 /// Serves `router` on `listener` until `shutdown` fires, then lets requests in flight finish
 /// (SSE streams and long-polls end themselves on shutdown) for at most `drain`.
-pub(super) async fn serve(
-    listener: TcpListener,
+pub(super) async fn serve<L>(
+    mut listener: L,
     router: Router,
     header_read_timeout: Duration,
     shutdown: CancellationToken,
     drain: Duration,
-) {
-    // No Nagle delay: small frames written back to back would otherwise wait for the peer's
-    // delayed ACK.
-    let mut listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+) where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    L::Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let connections = TaskTracker::new();
     loop {
         let (io, peer) = tokio::select! {

@@ -8,6 +8,7 @@ mod admission;
 mod aisdk;
 mod authn;
 mod commands;
+mod connect_rate;
 mod error;
 mod feed;
 mod follow;
@@ -15,10 +16,12 @@ mod http;
 pub mod hub;
 mod ingress;
 mod limits;
+mod linger;
 mod listener;
 mod openai;
 mod opens;
 mod origin;
+mod outbox;
 mod rest;
 mod sse;
 mod ws;
@@ -34,10 +37,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use admission::AdmissionSettings;
+pub use error::close;
 pub use error::ApiError;
 pub use ingress::IngressSettings;
 pub use limits::LimitSettings;
-pub use ws::close;
+pub use linger::bind;
 
 use crate::auth::{AuthMode, Authenticator, Identity};
 use crate::quota::Quotas;
@@ -67,7 +71,8 @@ pub(crate) struct App(Arc<AppInner>);
 
 pub(crate) struct AppInner {
     pub settings: Settings,
-    pub store: Store,
+    /// Shared, not cloned, by every connection's feed: a `Store` holds several strings.
+    pub store: Arc<Store>,
     pub hub: Hub,
     /// Turns a request's credentials into an identity (tenant, user).
     pub auth: Authenticator,
@@ -81,6 +86,8 @@ pub(crate) struct AppInner {
     pub origins: Origins,
     /// One permit per open client connection (`gateway.max_connections`).
     pub connections: Arc<Semaphore>,
+    /// New connections admitted per second (`gateway.connects_per_sec`).
+    pub connect_rate: connect_rate::ConnectRate,
     /// Fired on shutdown; every socket task watches it.
     pub shutdown: CancellationToken,
     /// Socket tasks, awaited on drain.
@@ -123,6 +130,7 @@ impl App {
                 ApiError::OpensLimited { retry_after_ms }
             })?;
         }
+        self.connect_rate.admit().map_err(|retry_after_ms| ApiError::ConnectStorm { retry_after_ms })?;
         let user = match self.auth.mode() {
             AuthMode::Dev => None,
             AuthMode::Jwt => Some(
@@ -173,8 +181,9 @@ impl Gateway {
             admission,
             origins,
             connections: Arc::new(Semaphore::new(g.max_connections)),
+            connect_rate: connect_rate::ConnectRate::new(g.connects_per_sec, g.connect_burst),
             settings,
-            store,
+            store: Arc::new(store),
             hub,
             shutdown,
             tracker: TaskTracker::new(),
@@ -226,6 +235,9 @@ impl Gateway {
         let g = &self.app.settings.gateway;
         let drain = ms(g.drain_timeout_ms);
         let header_timeout = ms(g.header_read_timeout_ms);
+        let limits =
+            linger::LingerLimits { deadline: ms(g.linger_ms), max_bytes: g.linger_bytes, max_sockets: g.max_lingering };
+        let listener = linger::LingeringListener::new(listener, limits);
         listener::serve(listener, self.router(), header_timeout, self.app.shutdown.clone(), drain).await;
         self.app.tracker.close();
         if tokio::time::timeout(drain, self.app.tracker.wait()).await.is_err() {

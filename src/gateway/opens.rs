@@ -17,8 +17,8 @@ use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use axum::response::Response;
 
+use super::error::close;
 use super::error::ApiError;
-use super::ws::close;
 use super::App;
 use crate::protocol;
 use crate::settings::ms;

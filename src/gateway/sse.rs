@@ -1,8 +1,9 @@
 //! Server-sent events and long-poll: `GET /v1/sessions/{id}/events`.
 //!
-//! With `Accept: text/event-stream` the response is an SSE stream: each event with `id: <seq>`,
-//! control frames as `event: control`, comment heartbeats, and resume from `Last-Event-ID` (or
-//! `?last_seq=`) with `?epoch=`. Otherwise it is a long-poll: the events after `?after=` as soon as
+//! With `Accept: text/event-stream` the response is an SSE stream: each event with
+//! `id: <epoch>:<seq>`, control frames as `event: control`, comment heartbeats, and resume from
+//! `Last-Event-ID` (which a browser's `EventSource` sends by itself when it reconnects; a bare
+//! `<seq>` is accepted too, with `?epoch=`) or `?last_seq=` with `?epoch=`. Otherwise it is a long-poll: the events after `?after=` as soon as
 //! there are any, or an empty list when `?wait_ms=` runs out. Both read through the same
 //! [`Feed`] as the WebSocket, so the resume rules are the same.
 
@@ -20,10 +21,11 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::authn::{identify, session_keys, Source};
 use super::error::ApiError;
-use super::feed::{merge_deltas, Feed, FeedError, Item, Opening};
+use super::feed::{Feed, FeedError, Item, Opening};
 use super::opens::ClientIp;
+use super::outbox::{Out, Outbox};
 use super::App;
-use crate::auth::{AuthError, Identity};
+use crate::auth::Identity;
 use crate::protocol::{self, ControlMsg};
 use crate::settings::ms;
 
@@ -76,88 +78,96 @@ async fn sse(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let keys = session_keys(&app, &who, &session_id)?;
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().parse::<u64>().map_err(|_| ApiError::BadRequest("Last-Event-ID must be a seq".into())))
-        .transpose()?;
-    let last_seq = last_event_id.or(q.last_seq);
+    let last_event_id = headers.get("last-event-id").map(|v| v.to_str().map_err(|_| ()).and_then(parse_event_id));
+    let last_event_id = last_event_id
+        .transpose()
+        .map_err(|_| ApiError::BadRequest("Last-Event-ID must be <epoch>:<seq> or <seq>".into()))?;
+    // The browser's automatic reconnect sends only `Last-Event-ID` (on the URL it first used), so
+    // the id's own epoch wins over the query's.
+    let (epoch, last_seq) = match last_event_id {
+        Some((Some(epoch), seq)) => (Some(epoch), Some(seq)),
+        Some((None, seq)) => (q.epoch, Some(seq)),
+        None => (q.epoch, q.last_seq),
+    };
     let guard = app.admit("sse", &who, ip)?;
     let actor = who.actor(&session_id, app.settings.session.bind_to_user);
     let (feed, opening) =
-        Box::pin(Feed::open(&app.hub, &app.store, keys, &session_id, q.epoch.as_deref(), last_seq, true, actor))
+        Box::pin(Feed::open(&app.hub, &app.store, keys, &session_id, epoch.as_deref(), last_seq, true, actor))
             .await
             .map_err(feed_error)?;
     let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(SSE_BUFFER);
+    let outbox = Outbox::new(feed, app.shutdown.clone(), who.time_left(), Duration::ZERO);
     let task_app = app.clone();
-    let expiry = who.time_left();
     tokio::spawn(async move {
-        pump(task_app, feed, opening, tx, expiry).await;
+        pump(task_app, outbox, opening, tx).await;
         drop(guard);
     });
     let keep_alive = KeepAlive::new().interval(ms(app.settings.gateway.sse_heartbeat_ms)).text("hb");
     Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(keep_alive).into_response())
 }
 
-/// Moves the feed into the SSE body until the client leaves, the gateway drains, or the token
-/// expires (then an `error{unauthorized}` control event ends the stream).
-async fn pump(
-    app: App,
-    mut feed: Feed,
-    opening: Opening,
-    tx: mpsc::Sender<Result<SseEvent, Infallible>>,
-    expiry: Option<Duration>,
-) {
+/// Parses a `Last-Event-ID`: `<epoch>:<seq>` as this gateway sends it, or a bare `<seq>` (older
+/// clients, `?last_seq=` style).
+fn parse_event_id(v: &str) -> Result<(Option<String>, u64), ()> {
+    let v = v.trim();
+    match v.rsplit_once(':') {
+        Some((epoch, seq)) if !epoch.is_empty() => Ok((Some(epoch.to_string()), seq.parse().map_err(|_| ())?)),
+        Some(_) => Err(()),
+        None => Ok((None, v.parse().map_err(|_| ())?)),
+    }
+}
+
+/// The SSE `id:` of a frame: the epoch with the seq, so that a plain `EventSource` resumes with
+/// a replay, not a snapshot.
+fn event_id(epoch: &str, seq: u64) -> String {
+    format!("{epoch}:{seq}")
+}
+
+/// Moves the outbox into the SSE body until the client leaves or the outbox ends the stream
+/// (drain, token expiry, a slow reader, a failed feed).
+async fn pump(app: App, mut outbox: Outbox, opening: Opening, tx: mpsc::Sender<Result<SseEvent, Infallible>>) {
     let write_timeout = ms(app.settings.gateway.write_timeout_ms);
-    let expired = super::ws::expiry_timer(expiry);
-    tokio::pin!(expired);
-    if send_control(&tx, &opening.welcome, write_timeout).await.is_err() {
+    // The welcome carries no id: a replay follows it, and the browser must resume before that.
+    let retry = ms(app.settings.gateway.sse_retry_ms);
+    let welcome = control_event(&opening.welcome).retry(retry);
+    if push(&tx, welcome, write_timeout).await.is_err() {
         return;
     }
-    let mut next = Some(opening.first);
+    let mut next = Some(outbox.first(opening.first));
     loop {
-        let item = match next.take() {
-            Some(i) => i,
+        let out = match next.take() {
+            Some(o) => o,
             None => tokio::select! {
                 biased;
-                _ = app.shutdown.cancelled() => {
-                    let _ = send_control(&tx, &ControlMsg::Reconnect { reason: "draining".into() }, write_timeout).await;
-                    return;
-                }
                 _ = tx.closed() => return,
-                _ = &mut expired => {
-                    let e = ApiError::Unauthorized(AuthError::Expired);
-                    let _ = send_control(&tx, &e.to_control(), write_timeout).await;
-                    return;
-                }
-                r = feed.next() => match r {
-                    Ok(i) => i,
-                    Err(FeedError::Overflow) => {
-                        metrics::counter!(crate::metrics::GATEWAY_SLOW_CLOSES).increment(1);
-                        return;
-                    }
-                    Err(FeedError::Store(e)) => {
-                        tracing::error!(error = %e, "SSE feed failed");
-                        return;
-                    }
-                    Err(FeedError::Forbidden) => return,
-                },
+                o = outbox.next() => o,
             },
         };
-        let sent = match item {
-            Item::Snapshot(s) => send_control(&tx, &s, write_timeout).await,
-            Item::Frames(frames) => {
-                let queued: usize = frames.iter().map(|f| f.json.len()).sum();
+        let sent = match out {
+            Out::Control(msg) => {
+                // A snapshot is the state up to its seq: resuming after it is right.
+                let ev = match &msg {
+                    ControlMsg::Snapshot { epoch, seq, .. } => control_event(&msg).id(event_id(epoch, *seq)),
+                    _ => control_event(&msg),
+                };
+                push(&tx, ev, write_timeout).await
+            }
+            Out::Events(batch) => {
                 let mut r = Ok(());
-                for f in merge_deltas(frames) {
-                    let ev = SseEvent::default().id(f.seq.to_string()).data(&*f.json);
+                for f in &batch.frames {
+                    let ev = SseEvent::default().id(event_id(outbox.epoch(), f.seq)).data(&*f.json);
                     r = push(&tx, ev, write_timeout).await;
                     if r.is_err() {
                         break;
                     }
                 }
-                feed.written(queued);
                 r
+            }
+            Out::End(end) => {
+                if let Some(last) = end.last {
+                    let _ = push(&tx, control_event(&last), write_timeout).await;
+                }
+                return;
             }
         };
         if sent.is_err() {
@@ -166,12 +176,8 @@ async fn pump(
     }
 }
 
-async fn send_control(
-    tx: &mpsc::Sender<Result<SseEvent, Infallible>>,
-    msg: &ControlMsg,
-    write_timeout: Duration,
-) -> Result<(), ()> {
-    push(tx, SseEvent::default().event("control").data(protocol::encode(msg)), write_timeout).await
+fn control_event(msg: &ControlMsg) -> SseEvent {
+    SseEvent::default().event("control").data(protocol::encode(msg))
 }
 
 async fn push(
@@ -235,5 +241,19 @@ pub(super) fn feed_error(e: FeedError) -> ApiError {
         FeedError::Store(s) => ApiError::Store(s),
         FeedError::Overflow => ApiError::Overloaded("too many events at once; retry"),
         FeedError::Forbidden => ApiError::Forbidden("this session belongs to another user".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_id_is_the_epoch_and_the_seq_and_a_bare_seq_is_still_accepted() {
+        assert_eq!(parse_event_id(&event_id("e1f3", 32)), Ok((Some("e1f3".to_string()), 32)));
+        assert_eq!(parse_event_id(" 32 "), Ok((None, 32)));
+        for bad in ["", "x", ":32", "e1:", "e1:x", "e1:-1"] {
+            assert_eq!(parse_event_id(bad), Err(()), "{bad:?}");
+        }
     }
 }

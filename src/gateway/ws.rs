@@ -22,41 +22,15 @@ use serde::Deserialize;
 use tokio::time::{timeout, Instant};
 
 use super::commands;
-use super::error::ApiError;
-use super::feed::{merge_deltas, Feed, FeedError, Item};
+use super::error::{close, ApiError};
+use super::feed::{Feed, FeedError, Item};
 use super::limits::{FrameLimiter, Verdict};
+use super::outbox::{slow_consumer, Out, Outbox};
 use super::{App, ConnGuard};
 use crate::auth::{self, AuthError, Identity};
 use crate::metrics as m;
 use crate::protocol::{self, ClientMsg, ControlMsg, ErrorCode};
 use crate::settings::ms;
-
-/// Close codes (docs/protocol.md).
-pub mod close {
-    /// The server is restarting or draining: reconnect (resume) at once.
-    pub const GOING_AWAY: u16 = 1012;
-    /// A frame broke the protocol (e.g. no `hello` first, a bad first frame).
-    pub const PROTOCOL: u16 = 1002;
-    /// A text frame was not valid UTF-8.
-    pub const INVALID_DATA: u16 = 1007;
-    /// The token does not allow this session (after `error{forbidden}`).
-    pub const POLICY: u16 = 1008;
-    /// A frame or message exceeded its size limit.
-    pub const TOO_LARGE: u16 = 1009;
-    /// No hello, or no traffic and no pong, in time.
-    pub const TIMEOUT: u16 = 4000;
-    /// The session could not be opened (storage unavailable); reconnect with backoff.
-    pub const UNAVAILABLE: u16 = 4003;
-    /// The client read too slowly and its send queue overflowed: reconnect and resume.
-    pub const SLOW_CONSUMER: u16 = 4008;
-    /// The token expired (after `error{unauthorized}`): reconnect with a fresh token and resume.
-    pub const TOKEN_EXPIRED: u16 = 4001;
-    /// Too many frames were refused in a row (`gateway.limits.max_rejected_frames`).
-    pub const ABUSE: u16 = 4029;
-    /// Too many session opens from this address or user (after `error{rate_limited,
-    /// retry_after_ms}`): reconnect after the hint.
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-}
 
 /// How long a closing socket waits for the peer's close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
@@ -140,22 +114,26 @@ async fn serve(app: App, mut ws: WebSocket, who: Identity, query_sid: Option<Str
     // One task owns the socket, reading and writing it in turn: no split halves (their shared
     // lock is one more allocation per socket), and the task is the only one per connection.
     let write_timeout = ms(app.settings.gateway.write_timeout_ms);
-    let sf = session(&app, &mut ws, &who, query_sid);
-    eprintln!("SZ session {}", std::mem::size_of_val(&sf));
-    let ending = match sf.await {
+    let ending = match session(&app, &mut ws, &who, query_sid).await {
         Ok(e) | Err(e) => e,
     };
+    // Boxed like every rare step: the closing state would otherwise add to the idle task.
+    Box::pin(close_socket(&mut ws, ending, write_timeout)).await;
+    drop(guard);
+}
+
+/// Sends the close frame (if any) and completes the close handshake, briefly. Input the peer
+/// keeps sending after that (the rest of an oversized frame) is discarded by the listener's
+/// lingering close (`linger.rs`), so the peer reads this close instead of a TCP reset.
+async fn close_socket(ws: &mut WebSocket, ending: Ending, write_timeout: Duration) {
     if let Some((code, reason)) = ending.0 {
         let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
         if timeout(write_timeout, ws.send(Message::Close(Some(frame)))).await.is_ok() {
-            // Close handshake: read (and drop) until the peer's close, briefly. Dropping a socket
-            // with unread input makes the kernel send RST, and a peer that gets RST may lose the
-            // close frame (and its code) that is still in its receive buffer.
+            // Read (and drop) until the peer's close frame.
             let _ = timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = ws.next().await {} }).await;
         }
     }
     let _ = timeout(CLOSE_LINGER, ws.close()).await;
-    drop(guard);
 }
 
 /// The socket, read and written by its one task.
@@ -163,15 +141,13 @@ type Tx = WebSocket;
 
 /// The connection's life after the upgrade. Its future is the bulk of what an idle socket costs,
 /// so the rare, large steps (opening the session, handling a client command) are boxed where they
-/// are awaited, and only the waiting state stays inline.
+/// are awaited, and only the waiting state stays inline (its size is asserted in a test).
 async fn session(app: &App, tx: &mut Tx, who: &Identity, query_sid: Option<String>) -> Result<Ending, Ending> {
     let g = &app.settings.gateway;
     let write_timeout = ms(g.write_timeout_ms);
-    let expired = expiry_timer(who.time_left());
-    tokio::pin!(expired);
     let mut limiter = FrameLimiter::new(&g.limits);
     // 1. hello, once: boxed, so its state is freed when the session loop starts.
-    let (mut feed, coalesce) = Box::pin(hello(app, tx, who, query_sid, &mut limiter, expired.as_mut())).await?;
+    let mut outbox = Box::pin(hello(app, tx, who, query_sid, &mut limiter)).await?;
 
     // 2. the session loop
     let mut last_heard = Instant::now();
@@ -182,12 +158,6 @@ async fn session(app: &App, tx: &mut Tx, who: &Identity, query_sid: Option<Strin
     loop {
         tokio::select! {
             biased;
-            _ = app.shutdown.cancelled() => {
-                let msg = ControlMsg::Reconnect { reason: "draining".into() };
-                let _ = send_control(tx, &msg, write_timeout).await;
-                return Ok(Ending(Some((close::GOING_AWAY, "draining"))));
-            }
-            _ = &mut expired => return Err(token_expired(tx, write_timeout).await),
             incoming = tx.next() => {
                 last_heard = Instant::now();
                 let is_data = matches!(incoming, Some(Ok(Message::Text(_) | Message::Binary(_))));
@@ -195,7 +165,7 @@ async fn session(app: &App, tx: &mut Tx, who: &Identity, query_sid: Option<Strin
                     if let Verdict::Limited { retry_after_ms } = limiter.check() {
                         let e = ApiError::RateLimited { retry_after_ms };
                         metrics::counter!(m::GATEWAY_REJECTED, "code" => code_label(e.code())).increment(1);
-                        send_control(tx, &e.to_control(), write_timeout).await?;
+                        Box::pin(send_control(tx, &e.to_control(), write_timeout)).await?;
                         strike(&mut limiter, true)?;
                         continue;
                     }
@@ -203,23 +173,23 @@ async fn session(app: &App, tx: &mut Tx, who: &Identity, query_sid: Option<Strin
                 let refused = match read_frame(incoming) {
                     Ok(ClientMsg::Hello { .. }) => {
                         let e = ApiError::BadRequest("hello was already received".into());
-                        send_control(tx, &e.to_control(), write_timeout).await?;
+                        Box::pin(send_control(tx, &e.to_control(), write_timeout)).await?;
                         true
                     }
                     Ok(msg) => {
-                        let (reply, refused) = Box::pin(commands::handle(app, who, feed.keys(), msg)).await;
+                        let (reply, refused) = Box::pin(commands::handle(app, who, outbox.keys(), msg)).await;
                         if let Some(reply) = reply {
-                            send_control(tx, &reply, write_timeout).await?;
+                            Box::pin(send_control(tx, &reply, write_timeout)).await?;
                         }
                         refused
                     }
                     Err(FrameError::Closed) => return Ok(Ending(None)),
                     Err(FrameError::Ignore) => false,
-                    Err(FrameError::Fatal(code, msg, close)) => return Err(reject(tx, code, &msg, close, write_timeout).await),
+                    Err(FrameError::Fatal(code, msg, close)) => return Err(Box::pin(reject(tx, code, &msg, close, write_timeout)).await),
                     Err(FrameError::Bad(code, msg)) => {
                         metrics::counter!(m::GATEWAY_REJECTED, "code" => code_label(code)).increment(1);
                         let e = ControlMsg::Error { code, message: msg, retry_after_ms: None };
-                        send_control(tx, &e, write_timeout).await?;
+                        Box::pin(send_control(tx, &e, write_timeout)).await?;
                         true
                     }
                 };
@@ -227,30 +197,15 @@ async fn session(app: &App, tx: &mut Tx, who: &Identity, query_sid: Option<Strin
                     strike(&mut limiter, refused)?;
                 }
             }
-            item = feed.next() => {
-                let item = match item {
-                    Ok(i) => i,
-                    Err(FeedError::Overflow) => {
-                        metrics::counter!(m::GATEWAY_SLOW_CLOSES).increment(1);
-                        return Err(Ending(Some((close::SLOW_CONSUMER, "too slow; resume from your last seq"))));
-                    }
-                    Err(FeedError::Store(e)) => {
-                        tracing::error!(error = %e, "session feed failed");
-                        return Err(Ending(Some((close::UNAVAILABLE, "session feed failed; reconnect"))));
-                    }
-                    Err(FeedError::Forbidden) => {
-                        return Err(Ending(Some((close::POLICY, "the session belongs to another user"))));
-                    }
-                };
-                let item = if coalesce.is_zero() { item } else { gather(&mut feed, item, coalesce).await? };
-                send_item(tx, &feed, item, write_timeout).await?;
-            }
+            // Boxed: a write's state (the send, its timeout, the overflow watch) would otherwise
+            // sit inline in every idle connection's task.
+            out = outbox.next() => Box::pin(write_out(tx, &outbox, out, write_timeout)).await?,
             _ = &mut ping => {
                 ping.as_mut().reset(Instant::now() + ping_every);
                 if last_heard.elapsed() > ms(g.pong_timeout_ms) {
                     return Ok(Ending(Some((close::TIMEOUT, "no pong in time"))));
                 }
-                timeout(write_timeout, tx.send(Message::Ping(Default::default()))).await
+                Box::pin(timeout(write_timeout, tx.send(Message::Ping(Default::default())))).await
                     .map_err(|_| Ending(None))?.map_err(|_| Ending(None))?;
             }
         }
@@ -264,10 +219,11 @@ async fn hello(
     who: &Identity,
     query_sid: Option<String>,
     limiter: &mut FrameLimiter,
-    mut expired: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-) -> Result<(Feed, Duration), Ending> {
+) -> Result<Outbox, Ending> {
     let g = &app.settings.gateway;
     let write_timeout = ms(g.write_timeout_ms);
+    let expired = expiry_timer(who.time_left());
+    tokio::pin!(expired);
     let hello = tokio::select! {
         r = timeout(ms(g.hello_timeout_ms), tx.next()) => r.map_err(|_| Ending(Some((close::TIMEOUT, "no hello in time"))))?,
         _ = app.shutdown.cancelled() => return Err(Ending(Some((close::GOING_AWAY, "draining")))),
@@ -319,9 +275,10 @@ async fn hello(
         let e = ApiError::BadRequest("hello.last_seq is ahead of the session; a snapshot follows".into());
         send_control(tx, &e.to_control(), write_timeout).await?;
     }
+    let outbox = Outbox::new(feed, app.shutdown.clone(), who.time_left(), coalesce);
     send_control(tx, &opening.welcome, write_timeout).await?;
-    send_item(tx, &feed, opening.first, write_timeout).await?;
-    Ok((feed, coalesce))
+    write_out(tx, &outbox, outbox.first(opening.first), write_timeout).await?;
+    Ok(outbox)
 }
 
 /// Records a frame's fate; a connection refused too often in a row is closed (4029).
@@ -334,7 +291,7 @@ fn strike(limiter: &mut FrameLimiter, refused: bool) -> Result<(), Ending> {
 }
 
 /// Completes when a token with `left` to live expires; never, for a token without expiry.
-pub(super) async fn expiry_timer(left: Option<Duration>) {
+async fn expiry_timer(left: Option<Duration>) {
     match left {
         Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
@@ -348,48 +305,27 @@ async fn token_expired(tx: &mut Tx, write_timeout: Duration) -> Ending {
     Ending(Some((close::TOKEN_EXPIRED, "token expired")))
 }
 
-/// For a client that asked for `coalesce_ms`: waits out the window, collecting what arrives.
-async fn gather(feed: &mut Feed, first: Item, window: Duration) -> Result<Item, Ending> {
-    let Item::Frames(mut frames) = first else { return Ok(first) };
-    let until = Instant::now() + window;
-    loop {
-        match timeout(until.saturating_duration_since(Instant::now()), feed.next()).await {
-            Err(_) => return Ok(Item::Frames(frames)),
-            Ok(Ok(Item::Frames(mut more))) => frames.append(&mut more),
-            Ok(Ok(snap @ Item::Snapshot(_))) => return Ok(snap),
-            Ok(Err(FeedError::Overflow)) => {
-                return Err(Ending(Some((close::SLOW_CONSUMER, "too slow; resume from your last seq"))))
-            }
-            Ok(Err(FeedError::Store(_))) => {
-                return Err(Ending(Some((close::UNAVAILABLE, "session feed failed; reconnect"))))
-            }
-            Ok(Err(FeedError::Forbidden)) => {
-                return Err(Ending(Some((close::POLICY, "the session belongs to another user"))))
-            }
-        }
-    }
-}
-
-async fn send_item(tx: &mut Tx, feed: &Feed, item: Item, write_timeout: Duration) -> Result<(), Ending> {
-    match item {
-        Item::Snapshot(s) => send_control(tx, &s, write_timeout).await,
-        Item::Frames(frames) => {
-            let queued: usize = frames.iter().map(|f| f.json.len()).sum();
-            let frames = if frames.len() > 1 { merge_deltas(frames) } else { frames };
-            for f in &frames {
+/// Writes what the outbox yielded; an [`End`](super::outbox::End) ends the connection.
+async fn write_out(tx: &mut Tx, outbox: &Outbox, out: Out, write_timeout: Duration) -> Result<(), Ending> {
+    match out {
+        Out::Control(msg) => send_control(tx, &msg, write_timeout).await,
+        Out::Events(batch) => {
+            for f in &batch.frames {
                 // A write stuck on a client that stopped reading gives way to the overflow
                 // signal, so the 4008 close is queued behind what the client has not read yet.
                 tokio::select! {
                     biased;
                     r = write(tx, Message::Text(f.json.clone()), write_timeout) => r?,
-                    _ = feed.overflowed() => {
-                        metrics::counter!(m::GATEWAY_SLOW_CLOSES).increment(1);
-                        return Err(Ending(Some((close::SLOW_CONSUMER, "too slow; resume from your last seq"))));
-                    }
+                    _ = outbox.overflowed() => return Err(Ending(Some(slow_consumer().close))),
                 }
             }
-            feed.written(queued);
             Ok(())
+        }
+        Out::End(end) => {
+            if let Some(last) = end.last {
+                let _ = send_control(tx, &last, write_timeout).await;
+            }
+            Err(Ending(Some(end.close)))
         }
     }
 }
@@ -487,5 +423,35 @@ pub(super) fn code_label(code: ErrorCode) -> &'static str {
         ErrorCode::Unavailable => "unavailable",
         ErrorCode::QuotaExceeded => "quota_exceeded",
         ErrorCode::TooManyConnections => "too_many_connections",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Most bytes the task of one connection may hold inline (2,632 B when set; docs/benchmarks.md).
+    const CONNECTION_FUTURE_CEILING: usize = 2700;
+
+    /// The size of the future an async fn of five arguments returns, without calling it.
+    fn future_size<A, B, C, D, E, F: std::future::Future>(_: impl Fn(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn the_connection_future_stays_within_its_ceiling() {
+        // What every idle socket's task holds inline, for the socket's whole life: the rare,
+        // large steps are boxed where they are awaited, so a regression that inlines one (or
+        // adds a timer or buffer to the waiting state) fails here first.
+        let size = future_size(serve);
+        let parts = [
+            ("WebSocket", std::mem::size_of::<WebSocket>()),
+            ("Outbox", std::mem::size_of::<Outbox>()),
+            ("Identity", std::mem::size_of::<Identity>()),
+            ("ConnGuard", std::mem::size_of::<ConnGuard>()),
+            ("FrameLimiter", std::mem::size_of::<FrameLimiter>()),
+            ("Sleep", std::mem::size_of::<tokio::time::Sleep>()),
+        ];
+        assert!(size <= CONNECTION_FUTURE_CEILING, "the connection future is {size} bytes; of its parts: {parts:?}");
     }
 }

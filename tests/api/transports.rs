@@ -19,25 +19,27 @@ async fn post_send(app: &TestApp, sid: &str, cmid: &str, text: &str) -> ControlM
 struct Sse {
     stream: std::pin::Pin<Box<dyn futures::Stream<Item = Result<eventsource_stream::Event, String>> + Send>>,
     epoch: String,
+    resume: Option<chatfleet::protocol::ResumeKind>,
 }
 
 impl Sse {
-    async fn open(app: &TestApp, sid: &str, last_event_id: Option<u64>, epoch: Option<&str>) -> Self {
+    async fn open(app: &TestApp, sid: &str, last_event_id: Option<String>, epoch: Option<&str>) -> Self {
         let mut url = format!("{}/v1/sessions/{sid}/events", app.http(0));
         if let Some(e) = epoch {
             url.push_str(&format!("?epoch={e}"));
         }
         let mut req = reqwest::Client::new().get(url).header("accept", "text/event-stream");
         if let Some(id) = last_event_id {
-            req = req.header("last-event-id", id.to_string());
+            req = req.header("last-event-id", id);
         }
         let resp = req.send().await.unwrap();
         assert_eq!(resp.headers()["content-type"], "text/event-stream");
         let stream = resp.bytes_stream().eventsource().map(|r| r.map_err(|e| e.to_string())).boxed();
-        let mut sse = Self { stream, epoch: String::new() };
+        let mut sse = Self { stream, epoch: String::new(), resume: None };
         match sse.next_raw().await {
             (Some(ControlMsg::Welcome { epoch, resume, .. }), _) => {
                 sse.epoch = epoch;
+                sse.resume = Some(resume);
                 if resume == chatfleet::protocol::ResumeKind::Snapshot {
                     assert!(matches!(sse.next_raw().await, (Some(ControlMsg::Snapshot { .. }), _)));
                 }
@@ -54,7 +56,7 @@ impl Sse {
             return (Some(serde_json::from_str(&ev.data).unwrap()), None);
         }
         let e: Event = serde_json::from_str(&ev.data).unwrap();
-        assert_eq!(ev.id, e.seq.to_string(), "the SSE id is the seq");
+        assert_eq!(ev.id, format!("{}:{}", self.epoch, e.seq), "the SSE id is the epoch and the seq");
         (None, Some(e))
     }
 
@@ -88,9 +90,35 @@ async fn sse_streams_a_turn_and_resumes_from_last_event_id() {
     let epoch = sse.epoch.clone();
     drop(sse);
     let last = part1.last().unwrap().seq;
-    let mut again = Sse::open(&app, &sid, Some(last), Some(&epoch)).await;
+    // A bare seq with `?epoch=`, as clients before `epoch:seq` ids resumed.
+    let mut again = Sse::open(&app, &sid, Some(last.to_string()), Some(&epoch)).await;
     let part2 = again.events(usize::MAX, Some(&turn_id)).await;
     assert_eq!(part2[0].first_seq.unwrap_or(part2[0].seq), last + 1, "resume continues right after Last-Event-ID");
+    let mut all = part1;
+    all.extend(part2);
+    assert_contiguous(&all, all[0].first_seq.unwrap_or(all[0].seq));
+    assert_eq!(text_of(&all, &turn_id), app.expected_answer(prompt));
+}
+
+#[tokio::test]
+async fn sse_resumes_with_a_replay_from_the_last_event_id_alone_as_a_browser_sends_it() {
+    let mut s = test_settings();
+    s.model.demo.max_tokens = 200;
+    s.model.demo.tokens_per_sec = 300;
+    let app = TestApp::spawn_with(s).await;
+    let sid = uid("s");
+    let prompt = "eventsource resume";
+    let mut sse = Sse::open(&app, &sid, None, None).await;
+    let ControlMsg::Ack { turn_id, .. } = post_send(&app, &sid, &uid("m"), prompt).await else { panic!() };
+    let part1 = sse.events(6, None).await;
+    let epoch = sse.epoch.clone();
+    drop(sse);
+    let last = part1.last().unwrap().seq;
+    // No `?epoch=`: EventSource reconnects to the URL it first used, with `Last-Event-ID` only.
+    let mut again = Sse::open(&app, &sid, Some(format!("{epoch}:{last}")), None).await;
+    assert_eq!(again.resume, Some(chatfleet::protocol::ResumeKind::Replay), "a replay, not a snapshot");
+    let part2 = again.events(usize::MAX, Some(&turn_id)).await;
+    assert_eq!(part2[0].first_seq.unwrap_or(part2[0].seq), last + 1);
     let mut all = part1;
     all.extend(part2);
     assert_contiguous(&all, all[0].first_seq.unwrap_or(all[0].seq));

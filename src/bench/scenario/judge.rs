@@ -78,7 +78,7 @@ pub fn common(s: Scenario, p: &Params, r: &LoadResult) -> Outcome {
         .map(|(t, procs)| (*t, procs.iter().map(|(k, v)| (k.clone(), v.rss_bytes as f64 / MIB)).collect()))
         .collect();
     let turns = counter(r, "turns_done").max(1) as f64;
-    if s != Scenario::Idle {
+    if !matches!(s, Scenario::Idle | Scenario::Storm) {
         o.fig("turns/s (steady state)", steady(r, p, |s| s.turns), "turns/s");
         for proc in ["redis", "gateway", "worker", "load"] {
             o.fig(&format!("CPU per turn: {proc}"), cpu_us(r, proc) / turns, "µs");
@@ -136,7 +136,7 @@ pub fn common(s: Scenario, p: &Params, r: &LoadResult) -> Outcome {
             o.check(k, counter(r, k), counter(r, k) == 0);
         }
     }
-    if s != Scenario::Idle {
+    if !matches!(s, Scenario::Idle | Scenario::Storm) {
         o.check("turns_done > 0", counter(r, "turns_done"), counter(r, "turns_done") > 0);
     }
     o
@@ -203,6 +203,7 @@ pub fn specific(s: Scenario, p: &Params, r: &LoadResult, o: &mut Outcome) {
             }
         }
         Scenario::Idle => idle(r, o),
+        Scenario::Storm => storm(o),
         Scenario::LoadChild => {}
     }
 }
@@ -228,6 +229,15 @@ fn idle(r: &LoadResult, o: &mut Outcome) {
     let (c50, c99) = lat(o, "connect");
     o.fig("connect + hello → welcome p50", c50, "ms");
     o.fig("connect + hello → welcome p99", c99, "ms");
+}
+
+fn storm(o: &mut Outcome) {
+    let (c50, c99) = lat(o, "connect");
+    o.fig("connections", o.counters.get("connected").copied().unwrap_or(0) as f64, "sockets");
+    o.fig("connect + hello → welcome p50", c50, "ms");
+    o.target("connect + hello → welcome p99", c99, "ms", "≤ 1000 ms", c99 <= 1000.0);
+    let refused = o.counters.get("connect_retries").copied().unwrap_or(0);
+    o.fig("connects refused with a retry hint (then retried)", refused as f64, "refusals");
 }
 
 fn soak(r: &LoadResult, p: &Params, o: &mut Outcome) {
@@ -319,6 +329,12 @@ pub async fn peer(
             let ours = o.value("CPU per delivered delta: gateway+redis").unwrap_or(0.0);
             let ratio = ours / per_msg.max(1e-9);
             o.target("chatfleet ÷ Socket.IO CPU per delivered message", ratio, "×", "≤ 0.2 ×", ratio <= 0.2);
+        }
+        Scenario::Storm => {
+            let s = peers::socketio_storm(&dir, logs, &url, p.sessions, p.clients).await?;
+            o.fig("Socket.IO connect + join → connected p50", s.p50_ms, "ms");
+            o.fig("Socket.IO connect + join → connected p99", s.p99_ms, "ms");
+            o.fig("Socket.IO sockets connected", s.connected as f64, "sockets");
         }
         _ => {}
     }

@@ -29,6 +29,7 @@ pub fn name(s: Scenario) -> &'static str {
         Scenario::TtftOverhead => "ttft-overhead",
         Scenario::Stream => "stream",
         Scenario::Idle => "idle",
+        Scenario::Storm => "storm",
         Scenario::Soak => "soak",
         Scenario::Chaos => "chaos",
         Scenario::LoadChild => "load-child",
@@ -36,6 +37,7 @@ pub fn name(s: Scenario) -> &'static str {
 }
 
 /// Runs the scenario `--runs` times and reports; fails only on functional errors.
+#[allow(clippy::print_stdout)] // where the results were written
 pub async fn run_all(args: &BenchArgs) -> anyhow::Result<()> {
     let p = params(args);
     let scenario = name(args.scenario);
@@ -163,6 +165,7 @@ async fn run_once(
     Ok((outcome, result))
 }
 
+#[allow(clippy::print_stdout)] // where the plots were written
 fn plots(dir: &Path, stem: &str, scenario: &str, p: &Params, r: &LoadResult, o: &Outcome) -> anyhow::Result<()> {
     let names = ["ack", "turn_started", "first_delta", "gap", "turn", "reconnect", "connect", "lag"];
     let hists: Vec<(&str, &Hist)> = names.iter().filter_map(|n| r.report.hists.get(*n).map(|h| (*n, h))).collect();

@@ -105,6 +105,15 @@ pub fn params(args: &BenchArgs) -> Params {
             p.series_metric = "connect";
             p.peer = false;
         }
+        Scenario::Storm => {
+            p.sessions = pickn(15_000, 2_000);
+            p.clients = pickn(3, 2);
+            p.mode = Mode::Idle;
+            p.run_ms = pick(2_000, 1_000);
+            // Every socket at once: the children start them all within a few milliseconds.
+            p.connect_per_sec = 1_000_000;
+            p.series_metric = "connect";
+        }
         Scenario::Soak => {
             p.sessions = pickn(1000, 200);
             p.workers = 2;

@@ -59,7 +59,7 @@ async fn a_feed_cancelled_at_any_await_hands_out_every_event_once_in_order() {
     let conn = Redis::connect(&settings.redis).await.expect("connects");
     conn.load_functions().await.expect("functions load");
     let writer = conn.dedicated().await.expect("writer client");
-    let store = Store::new(conn.clone(), &settings);
+    let store = std::sync::Arc::new(Store::new(conn.clone(), &settings));
     let shutdown = CancellationToken::new();
     // One log read at a time: cancelling a feed that waits for its turn must lose nothing either.
     let limits = HubLimits { queue_events: 10_000, queue_bytes: 64 << 20, log_reads: 1 };

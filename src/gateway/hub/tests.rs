@@ -1,0 +1,68 @@
+//! The hub against a real redis-server: membership and the SSUBSCRIBE/SUNSUBSCRIBE order that
+//! Redis sees when connections leave and join the same channel at once.
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::local_redis::LocalRedis;
+use crate::payload::StoredEvent;
+use crate::settings::Settings;
+use crate::store::Redis;
+
+/// Publishes event `seq` on `channel` the way the Lua library does.
+async fn publish(client: &Client, channel: &str, seq: u64) {
+    let ev = StoredEvent::Delta { v: 1, turn_id: "t1".into(), text: format!("<{seq}>") };
+    let body = rmp_serde::to_vec_named(&ev).expect("encodes");
+    let msg = rmp_serde::to_vec(&(seq, serde_bytes::ByteBuf::from(body), "e1")).expect("encodes");
+    let _: i64 = client.spublish(channel, msg).await.expect("publishes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_that_races_a_join_of_the_same_channel_does_not_unsubscribe_the_new_member() {
+    let redis = LocalRedis::start(&[]).await.expect("redis-server starts");
+    let mut settings = Settings::defaults();
+    settings.redis.url = redis.url();
+    let conn = Redis::connect(&settings.redis).await.expect("connects");
+    let shutdown = CancellationToken::new();
+    let limits = HubLimits { queue_events: 100, queue_bytes: 1 << 20, log_reads: 1 };
+    let hub = Hub::start(conn.subscriber().await.expect("subscriber"), limits, shutdown.clone());
+
+    // The last member leaves; a new one joins the same channel while the leave's Unsubscribe
+    // is still on its way to the command task (as when `leave` is preempted between taking the
+    // channel out of the map and queueing the command). Here the Unsubscribe arrives last.
+    drop(hub.join("ch{a}").await.expect("joins"));
+    let member = hub.join("ch{a}").await.expect("joins again");
+    hub.inner.commands.send(Command::Unsubscribe("ch{a}".into())).await.expect("queued");
+    // A confirmed join of another channel: every command queued before it has been applied.
+    let _other = hub.join("ch{b}").await.expect("joins");
+
+    publish(conn.client(), "ch{a}", 7).await;
+    let frames = tokio::time::timeout(Duration::from_secs(5), member.mailbox.take())
+        .await
+        .expect("the member still receives its channel's events")
+        .expect("not overflowed");
+    assert_eq!(frames.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![7]);
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_member_leaving_unsubscribes_the_channel() {
+    let redis = LocalRedis::start(&[]).await.expect("redis-server starts");
+    let mut settings = Settings::defaults();
+    settings.redis.url = redis.url();
+    let conn = Redis::connect(&settings.redis).await.expect("connects");
+    let shutdown = CancellationToken::new();
+    let limits = HubLimits { queue_events: 100, queue_bytes: 1 << 20, log_reads: 1 };
+    let hub = Hub::start(conn.subscriber().await.expect("subscriber"), limits, shutdown.clone());
+
+    drop(hub.join("ch{a}").await.expect("joins"));
+    let _other = hub.join("ch{b}").await.expect("joins");
+    let subscribers: Vec<String> =
+        conn.client().custom(fred::cmd!("PUBSUB"), vec!["SHARDNUMSUB", "ch{a}", "ch{b}"]).await.expect("asks");
+    assert_eq!(subscribers, ["ch{a}", "0", "ch{b}", "1"]);
+    assert_eq!(hub.channels(), 1);
+    shutdown.cancel();
+}
