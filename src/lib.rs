@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //!
-//! - [`settings`]: one typed, validated settings tree (`config/`, `CHATFLEET__…` variables).
+//! - [`settings`]: one typed, validated settings tree (`config/`, `CHATFLEET__…` variables);
+//!   [`settings_base`]: its leaf (the error type, `ms`), which the section modules import.
 //! - [`keys`]: Redis key names; every key of a partition shares one Cluster slot.
 //! - [`payload`]: MessagePack payloads stored in Redis (versioned), written by `lua/`.
 //! - [`protocol`]: the client protocol v1 (JSON frames), see docs/protocol.md.
@@ -35,6 +36,7 @@ pub mod protocol;
 pub mod queue;
 pub mod quota;
 pub mod settings;
+pub mod settings_base;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

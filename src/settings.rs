@@ -8,23 +8,16 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use serde::Deserialize;
 
 /// The defaults, compiled into the binary.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
-/// A setting that cannot be used, named by its dotted path.
-#[derive(Debug, thiserror::Error)]
-pub enum SettingsError {
-    /// The sources could not be read or parsed into the typed tree.
-    #[error("cannot load settings: {0}")]
-    Load(#[from] config::ConfigError),
-    /// A value parsed but is out of range.
-    #[error("invalid setting `{key}`: {reason}")]
-    Invalid { key: &'static str, reason: String },
-}
+// Re-exported so `crate::settings::{ms, SettingsError}` keeps working for code outside the
+// settings tree; the section modules import them from the leaf `settings_base`.
+pub use crate::model::demo::DemoModelSettings;
+pub use crate::settings_base::{ms, SettingsError};
 
 /// Every setting of chatfleet.
 #[derive(Debug, Clone, Deserialize)]
@@ -204,17 +197,6 @@ pub struct ModelSettings {
     pub demo: DemoModelSettings,
 }
 
-/// The built-in deterministic demo model.
-#[derive(Debug, Clone, Deserialize)]
-pub struct DemoModelSettings {
-    /// Delay before the first token.
-    pub ttft_ms: u64,
-    /// Token rate after the first token; 0 streams as fast as possible.
-    pub tokens_per_sec: u64,
-    /// Tokens per answer (0 gives an empty answer, useful for dispatch benchmarks).
-    pub max_tokens: usize,
-}
-
 /// Prometheus exporter.
 #[derive(Debug, Clone, Deserialize)]
 pub struct MetricsSettings {
@@ -343,7 +325,12 @@ impl Settings {
             "must be 0 (off) or well above worker.read_block_ms, or live idle workers churn",
         )?;
         check(["demo"].contains(&self.model.kind.as_str()), "model.kind", "must be one of: demo")?;
-        crate::upstream::settings::validate(self)?;
+        crate::upstream::settings::validate(
+            &self.upstreams,
+            &self.routing,
+            &self.context,
+            self.session.max_message_bytes,
+        )?;
         crate::tools::settings::validate(&self.tools)?;
         check(
             ["pretty", "json"].contains(&self.telemetry.format.as_str()),
@@ -352,11 +339,6 @@ impl Settings {
         )?;
         Ok(())
     }
-}
-
-/// Milliseconds to a [`Duration`]; settings are kept in ms so they read plainly in TOML.
-pub fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
 }
 
 #[cfg(test)]

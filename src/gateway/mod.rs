@@ -5,6 +5,7 @@
 //! [`Gateway::serve`] returns after draining.
 
 mod admission;
+mod admission_settings;
 mod authn;
 mod commands;
 mod error;
@@ -26,14 +27,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use admission::AdmissionSettings;
+pub use admission_settings::AdmissionSettings;
 pub use error::ApiError;
 pub use limits::LimitSettings;
 pub use ws::close;
 
 use crate::auth::{AuthMode, Authenticator, Identity};
 use crate::quota::Quotas;
-use crate::settings::{ms, Settings, SettingsError};
+use crate::settings::Settings;
+use crate::settings_base::{ms, SettingsError};
 use crate::store::{Store, StoreError};
 use admission::Admission;
 use hub::Hub;

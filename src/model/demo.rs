@@ -12,8 +12,21 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 
+use serde::Deserialize;
+
 use super::{Model, ModelError, ModelEvent, ModelRequest, ModelStream, ModelUsage};
-use crate::settings::DemoModelSettings;
+
+/// `[model.demo]`: the built-in deterministic demo model. Defined here, next to the model, and
+/// re-exported by [`crate::settings`]; this module takes nothing from the settings tree.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DemoModelSettings {
+    /// Delay before the first token.
+    pub ttft_ms: u64,
+    /// Token rate after the first token; 0 streams as fast as possible.
+    pub tokens_per_sec: u64,
+    /// Tokens per answer (0 gives an empty answer, useful for dispatch benchmarks).
+    pub max_tokens: usize,
+}
 
 /// The demo model.
 #[derive(Debug, Clone)]

@@ -15,8 +15,9 @@ use super::tokens::Counter;
 use super::{anthropic, openai};
 use crate::metrics as m;
 use crate::model::demo::DemoModel;
+use crate::model::demo::DemoModelSettings;
 use crate::model::{Model, ModelError, ModelRequest, ModelStream, TimeoutKind};
-use crate::settings::{ms, DemoModelSettings};
+use crate::settings_base::ms;
 
 /// A configured upstream.
 pub struct Upstream {
