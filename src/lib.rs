@@ -18,11 +18,13 @@
 //! - [`app`]: assembles the roles (`gateway`, `worker`, `dev`) for the binary.
 //! - [`ctl`], [`queue`]: the operator tool and per-partition queue statistics.
 //! - [`local_redis`], [`local_cluster`]: a private redis-server or Redis Cluster for `dev` and tests.
-//! - [`bench`]: `chatfleet bench`, the load generator and benchmark scenarios (docs/benchmarks.md).
+//! - `bench` (cargo feature `bench`, on by default): `chatfleet bench`, the load generator and
+//!   benchmark scenarios (docs/benchmarks.md); production builds leave it out.
 //! - [`metrics`], [`telemetry`], [`trace`], [`shutdown`]: operations.
 
 pub mod app;
 pub mod auth;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod ctl;
 pub mod gateway;
