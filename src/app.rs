@@ -25,6 +25,7 @@ pub async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
     let redis = Redis::connect(&settings.redis)
         .await
         .with_context(|| format!("cannot connect to Redis (redis.url = {})", redact(&settings.redis.url)))?;
+    crate::redis_version::check(fred::interfaces::ClientLike::server_version(redis.client()))?;
     let store = Store::new(redis, settings);
     store.ensure_schema().await.context("cannot load the Redis functions library")?;
     if store.redis().is_clustered() {

@@ -17,6 +17,7 @@
 //!   context packing and summaries; [`tools`]: the tools a model may call.
 //! - [`app`]: assembles the roles (`gateway`, `worker`, `dev`) for the binary.
 //! - [`ctl`], [`queue`]: the operator tool and per-partition queue statistics.
+//! - [`redis_version`]: Redis 7 or newer, checked at start.
 //! - [`local_redis`], [`local_cluster`]: a private redis-server or Redis Cluster for `dev` and tests.
 //! - `bench` (cargo feature `bench`, on by default): `chatfleet bench`, the load generator and
 //!   benchmark scenarios (docs/benchmarks.md); production builds leave it out.
@@ -37,6 +38,7 @@ pub mod payload;
 pub mod protocol;
 pub mod queue;
 pub mod quota;
+pub mod redis_version;
 pub mod settings;
 pub mod settings_base;
 pub mod shutdown;
