@@ -97,6 +97,9 @@ pub async fn start_metrics(
 /// Runs a gateway until shutdown.
 pub async fn run_gateway(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ready = ReadyStore::default();
+    // Registered before /metrics answers, so the first scrape already has every series.
+    crate::metrics::install();
+    crate::metrics_catalog::register_gateway();
     start_metrics(settings.metrics.listen, shutdown.clone(), ready.clone()).await?;
     let store = connect_store(&settings).await?;
     let _ = ready.set(store.clone());
@@ -113,6 +116,9 @@ pub async fn run_gateway(settings: Settings, shutdown: CancellationToken) -> any
 /// Runs a worker until shutdown, then drains.
 pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ready = ReadyStore::default();
+    // Registered before /metrics answers, so the first scrape already has every series.
+    crate::metrics::install();
+    crate::metrics_catalog::register_worker(&settings);
     start_metrics(settings.metrics.listen, shutdown.clone(), ready.clone()).await?;
     let store = connect_store(&settings).await?;
     let _ = ready.set(store.clone());

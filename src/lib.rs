@@ -33,6 +33,7 @@ pub mod keys;
 pub mod local_cluster;
 pub mod local_redis;
 pub mod metrics;
+pub mod metrics_catalog;
 pub mod model;
 pub mod payload;
 pub mod protocol;
