@@ -151,7 +151,9 @@ impl Model for DemoModel {
             }
             Ok(ModelEvent::Text(t))
         });
-        let done = stream::once(async move { Ok(ModelEvent::Done(ModelUsage { prompt_tokens, completion_tokens })) });
+        let done = stream::once(async move {
+            Ok(ModelEvent::Done(ModelUsage { prompt_tokens, completion_tokens, estimated: false }))
+        });
         body.chain(done).boxed()
     }
 }
