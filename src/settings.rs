@@ -219,20 +219,40 @@ pub struct TelemetrySettings {
     pub otlp_endpoint: String,
 }
 
+/// Settings that are lists. From the environment they are comma-separated
+/// (`CHATFLEET__ROUTING__DEFAULT=openai,demo`); only these keys are split, so a comma in any
+/// other value (a system prompt) stays text. Add a list setting here to make it settable so.
+pub const ENV_LIST_KEYS: &[&str] = &["routing.default"];
+
+/// `CHATFLEET__SECTION__KEY` variables, typed (numbers, booleans) and with [`ENV_LIST_KEYS`]
+/// split at commas.
+fn env_source(env: Option<std::collections::HashMap<String, String>>) -> config::Environment {
+    let source = config::Environment::with_prefix("CHATFLEET")
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .list_separator(",")
+        .source(env);
+    ENV_LIST_KEYS.iter().fold(source, |s, key| s.with_list_parse_key(key))
+}
+
 impl Settings {
     /// Loads defaults, then `file` if given, then `CHATFLEET__…` variables, and validates.
     pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        Self::load_from(file, None)
+    }
+
+    /// [`Self::load`] with the environment given as a map (`None`: the process environment).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Self, SettingsError> {
         let mut builder =
             config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
-        let settings: Settings = builder
-            .add_source(
-                config::Environment::with_prefix("CHATFLEET").prefix_separator("__").separator("__").try_parsing(true),
-            )
-            .build()?
-            .try_deserialize()?;
+        let settings: Settings = builder.add_source(env_source(env)).build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
     }
@@ -357,6 +377,29 @@ mod tests {
         s.tenants.insert("frugal".into(), TenantSettings { on_disconnect: Some(OnDisconnect::Cancel) });
         assert_eq!(s.abandon_ms("frugal"), s.session.disconnect_grace_ms);
         assert_eq!(s.abandon_ms("other"), 0);
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Option<std::collections::HashMap<String, String>> {
+        Some(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn a_list_setting_is_split_at_commas_from_the_environment_and_other_values_are_not() {
+        let file = std::env::temp_dir().join(format!("chatfleet-list-{}.toml", std::process::id()));
+        std::fs::write(&file, "[upstreams.second]\nkind = \"demo\"\n").unwrap();
+        let s = Settings::load_from(
+            Some(&file),
+            env(&[
+                ("CHATFLEET__ROUTING__DEFAULT", "second,demo"),
+                ("CHATFLEET__CONTEXT__SYSTEM_PROMPT", "Be brief, kind, exact."),
+                ("CHATFLEET__REDIS__PARTITIONS", "32"),
+            ]),
+        );
+        std::fs::remove_file(&file).unwrap();
+        let s = s.unwrap();
+        assert_eq!(s.routing.default, vec!["second".to_string(), "demo".to_string()]);
+        assert_eq!(s.context.system_prompt, "Be brief, kind, exact.");
+        assert_eq!(s.redis.partitions, 32);
     }
 
     #[test]
