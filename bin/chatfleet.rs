@@ -24,9 +24,8 @@ enum Command {
     Gateway,
     /// Claim and run turns.
     Worker,
-    /// Operator tool: queue state, workers, dead letters, cancel.
-    #[command(subcommand)]
-    Ctl(chatfleet::ctl::CtlCommand),
+    /// Operator tool: queue state, workers, dead letters, cancel (`--json` for scripts).
+    Ctl(chatfleet::ctl::CtlArgs),
     /// Everything locally: a private Redis, a gateway and workers with the demo model.
     Dev {
         /// Worker count.

@@ -187,12 +187,15 @@ pub async fn run_local_cluster(primaries: usize, shutdown: CancellationToken) ->
 }
 
 /// Runs one `ctl` command and prints its output.
-pub async fn run_ctl(settings: Settings, cmd: crate::ctl::CtlCommand) -> anyhow::Result<()> {
+pub async fn run_ctl(settings: Settings, args: crate::ctl::CtlArgs) -> anyhow::Result<()> {
     let redis = Redis::connect(&settings.redis)
         .await
         .with_context(|| format!("cannot connect to Redis (redis.url = {})", redact(&settings.redis.url)))?;
     let store = Store::new(redis, &settings);
-    let out = crate::ctl::run(&store, cmd).await?;
+    let out = match args.json {
+        true => format!("{}\n", crate::ctl::run_json(&store, args.command).await?),
+        false => crate::ctl::run(&store, args.command).await?,
+    };
     print!("{out}");
     store.redis().quit().await;
     Ok(())
