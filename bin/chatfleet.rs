@@ -24,9 +24,8 @@ enum Command {
     Gateway,
     /// Claim and run turns.
     Worker,
-    /// Operator tool: queue state, workers, dead letters, cancel.
-    #[command(subcommand)]
-    Ctl(chatfleet::ctl::CtlCommand),
+    /// Operator tool: queue state, workers, dead letters, cancel (`--json` for scripts).
+    Ctl(chatfleet::ctl::CtlArgs),
     /// Everything locally: a private Redis, a gateway and workers with the demo model.
     Dev {
         /// Worker count.
@@ -43,6 +42,7 @@ enum Command {
         primaries: usize,
     },
     /// Load and benchmark scenarios over real sockets (docs/benchmarks.md).
+    #[cfg(feature = "bench")]
     Bench(chatfleet::bench::BenchArgs),
 }
 
@@ -75,6 +75,7 @@ async fn main() -> ExitCode {
         Command::Worker => chatfleet::app::run_worker(settings, shutdown).await,
         Command::Dev { workers, cluster } => chatfleet::app::run_dev(settings, workers, cluster, shutdown).await,
         Command::LocalCluster { primaries } => chatfleet::app::run_local_cluster(primaries, shutdown).await,
+        #[cfg(feature = "bench")]
         Command::Bench(args) => chatfleet::bench::run(args, shutdown).await,
         Command::Ctl(cmd) => chatfleet::app::run_ctl(settings, cmd).await,
     };

@@ -25,6 +25,7 @@ pub async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
     let redis = Redis::connect(&settings.redis)
         .await
         .with_context(|| format!("cannot connect to Redis (redis.url = {})", redact(&settings.redis.url)))?;
+    crate::redis_version::check(fred::interfaces::ClientLike::server_version(redis.client()))?;
     let store = Store::new(redis, settings);
     store.ensure_schema().await.context("cannot load the Redis functions library")?;
     if store.redis().is_clustered() {
@@ -96,6 +97,9 @@ pub async fn start_metrics(
 /// Runs a gateway until shutdown.
 pub async fn run_gateway(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ready = ReadyStore::default();
+    // Registered before /metrics answers, so the first scrape already has every series.
+    crate::metrics::install();
+    crate::metrics_catalog::register_gateway();
     start_metrics(settings.metrics.listen, shutdown.clone(), ready.clone()).await?;
     let store = connect_store(&settings).await?;
     let _ = ready.set(store.clone());
@@ -111,6 +115,9 @@ pub async fn run_gateway(settings: Settings, shutdown: CancellationToken) -> any
 /// Runs a worker until shutdown, then drains.
 pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ready = ReadyStore::default();
+    // Registered before /metrics answers, so the first scrape already has every series.
+    crate::metrics::install();
+    crate::metrics_catalog::register_worker(&settings);
     start_metrics(settings.metrics.listen, shutdown.clone(), ready.clone()).await?;
     let store = connect_store(&settings).await?;
     let _ = ready.set(store.clone());
@@ -183,12 +190,15 @@ pub async fn run_local_cluster(primaries: usize, shutdown: CancellationToken) ->
 
 /// Runs one `ctl` command and prints its output.
 #[allow(clippy::print_stdout)] // the operator tool's output
-pub async fn run_ctl(settings: Settings, cmd: crate::ctl::CtlCommand) -> anyhow::Result<()> {
+pub async fn run_ctl(settings: Settings, args: crate::ctl::CtlArgs) -> anyhow::Result<()> {
     let redis = Redis::connect(&settings.redis)
         .await
         .with_context(|| format!("cannot connect to Redis (redis.url = {})", redact(&settings.redis.url)))?;
     let store = Store::new(redis, &settings);
-    let out = crate::ctl::run(&store, cmd).await?;
+    let out = match args.json {
+        true => format!("{}\n", crate::ctl::run_json(&store, args.command).await?),
+        false => crate::ctl::run(&store, args.command).await?,
+    };
     print!("{out}");
     store.redis().quit().await;
     Ok(())

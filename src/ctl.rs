@@ -1,15 +1,27 @@
 //! `chatfleet ctl`: the operator's tool. Queue state per partition, workers and their turns, dead
-//! letters (list, show, replay), and stopping a turn by id.
+//! letters (list, show, replay), and stopping a turn by id. Every command prints a table for
+//! people or, with `--json`, one JSON document for scripts ([`run_json`]).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use clap::Subcommand;
 use fred::prelude::*;
+use serde_json::{json, Value};
 
 use crate::keys::{SessionKeys, GROUP};
 use crate::queue::{entry_ms, partition_stats};
 use crate::store::{CancelOutcome, EnqueueOutcome, Store};
+
+/// `chatfleet ctl [--json] <command>`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CtlArgs {
+    /// Print one JSON document instead of a table (for scripts).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
 
 /// Operator commands.
 #[derive(Debug, Clone, Subcommand)]
@@ -37,8 +49,23 @@ pub enum DlqCommand {
     Replay { id: String },
 }
 
+/// What a command found: the text for people and the same as JSON for scripts.
+struct Output {
+    text: String,
+    json: Value,
+}
+
 /// Runs a ctl command and returns what to print.
 pub async fn run(store: &Store, cmd: CtlCommand) -> anyhow::Result<String> {
+    Ok(exec(store, cmd).await?.text)
+}
+
+/// Runs a ctl command and returns its result as JSON (`chatfleet ctl --json …`).
+pub async fn run_json(store: &Store, cmd: CtlCommand) -> anyhow::Result<Value> {
+    Ok(exec(store, cmd).await?.json)
+}
+
+async fn exec(store: &Store, cmd: CtlCommand) -> anyhow::Result<Output> {
     match cmd {
         CtlCommand::Status => status(store).await,
         CtlCommand::Dlq(DlqCommand::List { count }) => dlq_list(store, count).await,
@@ -48,8 +75,9 @@ pub async fn run(store: &Store, cmd: CtlCommand) -> anyhow::Result<String> {
     }
 }
 
-async fn status(store: &Store) -> anyhow::Result<String> {
+async fn status(store: &Store) -> anyhow::Result<Output> {
     let mut out = String::new();
+    let (mut parts_json, mut turns_json) = (Vec::new(), Vec::new());
     let header = ("partition", "length", "lag", "pending", "oldest_ms", "node");
     writeln!(out, "{:>9} {:>8} {:>8} {:>8} {:>12}  {}", header.0, header.1, header.2, header.3, header.4, header.5)?;
     let (mut total_lag, mut total_pending) = (0, 0);
@@ -62,14 +90,18 @@ async fn status(store: &Store) -> anyhow::Result<String> {
         let node = node_of(store, &store.keys().stream(p));
         let n = per_node.entry(node.clone()).or_default();
         *n = (n.0 + 1, n.1 + s.length, n.2 + s.pending);
+        parts_json.push(json!({"partition": p, "length": s.length, "lag": s.lag, "pending": s.pending,
+            "oldest_age_ms": s.oldest_age_ms, "node": node}));
         if s.length > 0 || s.pending > 0 {
             writeln!(out, "{:>9} {:>8} {:>8} {:>8} {:>12}  {}", p, s.length, s.lag, s.pending, s.oldest_age_ms, node)?;
         }
     }
     writeln!(out, "total: lag {total_lag}, pending {total_pending} (partitions with nothing queued are not listed)")?;
     writeln!(out, "\n{:<24} {:>10} {:>8} {:>8}", "node", "partitions", "length", "pending")?;
+    let mut nodes_json = Vec::new();
     for (node, (parts, length, pending)) in per_node {
         writeln!(out, "{node:<24} {parts:>10} {length:>8} {pending:>8}")?;
+        nodes_json.push(json!({"node": node, "partitions": parts, "length": length, "pending": pending}));
     }
     writeln!(out, "\n{:<28} {:>8} {:<34} {:<10} {:>7}", "worker", "pending", "turn", "status", "attempt")?;
     let client = store.redis().client();
@@ -83,9 +115,13 @@ async fn status(store: &Store) -> anyhow::Result<String> {
             let turn: HashMap<String, String> = client.hgetall(format!("{base}:turn:{tid}")).await?;
             let get = |k: &str| turn.get(k).cloned().unwrap_or_else(|| "-".into());
             writeln!(out, "{:<28} {:>8} {:<34} {:<10} {:>7}", consumer, p, tid, get("status"), get("attempt"))?;
+            turns_json.push(json!({"worker": consumer, "partition": p, "turn_id": tid,
+                "status": get("status"), "attempt": get("attempt")}));
         }
     }
-    Ok(out)
+    let json = json!({"partitions": parts_json, "total": {"lag": total_lag, "pending": total_pending},
+        "nodes": nodes_json, "turns": turns_json});
+    Ok(Output { text: out, json })
 }
 
 /// The node serving `key`: `host:port` in Cluster (from the client's routing table), else
@@ -118,7 +154,7 @@ async fn dlq_entry(store: &Store, id: &str) -> anyhow::Result<(u16, HashMap<Stri
     Ok((p, fields))
 }
 
-async fn dlq_list(store: &Store, count: u64) -> anyhow::Result<String> {
+async fn dlq_list(store: &Store, count: u64) -> anyhow::Result<Output> {
     let mut rows = Vec::new();
     for p in 0..store.keys().partitions() {
         let entries: Vec<(String, HashMap<String, String>)> =
@@ -128,14 +164,18 @@ async fn dlq_list(store: &Store, count: u64) -> anyhow::Result<String> {
     rows.sort_by_key(|(_, id, _)| std::cmp::Reverse(entry_ms(id).unwrap_or(0)));
     rows.truncate(count as usize);
     let mut out = format!("{:<24} {:<34} {:<22} {}\n", "id", "turn", "reason", "detail");
+    let mut json = Vec::new();
     for (p, id, f) in rows {
         let get = |k: &str| f.get(k).cloned().unwrap_or_default();
         writeln!(out, "{:<24} {:<34} {:<22} {}", format!("{p}/{id}"), get("t"), get("reason"), get("detail"))?;
+        json.push(
+            json!({"id": format!("{p}/{id}"), "turn_id": get("t"), "reason": get("reason"), "detail": get("detail")}),
+        );
     }
-    Ok(out)
+    Ok(Output { text: out, json: Value::Array(json) })
 }
 
-async fn dlq_show(store: &Store, id: &str) -> anyhow::Result<String> {
+async fn dlq_show(store: &Store, id: &str) -> anyhow::Result<Output> {
     let (_, fields) = dlq_entry(store, id).await?;
     let mut out = String::new();
     let mut keys: Vec<_> = fields.iter().collect();
@@ -143,19 +183,21 @@ async fn dlq_show(store: &Store, id: &str) -> anyhow::Result<String> {
     for (k, v) in keys {
         writeln!(out, "{k}: {v}")?;
     }
+    let mut json = json!({"id": id, "entry": fields, "turn": null});
     if let (Some(base), Some(tid)) = (fields.get("b"), fields.get("t")) {
         let turn: HashMap<String, String> = store.redis().client().hgetall(format!("{base}:turn:{tid}")).await?;
         let mut keys: Vec<_> = turn.iter().filter(|(k, _)| k.as_str() != "opts").collect();
         keys.sort();
         writeln!(out, "turn:")?;
-        for (k, v) in keys {
+        for (k, v) in &keys {
             writeln!(out, "  {k}: {v}")?;
         }
+        json["turn"] = keys.into_iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
     }
-    Ok(out)
+    Ok(Output { text: out, json })
 }
 
-async fn dlq_replay(store: &Store, id: &str) -> anyhow::Result<String> {
+async fn dlq_replay(store: &Store, id: &str) -> anyhow::Result<Output> {
     let (p, fields) = dlq_entry(store, id).await?;
     let (Some(base), Some(tid)) = (fields.get("b"), fields.get("t")) else {
         anyhow::bail!("dead letter {id} names no turn (its payload was lost); nothing to replay")
@@ -176,7 +218,8 @@ async fn dlq_replay(store: &Store, id: &str) -> anyhow::Result<String> {
         EnqueueOutcome::New { turn_id, .. } | EnqueueOutcome::Duplicate { turn_id, .. } => {
             let (_, entry) = parse_id(id)?;
             let _: i64 = store.redis().client().xdel(store.keys().dlq(p), entry).await?;
-            Ok(format!("replayed {tid} as turn {turn_id}\n"))
+            let json = json!({"id": id, "replayed": tid, "turn_id": turn_id});
+            Ok(Output { text: format!("replayed {tid} as turn {turn_id}\n"), json })
         }
         EnqueueOutcome::Busy { active_turn } => {
             anyhow::bail!("the session is running turn {active_turn}; replay again after it ends")
@@ -185,7 +228,7 @@ async fn dlq_replay(store: &Store, id: &str) -> anyhow::Result<String> {
     }
 }
 
-async fn cancel(store: &Store, turn_id: &str) -> anyhow::Result<String> {
+async fn cancel(store: &Store, turn_id: &str) -> anyhow::Result<Output> {
     // Streams hold only waiting and running turns, so the turn's entry names its session.
     let client = store.redis().client();
     for p in 0..store.keys().partitions() {
@@ -197,12 +240,25 @@ async fn cancel(store: &Store, turn_id: &str) -> anyhow::Result<String> {
                 if f.get("t").map(String::as_str) == Some(turn_id) {
                     let base = f.get("b").cloned().unwrap_or_default();
                     let keys = SessionKeys { partition: p, base, stream: stream.clone() };
-                    return Ok(match store.cancel_turn(&keys, turn_id).await? {
-                        CancelOutcome::Cancelled { .. } => format!("turn {turn_id} was queued; cancelled\n"),
-                        CancelOutcome::Cancelling { worker } => format!("turn {turn_id} is stopping on {worker}\n"),
-                        CancelOutcome::Ended { status } => format!("turn {turn_id} had already ended: {status}\n"),
-                        CancelOutcome::Unknown => format!("turn {turn_id} has expired\n"),
-                    });
+                    let (text, json) = match store.cancel_turn(&keys, turn_id).await? {
+                        CancelOutcome::Cancelled { .. } => {
+                            (format!("turn {turn_id} was queued; cancelled\n"), json!({"outcome": "cancelled"}))
+                        }
+                        CancelOutcome::Cancelling { worker } => (
+                            format!("turn {turn_id} is stopping on {worker}\n"),
+                            json!({"outcome": "stopping", "worker": worker}),
+                        ),
+                        CancelOutcome::Ended { status } => (
+                            format!("turn {turn_id} had already ended: {status}\n"),
+                            json!({"outcome": "ended", "status": status}),
+                        ),
+                        CancelOutcome::Unknown => {
+                            (format!("turn {turn_id} has expired\n"), json!({"outcome": "expired"}))
+                        }
+                    };
+                    let mut json = json;
+                    json["turn_id"] = turn_id.into();
+                    return Ok(Output { text, json });
                 }
             }
             match page.last() {

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //!
-//! - [`settings`]: one typed, validated settings tree (`config/`, `CHATFLEET__…` variables).
+//! - [`settings`]: one typed, validated settings tree (`config/`, `CHATFLEET__…` variables);
+//!   [`settings_base`]: its leaf (the error type, `ms`), which the section modules import.
 //! - [`keys`]: Redis key names; every key of a partition shares one Cluster slot.
 //! - [`payload`]: MessagePack payloads stored in Redis (versioned), written by `lua/`.
 //! - [`protocol`]: the client protocol v1 (JSON frames), see docs/protocol.md.
@@ -16,8 +17,10 @@
 //!   context packing and summaries; [`tools`]: the tools a model may call.
 //! - [`app`]: assembles the roles (`gateway`, `worker`, `dev`) for the binary.
 //! - [`ctl`], [`queue`]: the operator tool and per-partition queue statistics.
+//! - [`redis_version`]: Redis 7 or newer, checked at start.
 //! - [`local_redis`], [`local_cluster`]: a private redis-server or Redis Cluster for `dev` and tests.
-//! - [`bench`]: `chatfleet bench`, the load generator and benchmark scenarios (docs/benchmarks.md).
+//! - `bench` (cargo feature `bench`, on by default): `chatfleet bench`, the load generator and
+//!   benchmark scenarios (docs/benchmarks.md); production builds leave it out.
 //! - [`metrics`], [`telemetry`], [`trace`], [`shutdown`]: operations.
 
 // Output goes through `tracing`; a stray print is a debug leftover. The few commands whose
@@ -26,6 +29,7 @@
 
 pub mod app;
 pub mod auth;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod ctl;
 pub mod gateway;
@@ -33,12 +37,15 @@ pub mod keys;
 pub mod local_cluster;
 pub mod local_redis;
 pub mod metrics;
+pub mod metrics_catalog;
 pub mod model;
 pub mod payload;
 pub mod protocol;
 pub mod queue;
 pub mod quota;
+pub mod redis_version;
 pub mod settings;
+pub mod settings_base;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -1,6 +1,7 @@
 //! Metric names (Prometheus), as documented constants, and the exporter.
 //!
-//! Labels are low-cardinality only: never a session, tenant or turn id.
+//! Labels are low-cardinality only: never a session, tenant or turn id. HELP texts and the
+//! series registered at 0 are in [`crate::metrics_catalog`].
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -106,6 +107,12 @@ pub const SUMMARIES: &str = "chatfleet_summaries_total";
 /// Histogram (s): duration of a background summary call.
 pub const SUMMARY_SECONDS: &str = "chatfleet_summary_seconds";
 
+/// Counter: upstream answers that carried no usage, whose tokens were counted here instead
+/// (usage marked estimated), by `upstream`.
+pub const UPSTREAM_USAGE_ESTIMATED: &str = "chatfleet_upstream_usage_estimated_total";
+/// Gauge: always 1, labelled with the build's `version` and the process's `role`.
+pub const BUILD_INFO: &str = "chatfleet_build_info";
+
 /// Gauge: turns not yet delivered to a worker, by `partition` (exported by one leader process).
 pub const QUEUE_LAG: &str = "chatfleet_queue_lag";
 /// Gauge: turns delivered and not finished, by `partition`.
@@ -152,6 +159,7 @@ pub fn install() -> PrometheusHandle {
                 .expect("static bucket lists are non-empty")
                 .build_recorder();
             let handle = recorder.handle();
+            metrics::with_local_recorder(&recorder, crate::metrics_catalog::describe);
             // Another recorder may be installed by an embedding program; ours still renders.
             let _ = metrics::set_global_recorder(recorder);
             handle

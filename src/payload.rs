@@ -57,6 +57,9 @@ pub enum StoredEvent {
         prompt_tokens: u64,
         #[serde(default)]
         completion_tokens: u64,
+        /// The worker counted the tokens itself (the upstream reported none).
+        #[serde(default)]
+        usage_estimated: bool,
     },
     Error {
         v: u8,

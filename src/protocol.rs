@@ -129,6 +129,9 @@ pub struct ActiveTurn {
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// True when the upstream reported no usage and the worker counted the tokens itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
 }
 
 /// A conversation event, as the client sees it.
@@ -214,8 +217,8 @@ impl From<StoredEvent> for EventBody {
             StoredEvent::Delta { turn_id, text, .. } => Self::Delta { turn_id, text },
             StoredEvent::ToolStatus { turn_id, name, state, .. } => Self::ToolStatus { turn_id, name, state },
             StoredEvent::Reset { turn_id, attempt, .. } => Self::Reset { turn_id, attempt },
-            StoredEvent::Done { turn_id, prompt_tokens, completion_tokens, .. } => {
-                Self::Done { turn_id, usage: Usage { prompt_tokens, completion_tokens } }
+            StoredEvent::Done { turn_id, prompt_tokens, completion_tokens, usage_estimated, .. } => {
+                Self::Done { turn_id, usage: Usage { prompt_tokens, completion_tokens, estimated: usage_estimated } }
             }
             StoredEvent::Error { turn_id, code, message, .. } => Self::Error { turn_id, code, message },
             StoredEvent::Cancelled { turn_id, .. } => Self::Cancelled { turn_id },

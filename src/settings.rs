@@ -8,23 +8,16 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use serde::Deserialize;
 
 /// The defaults, compiled into the binary.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
-/// A setting that cannot be used, named by its dotted path.
-#[derive(Debug, thiserror::Error)]
-pub enum SettingsError {
-    /// The sources could not be read or parsed into the typed tree.
-    #[error("cannot load settings: {0}")]
-    Load(#[from] config::ConfigError),
-    /// A value parsed but is out of range.
-    #[error("invalid setting `{key}`: {reason}")]
-    Invalid { key: &'static str, reason: String },
-}
+// Re-exported so `crate::settings::{ms, SettingsError}` keeps working for code outside the
+// settings tree; the section modules import them from the leaf `settings_base`.
+pub use crate::model::demo::DemoModelSettings;
+pub use crate::settings_base::{ms, SettingsError};
 
 /// Every setting of chatfleet.
 #[derive(Debug, Clone, Deserialize)]
@@ -257,17 +250,6 @@ pub struct ModelSettings {
     pub demo: DemoModelSettings,
 }
 
-/// The built-in deterministic demo model.
-#[derive(Debug, Clone, Deserialize)]
-pub struct DemoModelSettings {
-    /// Delay before the first token.
-    pub ttft_ms: u64,
-    /// Token rate after the first token; 0 streams as fast as possible.
-    pub tokens_per_sec: u64,
-    /// Tokens per answer (0 gives an empty answer, useful for dispatch benchmarks).
-    pub max_tokens: usize,
-}
-
 /// Prometheus exporter.
 #[derive(Debug, Clone, Deserialize)]
 pub struct MetricsSettings {
@@ -290,20 +272,40 @@ pub struct TelemetrySettings {
     pub otlp_endpoint: String,
 }
 
+/// Settings that are lists. From the environment they are comma-separated
+/// (`CHATFLEET__ROUTING__DEFAULT=openai,demo`); only these keys are split, so a comma in any
+/// other value (a system prompt) stays text. Add a list setting here to make it settable so.
+pub const ENV_LIST_KEYS: &[&str] = &["routing.default"];
+
+/// `CHATFLEET__SECTION__KEY` variables, typed (numbers, booleans) and with [`ENV_LIST_KEYS`]
+/// split at commas.
+fn env_source(env: Option<std::collections::HashMap<String, String>>) -> config::Environment {
+    let source = config::Environment::with_prefix("CHATFLEET")
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .list_separator(",")
+        .source(env);
+    ENV_LIST_KEYS.iter().fold(source, |s, key| s.with_list_parse_key(key))
+}
+
 impl Settings {
     /// Loads defaults, then `file` if given, then `CHATFLEET__…` variables, and validates.
     pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        Self::load_from(file, None)
+    }
+
+    /// [`Self::load`] with the environment given as a map (`None`: the process environment).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Self, SettingsError> {
         let mut builder =
             config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
-        let settings: Settings = builder
-            .add_source(
-                config::Environment::with_prefix("CHATFLEET").prefix_separator("__").separator("__").try_parsing(true),
-            )
-            .build()?
-            .try_deserialize()?;
+        let settings: Settings = builder.add_source(env_source(env)).build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
     }
@@ -407,7 +409,12 @@ impl Settings {
             "must be 0 (off) or well above worker.read_block_ms, or live idle workers churn",
         )?;
         check(["demo"].contains(&self.model.kind.as_str()), "model.kind", "must be one of: demo")?;
-        crate::upstream::settings::validate(self)?;
+        crate::upstream::settings::validate(
+            &self.upstreams,
+            &self.routing,
+            &self.context,
+            self.session.max_message_bytes,
+        )?;
         crate::tools::settings::validate(&self.tools)?;
         check(
             ["pretty", "json"].contains(&self.telemetry.format.as_str()),
@@ -416,11 +423,6 @@ impl Settings {
         )?;
         Ok(())
     }
-}
-
-/// Milliseconds to a [`Duration`]; settings are kept in ms so they read plainly in TOML.
-pub fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
 }
 
 #[cfg(test)]
@@ -439,6 +441,29 @@ mod tests {
         s.tenants.insert("frugal".into(), TenantSettings { on_disconnect: Some(OnDisconnect::Cancel) });
         assert_eq!(s.abandon_ms("frugal"), s.session.disconnect_grace_ms);
         assert_eq!(s.abandon_ms("other"), 0);
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Option<std::collections::HashMap<String, String>> {
+        Some(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn a_list_setting_is_split_at_commas_from_the_environment_and_other_values_are_not() {
+        let file = std::env::temp_dir().join(format!("chatfleet-list-{}.toml", std::process::id()));
+        std::fs::write(&file, "[upstreams.second]\nkind = \"demo\"\n").unwrap();
+        let s = Settings::load_from(
+            Some(&file),
+            env(&[
+                ("CHATFLEET__ROUTING__DEFAULT", "second,demo"),
+                ("CHATFLEET__CONTEXT__SYSTEM_PROMPT", "Be brief, kind, exact."),
+                ("CHATFLEET__REDIS__PARTITIONS", "32"),
+            ]),
+        );
+        std::fs::remove_file(&file).unwrap();
+        let s = s.unwrap();
+        assert_eq!(s.routing.default, vec!["second".to_string(), "demo".to_string()]);
+        assert_eq!(s.context.system_prompt, "Be brief, kind, exact.");
+        assert_eq!(s.redis.partitions, 32);
     }
 
     #[test]

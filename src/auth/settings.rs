@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::settings::SettingsError;
+use crate::settings_base::SettingsError;
 
 /// How the gateway learns who a client is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -33,17 +33,8 @@ pub async fn handle(app: &App, who: &Identity, keys: &SessionKeys, msg: ClientMs
 ///
 /// Before anything is stored: admission control (the partition's queue) and the tenant's quota.
 /// A send that stores no new turn (a duplicate, or `busy`) hands its quota slot back.
-pub async fn send(
-    app: &App,
-    who: &Identity,
-    keys: &SessionKeys,
-    client_msg_id: &str,
-    text: &str,
-) -> Result<ControlMsg, ApiError> {
-    send_with(app, who, keys, client_msg_id, text, None).await
-}
-
-/// [`send`] with the model the client asked for, carried to the worker in the turn's options.
+/// `model` is the model the client asked for (WebSocket and REST `send`), carried to the worker
+/// in the turn's options.
 pub async fn send_with(
     app: &App,
     who: &Identity,

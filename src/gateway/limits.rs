@@ -15,7 +15,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use serde::Deserialize;
 
-use crate::settings::SettingsError;
+use crate::settings_base::SettingsError;
 
 /// `[gateway.limits]`.
 #[derive(Debug, Clone, Deserialize)]

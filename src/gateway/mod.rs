@@ -5,6 +5,7 @@
 //! [`Gateway::serve`] returns after draining.
 
 mod admission;
+mod admission_settings;
 mod aisdk;
 mod authn;
 mod commands;
@@ -36,7 +37,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use admission::AdmissionSettings;
+pub use admission_settings::AdmissionSettings;
 pub use error::close;
 pub use error::ApiError;
 pub use ingress::IngressSettings;
@@ -45,7 +46,8 @@ pub use linger::bind;
 
 use crate::auth::{AuthMode, Authenticator, Identity};
 use crate::quota::Quotas;
-use crate::settings::{ms, Settings, SettingsError};
+use crate::settings::Settings;
+use crate::settings_base::{ms, SettingsError};
 use crate::store::{Store, StoreError};
 use admission::Admission;
 use hub::Hub;

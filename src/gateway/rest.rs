@@ -19,6 +19,9 @@ use crate::auth::{AuthMode, Identity};
 struct SendBody {
     client_msg_id: String,
     text: String,
+    /// The model asked for, as in the WebSocket `send`: matched by `[routing]` rules.
+    #[serde(default)]
+    model: Option<String>,
 }
 
 /// Authenticates and counts one request against the user's HTTP rate (jwt mode: in dev mode all
@@ -52,7 +55,7 @@ pub(super) async fn send(
         // Parsed here, not by axum's Json extractor, so a bad body gets our error format.
         let body: SendBody =
             serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?;
-        commands::send(&app, &who, &keys, &body.client_msg_id, &body.text).await
+        commands::send_with(&app, &who, &keys, &body.client_msg_id, &body.text, body.model).await
     };
     match run.await {
         Ok(ack) => Json(ack).into_response(),

@@ -113,11 +113,15 @@ impl ModelRequest {
     }
 }
 
-/// Token counts reported by the upstream.
+/// Token counts of an answer: reported by the upstream, or counted by chatfleet when it reported
+/// none (`estimated`, see [`crate::upstream::usage`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ModelUsage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// The upstream sent no usage: the counts are chatfleet's own (its tokenizer for the
+    /// upstream), and a decoder that saw none sets this with zero counts for the client to fill.
+    pub estimated: bool,
 }
 
 impl ModelUsage {
@@ -125,6 +129,8 @@ impl ModelUsage {
     pub fn add(&mut self, other: ModelUsage) {
         self.prompt_tokens += other.prompt_tokens;
         self.completion_tokens += other.completion_tokens;
+        // One estimated round makes the turn's total an estimate.
+        self.estimated |= other.estimated;
     }
 }
 

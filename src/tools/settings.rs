@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::settings::SettingsError;
+use crate::settings_base::SettingsError;
 
 /// Which implementation a declared tool uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -301,7 +301,10 @@ mod tests {
         );
         let end = feed(&mut d, "message_stop", r#"{"type":"message_stop"}"#);
         assert!(end.done);
-        assert_eq!(end.out, vec![ModelEvent::Done(ModelUsage { prompt_tokens: 12, completion_tokens: 30 })]);
+        assert_eq!(
+            end.out,
+            vec![ModelEvent::Done(ModelUsage { prompt_tokens: 12, completion_tokens: 30, estimated: false })]
+        );
     }
 
     #[test]

@@ -15,14 +15,16 @@ use super::tokens::Counter;
 use super::{anthropic, openai};
 use crate::metrics as m;
 use crate::model::demo::DemoModel;
+use crate::model::demo::DemoModelSettings;
 use crate::model::{Model, ModelError, ModelRequest, ModelStream, TimeoutKind};
-use crate::settings::{ms, DemoModelSettings};
+use crate::settings_base::ms;
 
 /// A configured upstream.
 pub struct Upstream {
     pub name: String,
     pub settings: UpstreamSettings,
-    pub counter: Counter,
+    /// Shared with the streams, which count an answer's tokens when the upstream reports none.
+    pub counter: Arc<Counter>,
     inner: Inner,
 }
 
@@ -52,7 +54,7 @@ impl Drop for Slot {
 
 impl Upstream {
     pub fn new(name: &str, u: &UpstreamSettings, ctx: &ContextSettings, demo: &DemoModelSettings) -> Self {
-        let counter = Counter::for_upstream(u, ctx);
+        let counter = Arc::new(Counter::for_upstream(u, ctx));
         let inner = match u.kind {
             UpstreamKind::Demo => Inner::Demo(DemoModel::new(demo.clone())),
             UpstreamKind::Openai | UpstreamKind::Anthropic => Self::http(name, u),
@@ -118,6 +120,7 @@ impl Upstream {
             max_error_body_bytes: u.max_error_body_bytes,
         };
         let (name, kind, queue) = (self.name.clone(), u.kind, ms(u.queue_timeout_ms));
+        let prompt = super::usage::prompt_tokens(&self.counter, req);
         let start = async move {
             let slot = acquire(&name, slots, queue).await?;
             let begun = Instant::now();
@@ -135,7 +138,8 @@ impl Upstream {
                 _ => http::drive(&name, resp, openai::OpenAiDecoder::default(), limits, begun, Some(Box::new(slot))),
             })
         };
-        futures::stream::once(start).try_flatten().boxed()
+        let stream = futures::stream::once(start).try_flatten().boxed();
+        super::usage::estimate_missing(&self.name, self.counter.clone(), prompt, stream)
     }
 }
 

@@ -6,7 +6,8 @@
 //! - [`client`]: one upstream: HTTP client, key, concurrency slots, timeouts;
 //! - [`http`]: sending, error mapping (status, `retry-after`), SSE driving under timeouts;
 //! - [`openai`], [`anthropic`]: the two wire formats;
-//! - [`tokens`], [`pack`]: token counting and packing;
+//! - [`tokens`], [`pack`]: token counting and packing; [`usage`]: counting an answer's tokens
+//!   when the upstream reports none;
 //! - [`summary`]: the conversation sent to the model, and summaries of older history.
 
 pub mod anthropic;
@@ -18,5 +19,6 @@ pub mod router;
 pub mod settings;
 pub mod summary;
 pub mod tokens;
+pub mod usage;
 
 pub use router::Router;

@@ -120,7 +120,8 @@ struct Usage {
 #[derive(Default)]
 pub struct OpenAiDecoder {
     calls: BTreeMap<usize, ToolCall>,
-    usage: ModelUsage,
+    /// `None` until a chunk carries `usage`; servers such as llama.cpp's never send one.
+    usage: Option<ModelUsage>,
     finish_seen: bool,
 }
 
@@ -128,7 +129,8 @@ impl OpenAiDecoder {
     fn closing(&mut self) -> Vec<ModelEvent> {
         let mut out: Vec<ModelEvent> =
             std::mem::take(&mut self.calls).into_values().map(ModelEvent::ToolCall).collect();
-        out.push(ModelEvent::Done(self.usage));
+        // No usage seen: marked for `upstream::usage` to count.
+        out.push(ModelEvent::Done(self.usage.unwrap_or(ModelUsage { estimated: true, ..Default::default() })));
         out
     }
 }
@@ -147,7 +149,11 @@ impl Decoder for OpenAiDecoder {
             return Err(error_detail(&json!({ "error": e }).to_string()));
         }
         if let Some(u) = chunk.usage {
-            self.usage = ModelUsage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens };
+            self.usage = Some(ModelUsage {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+                estimated: false,
+            });
         }
         let mut step = Step::default();
         // n = 1 is all we ask for: only the first choice is read.
@@ -223,7 +229,7 @@ mod tests {
                     arguments: r#"{"expr":"1+1"}"#.into()
                 }),
                 ModelEvent::ToolCall(ToolCall { id: "call_b".into(), name: "clock".into(), arguments: "{}".into() }),
-                ModelEvent::Done(ModelUsage { prompt_tokens: 9, completion_tokens: 4 }),
+                ModelEvent::Done(ModelUsage { prompt_tokens: 9, completion_tokens: 4, estimated: false }),
             ]
         );
     }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::settings::{Settings, SettingsError};
+use crate::settings_base::SettingsError;
 
 /// The wire format an upstream speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -232,12 +232,18 @@ fn invalid(key: &'static str, reason: String) -> SettingsError {
     SettingsError::Invalid { key, reason }
 }
 
-/// Checks the upstreams, routing and context sections (called by [`Settings::validate`]).
-pub fn validate(s: &Settings) -> Result<(), SettingsError> {
-    if s.upstreams.is_empty() {
+/// Checks the upstreams, routing and context sections (called by
+/// [`crate::settings::Settings::validate`] with those sections and `session.max_message_bytes`).
+pub fn validate(
+    upstreams: &UpstreamMap,
+    routing: &RoutingSettings,
+    context: &ContextSettings,
+    max_message_bytes: usize,
+) -> Result<(), SettingsError> {
+    if upstreams.is_empty() {
         return Err(invalid("upstreams", "at least one upstream must be declared".into()));
     }
-    for (name, u) in &s.upstreams {
+    for (name, u) in upstreams {
         let bad = |key, what: &str| Err(invalid(key, format!("upstream `{name}`: {what}")));
         if !crate::keys::is_valid_component(name) || name.to_lowercase() != *name {
             return bad("upstreams", "names are 1-64 lowercase characters of [a-z0-9_.-]");
@@ -271,13 +277,13 @@ pub fn validate(s: &Settings) -> Result<(), SettingsError> {
             return bad("upstreams.*.max_concurrent", "must be at least 1");
         }
         // The system prompt and the longest allowed user message must always fit (see pack).
-        let counter = super::tokens::Counter::for_upstream(u, &s.context);
-        let summary = match s.context.summarize_after_turns {
+        let counter = super::tokens::Counter::for_upstream(u, context);
+        let summary = match context.summarize_after_turns {
             0 => 0,
-            _ => counter.upper_bound_for_bytes(s.context.summary_max_bytes + 64) + super::tokens::MESSAGE_OVERHEAD,
+            _ => counter.upper_bound_for_bytes(context.summary_max_bytes + 64) + super::tokens::MESSAGE_OVERHEAD,
         };
-        let pinned = counter.count_text(&s.context.system_prompt)
-            + counter.upper_bound_for_bytes(s.session.max_message_bytes)
+        let pinned = counter.count_text(&context.system_prompt)
+            + counter.upper_bound_for_bytes(max_message_bytes)
             + 2 * super::tokens::MESSAGE_OVERHEAD
             + super::tokens::REPLY_OVERHEAD
             + summary;
@@ -297,17 +303,17 @@ pub fn validate(s: &Settings) -> Result<(), SettingsError> {
         if chain.is_empty() {
             return Err(invalid(key, "must name at least one upstream".into()));
         }
-        match chain.iter().find(|n| !s.upstreams.contains_key(*n)) {
+        match chain.iter().find(|n| !upstreams.contains_key(*n)) {
             Some(n) => Err(invalid(key, format!("names `{n}`, which is not in [upstreams]"))),
             None => Ok(()),
         }
     };
-    known(&s.routing.default, "routing.default")?;
-    for rule in &s.routing.rules {
+    known(&routing.default, "routing.default")?;
+    for rule in &routing.rules {
         known(&rule.chain, "routing.rules.chain")?;
     }
-    let c = &s.context;
-    if !c.summary_upstream.is_empty() && !s.upstreams.contains_key(&c.summary_upstream) {
+    let c = context;
+    if !c.summary_upstream.is_empty() && !upstreams.contains_key(&c.summary_upstream) {
         return Err(invalid("context.summary_upstream", format!("`{}` is not in [upstreams]", c.summary_upstream)));
     }
     if !(1.0..=8.0).contains(&c.approx_bytes_per_token) {

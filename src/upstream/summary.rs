@@ -17,7 +17,7 @@ use super::settings::ContextSettings;
 use crate::metrics as m;
 use crate::model::{ChatMessage, Model, ModelRequest, Role};
 use crate::payload::HistoryMessage;
-use crate::settings::ms;
+use crate::settings_base::ms;
 use crate::store::Store;
 
 /// Used when `context.summary_instruction` is empty.

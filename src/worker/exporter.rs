@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use crate::metrics as m;
 use crate::queue::partition_stats;
-use crate::settings::ms;
+use crate::settings_base::ms;
 
 pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let every = shared.settings.metrics.queue_interval_ms;

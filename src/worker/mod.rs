@@ -30,7 +30,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::keys::GROUP;
 use crate::model::Model;
-use crate::settings::{ms, Settings};
+use crate::settings::Settings;
+use crate::settings_base::ms;
 use crate::store::{Store, StoreError};
 
 /// A turn handed to this worker, by XREADGROUP or by a reclaim.

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Delivery, Shared};
 use crate::keys::GROUP;
-use crate::settings::ms;
+use crate::settings_base::ms;
 
 /// Pause after a failed read, so an unreachable Redis is not hammered.
 const READ_RETRY: Duration = Duration::from_millis(250);

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Delivery, Shared};
 use crate::keys::{Keyspace, GROUP};
-use crate::settings::ms;
+use crate::settings_base::ms;
 
 pub(super) async fn run(shared: Arc<Shared>, sub: SubscriberClient, stop: CancellationToken) {
     let keys = shared.store.keys().clone();

@@ -9,7 +9,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use super::{Delivery, Shared};
-use crate::settings::ms;
+use crate::settings_base::ms;
 
 pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let interval = ms(shared.settings.worker.sweep_interval_ms);

@@ -161,6 +161,10 @@ async fn finish(
     let message;
     match ending {
         Ending::Done(u) => {
+            // Billing and quotas read these counts; say where they came from.
+            args.usage_source = if u.estimated { UsageSource::Estimated } else { UsageSource::Reported };
+            let usage_source = args.usage_source.as_str();
+            tracing::info!(u.prompt_tokens, u.completion_tokens, usage_source, "turn usage");
             args.prompt_tokens = u.prompt_tokens;
             args.completion_tokens = u.completion_tokens;
             metrics::histogram!(m::TURN_TOKENS).record(u.completion_tokens as f64);

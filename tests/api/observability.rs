@@ -136,3 +136,66 @@ async fn the_workers_turn_span_joins_the_gateways_trace() {
     assert_eq!(run.span_context.trace_id(), enqueue.span_context.trace_id(), "one trace across the queue");
     assert_eq!(run.parent_span_id, enqueue.span_context.span_id(), "the turn is a child of its enqueue");
 }
+
+/// Every `# TYPE` line of a scrape has its `# HELP` line; returns the names without one.
+fn without_help(text: &str) -> Vec<String> {
+    let helped: std::collections::HashSet<&str> =
+        text.lines().filter_map(|l| l.strip_prefix("# HELP ")?.split(' ').next()).collect();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .filter(|n| !helped.contains(n))
+        .map(String::from)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_fresh_worker_shows_every_series_with_help_and_at_zero_before_any_turn() {
+    let app = TestApp::with(test_settings(), 0, 0).await;
+    let (_w, port) = WorkerProc::spawn_with_metrics(&app.settings);
+    let text = scrape(port).await;
+    assert_eq!(without_help(&text), Vec::<String>::new(), "{text}");
+    let version = env!("CARGO_PKG_VERSION");
+    for (series, want) in [
+        (format!(r#"chatfleet_build_info{{version="{version}",role="worker"}}"#), 1.0),
+        ("chatfleet_worker_reclaims_total".into(), 0.0),
+        ("chatfleet_worker_dead_letters_total".into(), 0.0),
+        (r#"chatfleet_turns_total{outcome="error"}"#.into(), 0.0),
+        (r#"chatfleet_upstream_fallbacks_total{upstream="demo"}"#.into(), 0.0),
+        (r#"chatfleet_upstream_requests_total{upstream="demo",outcome="upstream_failed"}"#.into(), 0.0),
+        (r#"chatfleet_upstream_timeouts_total{upstream="demo",kind="upstream_first_token_timeout"}"#.into(), 0.0),
+        (r#"chatfleet_upstream_usage_estimated_total{upstream="demo"}"#.into(), 0.0),
+        ("chatfleet_worker_active_turns".into(), 0.0),
+    ] {
+        assert_eq!(value(&text, &series), Some(want), "{series} in:\n{text}");
+    }
+    assert!(text.contains("# HELP chatfleet_worker_reclaims_total Turns taken over"), "{text}");
+}
+
+#[tokio::test]
+async fn a_fresh_gateway_shows_auth_failures_and_connections_at_zero_with_help() {
+    let app = TestApp::with(test_settings(), 0, 0).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _gw = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatfleet"))
+        .arg("gateway")
+        .envs(env_for(&app.settings))
+        .env("CHATFLEET__METRICS__LISTEN", format!("127.0.0.1:{port}"))
+        .env("CHATFLEET__GATEWAY__LISTEN", "127.0.0.1:0")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the gateway starts");
+    let text = scrape(port).await;
+    assert_eq!(without_help(&text), Vec::<String>::new(), "{text}");
+    for series in [
+        r#"chatfleet_gateway_auth_failures_total{reason="invalid"}"#,
+        r#"chatfleet_gateway_auth_failures_total{reason="expired"}"#,
+        r#"chatfleet_gateway_connections{transport="sse"}"#,
+        r#"chatfleet_gateway_rejected_total{code="quota_exceeded"}"#,
+        "chatfleet_gateway_degraded_total",
+    ] {
+        assert_eq!(value(&text, series), Some(0.0), "{series} in:\n{text}");
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    let info = format!(r#"chatfleet_build_info{{version="{version}",role="gateway"}}"#);
+    assert_eq!(value(&text, &info), Some(1.0), "{text}");
+}

@@ -662,3 +662,33 @@ fn the_readme_examples_are_valid_settings() {
         assert!(!s.routing.default.is_empty());
     }
 }
+
+#[tokio::test]
+async fn an_upstream_that_sends_no_usage_is_billed_with_tokens_counted_by_its_tokenizer() {
+    use chatfleet::model::{ChatMessage, Role};
+    use chatfleet::upstream::tokens::{Counter, REPLY_OVERHEAD};
+    // llama.cpp's server streams like this: text chunks, a finish chunk, [DONE], and no usage.
+    let mut no_usage = openai_text(&["Hello ", "from ", "llama"], (0, 0));
+    let usage_chunk = no_usage.remove(no_usage.len() - 2);
+    assert!(usage_chunk.contains("\"usage\""), "{usage_chunk}");
+    let hits = HitLog::default();
+    let llama = Fake::start("llama", &hits, vec![], stream(events(&no_usage, 0))).await;
+    let s = with_upstreams(vec![("llama", openai(&llama, "gpt-4o", json!({})))], &["llama"]);
+    let counter = Counter::for_upstream(&s.upstreams["llama"], &s.context);
+    let app = spawn(s).await;
+    let mut c = app.client(0, &uid("s")).await;
+    let turn = send_model(&mut c, "hi there", None).await;
+    let events = c.until_end(&turn).await;
+    assert_eq!(text_of(&events, &turn), "Hello from llama");
+    let bodies = llama.bodies();
+    assert_eq!(bodies[0]["messages"].as_array().map(Vec::len), Some(1), "{}", bodies[0]);
+    let prompt = counter.count_message(&ChatMessage::new(Role::User, "hi there")) + REPLY_OVERHEAD;
+    let completion: u64 = ["Hello ", "from ", "llama"].iter().map(|t| counter.count_text(t)).sum();
+    assert!(completion >= 3, "a real tokenizer count, not zero: {completion}");
+    match &events.last().unwrap().body {
+        EventBody::Done { usage, .. } => {
+            assert_eq!((usage.prompt_tokens, usage.completion_tokens), (prompt, completion), "{usage:?}")
+        }
+        other => panic!("the turn did not end with done: {other:?}"),
+    }
+}

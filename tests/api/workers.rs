@@ -313,8 +313,15 @@ async fn ctl_cancels_a_running_turn_by_id_and_shows_it_in_status() {
         .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u32>().ok())
         .sum();
     assert_eq!(nodes, app.settings.redis.partitions as u32, "{status}");
-    let out = chatfleet::ctl::run(&app.store, CtlCommand::Cancel { turn_id: turn.clone() }).await.unwrap();
-    assert!(out.contains("stopping"), "{out}");
+    // The same for scripts: one JSON document.
+    let json = chatfleet::ctl::run_json(&app.store, CtlCommand::Status).await.unwrap();
+    let turns = json["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 1, "{json}");
+    assert_eq!((turns[0]["turn_id"].as_str(), turns[0]["status"].as_str()), (Some(turn.as_str()), Some("running")));
+    assert_eq!(json["partitions"].as_array().unwrap().len(), app.settings.redis.partitions as usize);
+    assert_eq!((json["total"]["pending"].as_u64(), json["total"]["lag"].as_u64()), (Some(1), Some(0)), "{json}");
+    let out = chatfleet::ctl::run_json(&app.store, CtlCommand::Cancel { turn_id: turn.clone() }).await.unwrap();
+    assert_eq!((out["outcome"].as_str(), out["turn_id"].as_str()), (Some("stopping"), Some(turn.as_str())), "{out}");
     let events = c.until_end(&turn).await;
     assert!(matches!(events.last().unwrap().body, EventBody::Cancelled { .. }));
 }

@@ -18,7 +18,7 @@ use super::{cancelled, full_jitter, tenant_of, Ending, Stats};
 use crate::metrics as m;
 use crate::model::{ModelError, ModelEvent, ModelRequest, ModelStream, ModelUsage, RouteHints};
 use crate::payload;
-use crate::settings::ms;
+use crate::settings_base::ms;
 use crate::store::{StoreError, TurnAudit, TurnContext, TurnWriter, WriteOutcome};
 use crate::tools::{ToolOutcome, ToolState};
 use crate::upstream::summary;
