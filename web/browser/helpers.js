@@ -99,8 +99,17 @@ export function streamedAnswer(frames, end = "done") {
   return { turn, text, deltas: deltas.length };
 }
 
-/** What a reader sees of Markdown without the markers used by the demo model (* and _). */
-export const visible = (md) => words(md.replace(/[*_]/g, ""));
+/** What a reader sees of the demo model's Markdown: emphasis markers (* and _), list bullets
+ * and code fences are rendered, not shown. */
+export const visible = (md) =>
+  words(
+    md
+      .split("\n")
+      .filter((l) => !l.startsWith("```"))
+      .map((l) => l.replace(/^- /, ""))
+      .join("\n")
+      .replace(/[*_]/g, ""),
+  );
 export const words = (s) => s.split(/\s+/).filter(Boolean).join(" ");
 
 export async function screenshot(page, name) {
