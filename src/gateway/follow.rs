@@ -8,11 +8,12 @@
 //! With `cancel_on_drop`, dropping a [`TurnFeed`] before its turn ended (the client closed the
 //! HTTP stream) asks for the turn to stop, so a closed tab does not keep a model generating.
 
+use super::sse::feed_error;
 use std::collections::VecDeque;
 
 use super::commands;
 use super::error::ApiError;
-use super::feed::{Feed, FeedError, Item};
+use super::feed::{Feed, Item};
 use super::{App, ConnGuard};
 use crate::keys::SessionKeys;
 use crate::protocol::{ControlMsg, EventBody, Usage};
@@ -254,8 +255,4 @@ impl TurnFeed {
         self.disarm();
         self.queue.push_back(Piece::End(ending));
     }
-}
-
-fn feed_error(e: FeedError) -> ApiError {
-    super::sse::feed_error(e)
 }

@@ -35,7 +35,6 @@ struct Inner {
     /// ARGV[1] of every call: the deployment's settings the ops need.
     settings: Bytes,
     lanes: Vec<OnceLock<mpsc::Sender<Pending>>>,
-    clustered: bool,
     max_ops: usize,
     queue: usize,
 }
@@ -47,21 +46,14 @@ impl Batcher {
         // In Cluster a call may only touch one slot, and every partition has its own.
         let lanes = if clustered { partitions as usize } else { s.batch_lanes.max(1) };
         let (max_ops, queue) = (s.batch_max_ops.max(1), s.batch_queue.max(1));
-        Self(Arc::new(Inner {
-            redis,
-            settings,
-            lanes: (0..lanes).map(|_| OnceLock::new()).collect(),
-            clustered,
-            max_ops,
-            queue,
-        }))
+        Self(Arc::new(Inner { redis, settings, lanes: (0..lanes).map(|_| OnceLock::new()).collect(), max_ops, queue }))
     }
 
     /// Sends `op` with the next batch of partition `p`'s lane; returns its reply.
     pub async fn call(&self, p: u16, op: Op) -> Result<Value, StoreError> {
         let kind = op.kind;
-        let lane = if self.0.clustered { p as usize } else { p as usize % self.0.lanes.len() };
-        let tx = self.0.lanes[lane % self.0.lanes.len()].get_or_init(|| self.spawn_lane());
+        // In Cluster there is a lane per partition (p < lanes); in standalone partitions share lanes.
+        let tx = self.0.lanes[p as usize % self.0.lanes.len()].get_or_init(|| self.spawn_lane());
         let (reply, rx) = oneshot::channel();
         // A full lane makes the caller wait: the queue is bounded (`redis.batch_queue`).
         tx.send(Pending { op, reply }).await.map_err(|_| lane_gone(kind))?;
