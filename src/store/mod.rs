@@ -11,6 +11,8 @@
 
 mod batch;
 mod conn;
+#[cfg(test)]
+mod lost_write_tests;
 mod ops;
 mod quota;
 mod reply;
