@@ -238,8 +238,12 @@ impl Gateway {
         let g = &self.app.settings.gateway;
         let drain = ms(g.drain_timeout_ms);
         let header_timeout = ms(g.header_read_timeout_ms);
-        let limits =
-            linger::LingerLimits { deadline: ms(g.linger_ms), max_bytes: g.linger_bytes, max_sockets: g.max_lingering };
+        let limits = linger::LingerLimits {
+            deadline: ms(g.linger_ms),
+            max_bytes: g.linger_bytes,
+            max_sockets: g.max_lingering,
+            send_buffer: g.tcp_send_buffer_bytes,
+        };
         let listener = linger::LingeringListener::new(listener, limits);
         listener::serve(listener, self.router(), header_timeout, self.app.shutdown.clone(), drain).await;
         self.app.tracker.close();
