@@ -30,47 +30,33 @@ pub enum LocalRedisError {
 pub struct LocalRedis {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl LocalRedis {
     /// Starts redis-server with `extra` arguments appended (e.g. `["--appendonly", "yes"]`).
     pub async fn start(extra: &[&str]) -> Result<Self, LocalRedisError> {
-        let bin = which::which("redis-server").map_err(|_| LocalRedisError::NotInstalled)?;
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
             let dir = tempfile::tempdir()?;
-            let mut child = Command::new(&bin)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .args(["--protected-mode", "no", "--daemonize", "no", "--loglevel", "notice"])
-                .arg("--dir")
-                .arg(dir.path())
-                .args(extra)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()?;
-            let stdout = child.stdout.take().expect("stdout is piped");
-            let mut lines = BufReader::new(stdout).lines();
-            let ready = tokio::time::timeout(START_TIMEOUT, async {
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if line.contains("Ready to accept connections") {
-                        return Ok(());
-                    }
-                    last = line;
-                }
-                Err(())
-            })
-            .await;
-            if matches!(ready, Ok(Ok(()))) {
-                // Keep draining the log so the server never blocks on a full pipe.
-                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-                return Ok(Self { child, port, _dir: dir });
+            let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+            match spawn(port, dir.path(), &extra).await {
+                Ok(child) => return Ok(Self { child, port, dir, extra }),
+                Err(LocalRedisError::NotReady(line)) => last = line,
+                Err(e) => return Err(e),
             }
-            let _ = child.kill().await;
         }
         Err(LocalRedisError::NotReady(last))
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port and directory: it comes
+    /// back with what its directory holds (an RDB saved earlier, an AOF), and nothing since.
+    pub async fn restart(&mut self) -> Result<(), LocalRedisError> {
+        let _ = self.child.kill().await;
+        self.child = spawn(self.port, self.dir.path(), &self.extra).await?;
+        Ok(())
     }
 
     pub fn port(&self) -> u16 {
@@ -98,6 +84,41 @@ impl LocalRedis {
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+/// Starts redis-server on `port` in `dir`; ready when it says so.
+async fn spawn(port: u16, dir: &std::path::Path, extra: &[String]) -> Result<Child, LocalRedisError> {
+    let bin = which::which("redis-server").map_err(|_| LocalRedisError::NotInstalled)?;
+    let mut child = Command::new(&bin)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(["--protected-mode", "no", "--daemonize", "no", "--loglevel", "notice"])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut last = String::new();
+    let ready = tokio::time::timeout(START_TIMEOUT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("Ready to accept connections") {
+                return true;
+            }
+            last = line;
+        }
+        false
+    })
+    .await;
+    if matches!(ready, Ok(true)) {
+        // Keep draining the log so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        return Ok(child);
+    }
+    let _ = child.kill().await;
+    Err(LocalRedisError::NotReady(last))
 }
 
 fn free_port() -> std::io::Result<u16> {

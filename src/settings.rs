@@ -405,6 +405,14 @@ impl Settings {
             "worker.heartbeat_ms",
             "must be at most half of worker.lease_ms, so one lost heartbeat does not lose the lease",
         )?;
+        // A heartbeat that waits a whole command timeout (the longest a call waits before it
+        // fails) still lands before the lease it renews runs out: a Redis stall the client sits
+        // through never costs a live turn its lease (docs/operations.md, "Redis stalls").
+        check(
+            w.lease_ms >= self.redis.command_timeout_ms + w.heartbeat_ms,
+            "worker.lease_ms",
+            "must be at least redis.command_timeout_ms + worker.heartbeat_ms, so a Redis stall shorter than the command timeout never takes a live turn from its worker",
+        )?;
         check(w.sweep_interval_ms >= 50, "worker.sweep_interval_ms", "must be at least 50")?;
         check(w.max_attempts >= 1, "worker.max_attempts", "must be at least 1")?;
         check(w.dead_letter_max_len >= 100, "worker.dead_letter_max_len", "must be at least 100")?;
@@ -469,6 +477,15 @@ mod tests {
         assert_eq!(s.routing.default, vec!["second".to_string(), "demo".to_string()]);
         assert_eq!(s.context.system_prompt, "Be brief, kind, exact.");
         assert_eq!(s.redis.partitions, 32);
+    }
+
+    #[test]
+    fn a_lease_within_reach_of_the_command_timeout_is_refused_by_name() {
+        let mut s = Settings::defaults();
+        s.validate().expect("the defaults are valid");
+        s.redis.command_timeout_ms = s.worker.lease_ms;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("worker.lease_ms"), "{err}");
     }
 
     #[test]

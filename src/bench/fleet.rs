@@ -70,14 +70,14 @@ pub struct FleetSpec {
 
 /// The private Redis under the fleet.
 pub enum Backend {
-    Single(LocalRedis),
+    Single(Box<LocalRedis>),
     Cluster(LocalCluster),
 }
 
 impl Backend {
     async fn start(cluster_primaries: usize) -> anyhow::Result<Self> {
         Ok(if cluster_primaries == 0 {
-            Backend::Single(LocalRedis::start(&[]).await?)
+            Backend::Single(Box::new(LocalRedis::start(&[]).await?))
         } else {
             let c = LocalCluster::start(cluster_primaries, 0, CLUSTER_NODE_TIMEOUT_MS)
                 .await

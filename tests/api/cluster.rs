@@ -120,6 +120,7 @@ async fn a_primary_failing_over_mid_stream_loses_no_turn_silently() {
     s.model.demo.tokens_per_sec = 50; // three seconds per answer: the failover happens mid-stream
     s.worker.lease_ms = 2000;
     s.worker.heartbeat_ms = 500;
+    s.redis.command_timeout_ms = 1500;
     s.worker.sweep_interval_ms = 200;
     let app = TestApp::with_url(s, cluster.url(), 1, 2).await;
     let mut turns = Vec::new();

@@ -13,6 +13,7 @@ mod observability;
 mod procs;
 mod quota;
 mod redis_faults;
+mod redis_stalls;
 mod resume;
 mod tenancy;
 mod tls;

@@ -37,6 +37,7 @@ async fn metrics_after_known_turns_and_a_takeover_have_exact_values() {
     let mut s = test_settings();
     s.worker.lease_ms = 600;
     s.worker.heartbeat_ms = 200;
+    s.redis.command_timeout_ms = 400;
     s.worker.sweep_interval_ms = 100;
     s.model.demo.max_tokens = 30;
     let app = TestApp::with(s, 1, 0).await;

@@ -18,6 +18,7 @@ pub fn env_for(s: &Settings) -> Vec<(String, String)> {
         ("REDIS__URL", s.redis.url.clone()),
         ("REDIS__KEY_PREFIX", s.redis.key_prefix.clone()),
         ("REDIS__PARTITIONS", s.redis.partitions.to_string()),
+        ("REDIS__COMMAND_TIMEOUT_MS", s.redis.command_timeout_ms.to_string()),
         ("WORKER__LEASE_MS", w.lease_ms.to_string()),
         ("WORKER__HEARTBEAT_MS", w.heartbeat_ms.to_string()),
         ("WORKER__SWEEP_INTERVAL_MS", w.sweep_interval_ms.to_string()),

@@ -105,6 +105,7 @@ async fn answers_stay_exact_while_redis_connections_are_killed_every_150_ms() {
     // A worker whose calls fail on every try leaves its turn to the lease: keep takeovers quick.
     s.worker.lease_ms = 1500;
     s.worker.heartbeat_ms = 300;
+    s.redis.command_timeout_ms = 1200;
     s.worker.sweep_interval_ms = 200;
     s.worker.max_attempts = 20;
     let app = TestApp::with_url(s, redis.url(), 1, 2).await;

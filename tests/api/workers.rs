@@ -17,6 +17,7 @@ fn fast_lease_settings() -> chatfleet::settings::Settings {
     let mut s = test_settings();
     s.worker.lease_ms = 600;
     s.worker.heartbeat_ms = 200;
+    s.redis.command_timeout_ms = 400;
     s.worker.sweep_interval_ms = 100;
     s.worker.read_block_ms = 200;
     s.worker.drain_timeout_ms = 300;
@@ -149,6 +150,7 @@ async fn a_long_silent_turn_with_heartbeats_is_never_taken_over() {
     let mut s = fast_lease_settings();
     s.worker.lease_ms = 300;
     s.worker.heartbeat_ms = 100;
+    s.redis.command_timeout_ms = 200;
     let app = TestApp::with(s, 1, 2).await;
     let mut c = app.client(0, &uid("s")).await;
     let prompt = "[[silent-ms=4500]] take your time";

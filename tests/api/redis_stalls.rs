@@ -1,0 +1,233 @@
+//! Redis stalling (DEBUG SLEEP: a fork, an fsync, a failover pause) and Redis coming back from an
+//! older snapshot (a failover to a lagging replica, an AOF-everysec restart) while answers stream.
+//! Clients keep their sockets where the gateway keeps them; every client must end with what Redis
+//! holds, every turn must end once, with the exact text, live and stored.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chatfleet::local_redis::LocalRedis;
+use chatfleet::protocol::{ClientMsg, ControlMsg, Event, EventBody, ResumeKind, ServerMsg};
+use chatfleet::settings::Settings;
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::*;
+
+/// What one client saw of its turn.
+struct Seen {
+    text: String,
+    terminals: usize,
+    resets: usize,
+}
+
+/// A snapshot of the session's epoch replaces what the client had of the turn (Redis is behind
+/// what it saw), as a real client redraws from it. `true` when it shows the turn ended.
+fn redraw(events: &mut Vec<Event>, snap: &ControlMsg, turn: &str) -> bool {
+    let ControlMsg::Snapshot { seq, messages, active, .. } = snap else { return false };
+    events.retain(|e| e.body.turn_id() != turn);
+    if let Some(m) = messages.iter().find(|m| m.role == "assistant" && m.turn_id == turn) {
+        events.push(Event {
+            seq: *seq,
+            first_seq: None,
+            body: EventBody::Delta { turn_id: turn.into(), text: m.text.clone() },
+        });
+        return true;
+    }
+    if let Some(a) = active.as_ref().filter(|a| a.turn_id == turn) {
+        events.push(Event {
+            seq: *seq,
+            first_seq: None,
+            body: EventBody::Delta { turn_id: turn.into(), text: a.text.clone() },
+        });
+    }
+    false
+}
+
+/// Opens `session` resuming after `last_seq`; `None` while the gateway cannot serve it.
+async fn try_open(addr: SocketAddr, session: &str, epoch: &str, last_seq: u64) -> Option<(Client, Option<ControlMsg>)> {
+    let url = format!("ws://{addr}/v1/ws?session_id={session}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.ok()?;
+    let hello = ClientMsg::Hello {
+        session_id: session.into(),
+        last_seq: Some(last_seq),
+        epoch: Some(epoch.into()),
+        coalesce_ms: None,
+    };
+    ws.send(Message::Text(serde_json::to_string(&hello).unwrap().into())).await.ok()?;
+    let mut welcome = None;
+    loop {
+        let Ok(Message::Text(t)) = tokio::time::timeout(FRAME_TIMEOUT, ws.next()).await.ok()?? else { return None };
+        match serde_json::from_str::<ServerMsg>(&t).ok()? {
+            ServerMsg::Control(w @ ControlMsg::Welcome { .. }) => {
+                if matches!(w, ControlMsg::Welcome { resume: ResumeKind::Replay, .. }) {
+                    let c = Client { ws, session: session.into(), welcome: w, snapshot: None, log: Vec::new() };
+                    return Some((c, None));
+                }
+                welcome = Some(w);
+            }
+            ServerMsg::Control(s @ ControlMsg::Snapshot { .. }) => {
+                let w = welcome?;
+                return Some((
+                    Client { ws, session: session.into(), welcome: w, snapshot: None, log: Vec::new() },
+                    Some(s),
+                ));
+            }
+            // "last_seq is ahead of the session": the snapshot follows.
+            ServerMsg::Control(ControlMsg::Error { .. }) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Reads `turn` to its end like a real client: redraws from a snapshot, reconnects (with backoff)
+/// whenever the gateway closes the socket.
+async fn follow(app: &TestApp, mut c: Client, turn: &str) -> Seen {
+    let session = c.session.clone();
+    let epoch = c.epoch();
+    let mut events = c.events();
+    let mut last = events.last().map(|e| e.seq).unwrap_or(c.welcome_seq());
+    let mut resets = 0;
+    loop {
+        match c.next_or_close().await {
+            Ok(ServerMsg::Event(e)) => {
+                last = e.seq;
+                resets += usize::from(matches!(&e.body, EventBody::Reset { turn_id, .. } if turn_id == turn));
+                let end = e.body.turn_id() == turn && e.body.is_terminal();
+                events.push(e);
+                if end {
+                    break;
+                }
+            }
+            Ok(ServerMsg::Control(snap @ ControlMsg::Snapshot { .. })) => {
+                if let ControlMsg::Snapshot { seq, .. } = &snap {
+                    last = *seq;
+                }
+                if redraw(&mut events, &snap, turn) {
+                    return Seen { text: text_of(&events, turn), terminals: 1, resets };
+                }
+            }
+            Ok(_) => {}
+            Err(_) => {
+                let mut backoff = Duration::from_millis(20);
+                let (fresh, snap) = loop {
+                    if let Some(opened) = try_open(app.gateways[0], &session, &epoch, last).await {
+                        break opened;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                };
+                c = fresh;
+                if let Some(snap) = snap {
+                    if let ControlMsg::Snapshot { seq, .. } = &snap {
+                        last = *seq;
+                    }
+                    if redraw(&mut events, &snap, turn) {
+                        return Seen { text: text_of(&events, turn), terminals: 1, resets };
+                    }
+                }
+            }
+        }
+    }
+    let terminals = events.iter().filter(|e| e.body.turn_id() == turn && e.body.is_terminal()).count();
+    Seen { text: text_of(&events, turn), terminals, resets }
+}
+
+/// Follows every client to its turn's end, then checks each answer live and stored. Returns the
+/// resets the clients saw (takeovers of turns whose lease Redis judged expired).
+async fn assert_every_answer_whole(app: &TestApp, clients: Vec<(Client, String, String)>) -> usize {
+    let followers = clients.into_iter().map(|(c, turn, prompt)| async move {
+        let session = c.session.clone();
+        let seen = follow(app, c, &turn).await;
+        (session, turn, prompt, seen)
+    });
+    let mut resets = 0;
+    for (session, turn, prompt, seen) in futures::future::join_all(followers).await {
+        let expected = app.expected_answer(&prompt);
+        assert_eq!(seen.text, expected, "live text of {prompt}");
+        assert_eq!(seen.terminals, 1, "{prompt} ended once");
+        resets += seen.resets;
+        // Redis may still be finishing a turn whose end it lost: wait for its one stored answer.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let stored = loop {
+            let hist = app.history(&session).await;
+            let stored: Vec<String> =
+                hist.into_iter().filter(|m| m.role == "assistant" && m.turn_id == turn).map(|m| m.text).collect();
+            if !stored.is_empty() {
+                break stored;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{prompt} never ended in Redis");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(stored, [expected], "stored answer of {prompt}");
+    }
+    resets
+}
+
+fn streaming_settings(s: &mut Settings) {
+    s.model.demo.tokens_per_sec = 60;
+    s.model.demo.max_tokens = 150;
+    s.worker.sweep_interval_ms = 100;
+}
+
+/// The lease is kept above what a stall the client does not time out on can cost it
+/// (settings validation), so such a stall resets nothing: nobody pays for an answer twice.
+#[tokio::test]
+async fn a_stall_shorter_than_the_command_timeout_resets_no_turn() {
+    let redis = LocalRedis::start(&["--enable-debug-command", "yes"]).await.expect("redis-server starts");
+    let mut s = test_settings();
+    streaming_settings(&mut s);
+    s.redis.command_timeout_ms = 1000;
+    s.worker.heartbeat_ms = 250;
+    s.worker.lease_ms = 2500;
+    s.validate().expect("valid settings");
+    let app = TestApp::with_url(s, redis.url(), 1, 2).await;
+    let clients = streaming_clients(&app, 0, 8, "stall").await;
+    // Just under the command timeout: no call fails, every one waits.
+    let out = redis.cli(&["DEBUG", "SLEEP", "0.9"]).await.expect("redis-cli runs");
+    assert_eq!(out.trim(), "OK", "the stall ran");
+    let resets = assert_every_answer_whole(&app, clients).await;
+    assert_eq!(resets, 0, "no live turn was taken over after the stall");
+}
+
+/// A stall longer than the lease and the command timeout: calls fail, leases run out, turns are
+/// taken over. Each still ends once with the exact text.
+#[tokio::test]
+async fn a_stall_longer_than_the_lease_ends_every_turn_once_with_the_exact_text() {
+    let redis = LocalRedis::start(&["--enable-debug-command", "yes"]).await.expect("redis-server starts");
+    let mut s = test_settings();
+    streaming_settings(&mut s);
+    s.redis.command_timeout_ms = 400;
+    s.worker.heartbeat_ms = 150;
+    s.worker.lease_ms = 1200;
+    s.worker.max_attempts = 10;
+    s.validate().expect("valid settings");
+    let app = TestApp::with_url(s, redis.url(), 1, 2).await;
+    let clients = streaming_clients(&app, 0, 8, "long stall").await;
+    let out = redis.cli(&["DEBUG", "SLEEP", "2.5"]).await.expect("redis-cli runs");
+    assert_eq!(out.trim(), "OK", "the stall ran");
+    assert_every_answer_whole(&app, clients).await;
+}
+
+/// Redis comes back from a snapshot taken a moment earlier: it lost the last writes (deltas, seqs,
+/// maybe ends) while the epoch stayed the same. Clients that saw more than Redis holds are
+/// redrawn from what it holds, workers re-send what it lost, and every turn ends.
+#[tokio::test]
+async fn redis_restarting_from_an_older_snapshot_leaves_every_client_with_what_redis_holds() {
+    let mut redis = LocalRedis::start(&[]).await.expect("redis-server starts");
+    let mut s = test_settings();
+    streaming_settings(&mut s);
+    s.worker.max_attempts = 10;
+    let app = TestApp::with_url(s, redis.url(), 1, 2).await;
+    let mut clients = streaming_clients(&app, 0, 8, "rollback").await;
+    let out = redis.cli(&["SAVE"]).await.expect("redis-cli runs");
+    assert_eq!(out.trim(), "OK", "the snapshot was saved");
+    // More deltas reach the clients after the snapshot: those are the writes Redis will lose.
+    for (c, turn, _) in clients.iter_mut() {
+        let seen = c.welcome_seq();
+        let at = c.events().last().map(|e| e.seq).unwrap_or(seen) + 5;
+        c.until(|e| e.body.turn_id() == turn && e.seq >= at).await;
+    }
+    redis.restart().await.expect("redis-server restarts from its snapshot");
+    assert_every_answer_whole(&app, clients).await;
+}
