@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use fred::interfaces::EventInterface;
@@ -16,6 +17,7 @@ use crate::local_cluster::LocalCluster;
 use crate::local_redis::LocalRedis;
 use crate::model::Model;
 use crate::settings::Settings;
+use crate::settings_base::ms;
 use crate::store::{Redis, Store};
 use crate::upstream::Router;
 use crate::worker::Worker;
@@ -40,6 +42,36 @@ pub async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
         });
     }
     Ok(store)
+}
+
+/// [`connect_store`], retried with backoff while Redis is not up yet or a Cluster is still forming
+/// (its nodes do not agree on the slots yet), for at most `redis.startup_deadline_ms`. Readiness
+/// stays false meanwhile. A Redis too old for chatfleet is not retried. `None`: shutdown came first.
+pub async fn connect_store_retrying(
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Store>> {
+    let deadline = tokio::time::Instant::now() + ms(settings.redis.startup_deadline_ms);
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let e = match connect_store(settings).await {
+            Ok(store) => return Ok(Some(store)),
+            Err(e) if e.downcast_ref::<crate::redis_version::TooOld>().is_some() => return Err(e),
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() + pause > deadline {
+            return Err(e.context(format!(
+                "Redis was not ready within redis.startup_deadline_ms ({} ms)",
+                settings.redis.startup_deadline_ms
+            )));
+        }
+        tracing::warn!(error = format!("{e:#}"), retry_in_ms = pause.as_millis() as u64, "Redis not ready; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.cancelled() => return Ok(None),
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// The model the worker talks to: the router over `[upstreams]` with `[routing]`.
@@ -101,7 +133,7 @@ pub async fn run_gateway(settings: Settings, shutdown: CancellationToken) -> any
     crate::metrics::install();
     crate::metrics_catalog::register_gateway();
     start_metrics(settings.metrics.listen, shutdown.clone(), ready.clone()).await?;
-    let store = connect_store(&settings).await?;
+    let Some(store) = connect_store_retrying(&settings, &shutdown).await? else { return Ok(()) };
     let _ = ready.set(store.clone());
     let listener = crate::gateway::bind(settings.gateway.listen, settings.gateway.listen_backlog)
         .with_context(|| format!("cannot bind gateway.listen = {}", settings.gateway.listen))?;
@@ -119,7 +151,7 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
     crate::metrics::install();
     crate::metrics_catalog::register_worker(&settings);
     start_metrics(settings.metrics.listen, shutdown.clone(), ready.clone()).await?;
-    let store = connect_store(&settings).await?;
+    let Some(store) = connect_store_retrying(&settings, &shutdown).await? else { return Ok(()) };
     let _ = ready.set(store.clone());
     let model = build_model(&settings);
     let worker = Worker::start(settings, store.clone(), model, shutdown).await?;

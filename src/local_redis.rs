@@ -51,6 +51,14 @@ impl LocalRedis {
         Err(LocalRedisError::NotReady(last))
     }
 
+    /// Starts redis-server on `port` (a process that was told to use it may already be waiting).
+    pub async fn start_on(port: u16, extra: &[&str]) -> Result<Self, LocalRedisError> {
+        let dir = tempfile::tempdir()?;
+        let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+        let child = spawn(port, dir.path(), &extra).await?;
+        Ok(Self { child, port, dir, extra })
+    }
+
     /// Kills the server (SIGKILL) and starts it again on the same port and directory: it comes
     /// back with what its directory holds (an RDB saved earlier, an AOF), and nothing since.
     pub async fn restart(&mut self) -> Result<(), LocalRedisError> {

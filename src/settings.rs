@@ -81,6 +81,9 @@ pub struct RedisSettings {
     pub connect_timeout_ms: u64,
     /// Time allowed for one non-blocking command before it fails with a timeout.
     pub command_timeout_ms: u64,
+    /// How long a starting gateway or worker keeps retrying (with backoff, not ready meanwhile)
+    /// while Redis is not up or a Cluster is still forming, before it exits.
+    pub startup_deadline_ms: u64,
     /// Longest pause between reconnect attempts (exponential backoff up to this).
     pub reconnect_max_delay_ms: u64,
     /// Capacity of the pub/sub broadcast buffer; a slower reader lags and catches up from logs.

@@ -231,3 +231,39 @@ async fn redis_restarting_from_an_older_snapshot_leaves_every_client_with_what_r
     redis.restart().await.expect("redis-server restarts from its snapshot");
     assert_every_answer_whole(&app, clients).await;
 }
+
+/// A worker started before Redis (or while a Cluster is still forming) waits, reporting not
+/// ready, and serves once Redis is up: it does not exit at the first refused connection.
+#[tokio::test]
+async fn a_worker_started_before_redis_waits_not_ready_then_serves() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut s = test_settings();
+    s.redis.url = format!("redis://127.0.0.1:{port}");
+    s.redis.connect_timeout_ms = 300;
+    let (mut worker, metrics_port) = crate::procs::WorkerProc::spawn_with_metrics(&s);
+    let readyz = format!("http://127.0.0.1:{metrics_port}/readyz");
+    // The ops listener comes up first; it says "not ready" while Redis is away.
+    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
+    let status = loop {
+        if let Ok(r) = reqwest::get(&readyz).await {
+            break r.status();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the worker's ops listener never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(worker.child.try_wait().unwrap().is_none(), "the worker waits for Redis instead of exiting");
+
+    let redis = LocalRedis::start_on(port, &[]).await.expect("redis-server starts on the port");
+    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
+    while reqwest::get(&readyz).await.map(|r| r.status()).ok() != Some(reqwest::StatusCode::OK) {
+        assert!(tokio::time::Instant::now() < deadline, "the worker never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // It serves: a gateway without workers of its own gets the answer from it.
+    let app = TestApp::with_url(s, redis.url(), 1, 0).await;
+    let mut c = app.client(0, &uid("s")).await;
+    let (turn, _) = c.send_and_ack(&uid("m"), "after the wait").await;
+    c.until_end(&turn).await;
+    assert_eq!(text_of(&c.events(), &turn), app.expected_answer("after the wait"));
+}
