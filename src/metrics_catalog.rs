@@ -35,7 +35,7 @@ const REJECT_CODES: [&str; 11] = [
     "too_many_connections",
 ];
 /// `Hub::request_resync` causes.
-const CATCHUP_CAUSES: [&str; 2] = ["lagged", "reconnect"];
+const CATCHUP_CAUSES: [&str; 3] = ["lagged", "reconnect", "topology"];
 /// Turn outcomes (worker/turn.rs `finish`).
 const TURN_OUTCOMES: [&str; 5] = ["done", "error", "cancelled", "fenced", "released"];
 /// `TimeoutKind::code`.

@@ -189,6 +189,10 @@ pub struct GatewaySettings {
     pub linger_bytes: usize,
     /// Sockets lingering at once; past this a closed socket is closed at once.
     pub max_lingering: usize,
+    /// On a Redis Cluster, how often the gateway reads the slot map to notice a slot that moved
+    /// (resharding, failover): its session channels are then subscribed again on the new node,
+    /// and connections catch up from their logs. One CLUSTER SLOTS per gateway per interval.
+    pub cluster_check_ms: u64,
     /// Kernel send buffer of each accepted socket (SO_SNDBUF, bytes; 0 = the kernel's autotuning,
     /// up to `net.ipv4.tcp_wmem`'s maximum, 4 MiB on most Linux). Bounds the kernel memory a client
     /// that stops reading can pin, and how much it can fall behind before its queue

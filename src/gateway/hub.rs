@@ -52,6 +52,9 @@ pub struct HubLimits {
     /// How long a join waits for its SSUBSCRIBE to be confirmed, across a reconnect of the
     /// subscriber connection (`redis.command_timeout_ms + redis.reconnect_max_delay_ms`).
     pub subscribe_timeout: Duration,
+    /// On a Cluster, how often the slot map is checked (`gateway.cluster_check_ms`): a slot that
+    /// moved (resharding, failover) drops its subscriptions without any other sign.
+    pub cluster_check: Duration,
 }
 
 /// One event, decoded once per gateway and shared by all its connections.
@@ -223,7 +226,7 @@ impl Hub {
         };
         tokio::spawn(run_commands(hub.clone(), sub.clone(), command_rx, shutdown.clone()));
         tokio::spawn(dispatch(hub.clone(), sub.clone(), shutdown.clone()));
-        tokio::spawn(watch_reconnects(hub.clone(), sub, shutdown));
+        tokio::spawn(watch_reconnects(hub.clone(), sub, limits.cluster_check, shutdown));
         hub
     }
 
@@ -469,37 +472,66 @@ async fn dispatch(hub: Hub, sub: SubscriberClient, shutdown: CancellationToken) 
     }
 }
 
-/// After the subscriber connection comes back, or the cluster's topology changed: resubscribe
+/// After the subscriber connection comes back, or a slot moved to another node: resubscribe
 /// everything, then make every connection catch up from its log (what was published in between
 /// was lost).
-async fn watch_reconnects(hub: Hub, sub: SubscriberClient, shutdown: CancellationToken) {
+///
+/// A slot that moves (resharding, a failover) drops its subscriptions on the node it left, and
+/// the client library discards that notice. So on a Cluster the slot map is read every
+/// `cluster_check` and compared with the last one; the library announces every read as a
+/// topology change, so only a map that differs counts.
+async fn watch_reconnects(hub: Hub, sub: SubscriberClient, check: Duration, shutdown: CancellationToken) {
     let mut rx = sub.reconnect_rx();
-    // In Cluster, a failover or resharding moves slots: Redis drops those subscriptions.
     let mut topology = sub.cluster_change_rx();
+    let clustered = sub.is_clustered();
+    let mut known = slot_map(&sub);
+    let mut tick = tokio::time::interval(check.max(Duration::from_millis(50)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let r = tokio::select! {
-            r = rx.recv() => r.map(|_| ()),
-            t = topology.recv() => t.map(|_| ()),
+        let cause = tokio::select! {
+            r = rx.recv() => match r {
+                Ok(_) | Err(RecvError::Lagged(_)) => "reconnect",
+                Err(RecvError::Closed) => break,
+            },
+            t = topology.recv() => match t {
+                Ok(_) | Err(RecvError::Lagged(_)) => "topology",
+                Err(RecvError::Closed) => break,
+            },
+            _ = tick.tick(), if clustered => {
+                // Bounded: a node that does not answer is the reconnect logic's business.
+                if let Ok(Err(e)) = tokio::time::timeout(check, sub.sync_cluster()).await {
+                    tracing::debug!(error = %e, "reading the cluster's slot map failed");
+                }
+                "topology"
+            }
             _ = shutdown.cancelled() => break,
         };
-        match r {
-            Ok(()) | Err(RecvError::Lagged(_)) => {
-                let (done, resubscribed) = oneshot::channel();
-                if hub.inner.commands.send(Command::Resubscribe(done)).await.is_err() {
-                    break;
-                }
-                match resubscribed.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "resubscribe after reconnect failed"),
-                    Err(_) => break,
-                }
-                // Whatever was published while the connection was down is in the logs.
-                hub.request_resync("reconnect");
-            }
-            Err(RecvError::Closed) => break,
+        let now = slot_map(&sub);
+        if cause == "topology" && now == known {
+            continue;
         }
+        known = now;
+        let (done, resubscribed) = oneshot::channel();
+        if hub.inner.commands.send(Command::Resubscribe(done)).await.is_err() {
+            break;
+        }
+        match resubscribed.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, cause, "resubscribe failed"),
+            Err(_) => break,
+        }
+        // Whatever was published while the subscription was gone is in the logs.
+        hub.request_resync(cause);
     }
     let _ = sub.quit().await;
+}
+
+/// The slot ranges and their primaries, as the client library last read them (empty when not
+/// on a Cluster).
+fn slot_map(sub: &SubscriberClient) -> Vec<(u16, u16, String)> {
+    sub.cached_cluster_state()
+        .map(|s| s.slots().iter().map(|r| (r.start, r.end, r.primary.to_string())).collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -174,6 +174,7 @@ impl Gateway {
             queue_bytes: g.send_queue_bytes,
             log_reads: g.max_concurrent_catchups,
             subscribe_timeout: ms(settings.redis.command_timeout_ms + settings.redis.reconnect_max_delay_ms),
+            cluster_check: ms(g.cluster_check_ms),
         };
         let hub = Hub::start(sub, limits, shutdown.clone());
         let admission = Admission::start(g.admission.clone(), store.clone(), shutdown.clone());

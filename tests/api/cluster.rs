@@ -160,3 +160,66 @@ async fn a_primary_failing_over_mid_stream_loses_no_turn_silently() {
     eprintln!("failover: {ended} turns completed exactly once, {lost} sessions lost with the primary and resynced by snapshot");
     assert_eq!(ended + lost, 6);
 }
+
+/// Every slot of the primary serving a busy partition moves to another primary
+/// (`redis-cli --cluster reshard`, keys migrated one slot at a time) while answers stream. Each
+/// op declares every key it touches, so during a slot's migration Redis sends it where its data
+/// is (ASK, TRYAGAIN) instead of running it on a node that lacks it. Every turn ends once, with
+/// the exact text, live and stored.
+#[tokio::test]
+async fn resharding_a_busy_partition_mid_stream_ends_every_turn_once_exactly() {
+    let cluster = LocalCluster::start(3, 0, 2000).await.expect("a cluster forms");
+    let mut s = test_settings();
+    s.model.demo.max_tokens = 200;
+    s.model.demo.tokens_per_sec = 60; // three seconds per answer: the slots move mid-stream
+    let app = TestApp::with_url(s, cluster.url(), 1, 2).await;
+    let mut turns = Vec::new();
+    for i in 0..12 {
+        let sid = uid("s");
+        let mut c = app.client(0, &sid).await;
+        let prompt = format!("reshard {i}");
+        let (turn, _) = c.send_and_ack(&uid("m"), &prompt).await;
+        turns.push((sid, c, turn, prompt));
+    }
+    for (_, c, turn, _) in turns.iter_mut() {
+        c.until(|e| e.body.turn_id() == turn && matches!(e.body, EventBody::Delta { .. })).await;
+    }
+    // The primary of the first session's partition gives all its slots to another primary.
+    let slot = fred::util::redis_keyslot(app.session_keys(&turns[0].0).stream.as_bytes());
+    let from_port = primary_of(&cluster, slot).await;
+    let from = cluster.nodes.iter().find(|n| n.port() == from_port).unwrap();
+    let to = cluster.nodes.iter().find(|n| n.port() != from_port).unwrap();
+    let from_id = from.cli(&["cluster", "myid"]).await.unwrap().trim().to_string();
+    let to_id = to.cli(&["cluster", "myid"]).await.unwrap().trim().to_string();
+    let slots = from.cli(&["cluster", "countkeysinslot", &slot.to_string()]).await.unwrap();
+    assert!(slots.trim().parse::<u64>().unwrap() > 0, "the busy partition's slot holds keys");
+    let reshard = tokio::spawn(async move {
+        let out = tokio::process::Command::new("redis-cli")
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{from_port}")])
+            .args(["--cluster-from", &from_id, "--cluster-to", &to_id, "--cluster-slots", "16384"])
+            .args(["--cluster-yes", "--cluster-pipeline", "100"])
+            .output()
+            .await
+            .expect("redis-cli runs");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+
+    let mut followers = Vec::new();
+    for (sid, c, turn, prompt) in turns {
+        let app = &app;
+        followers.push(async move { (follow(app, &sid, c, &turn).await, sid, turn, prompt) });
+    }
+    let results = futures::future::join_all(followers).await;
+    let (ok, out) = reshard.await.unwrap();
+    assert!(ok, "the reshard completed: {}", &out[out.len().saturating_sub(2000)..]);
+    assert_eq!(primary_of(&cluster, slot).await, to.port(), "the busy slot moved");
+    for (outcome, sid, turn, prompt) in results {
+        let Outcome::Ended { terminals, text } = outcome else { panic!("{prompt}: a reshard loses no session") };
+        assert_eq!(terminals, 1, "{prompt} ended once");
+        assert_eq!(text, app.expected_answer(&prompt), "live text of {prompt}");
+        let hist = app.history(&sid).await;
+        let stored: Vec<_> = hist.iter().filter(|m| m.role == "assistant" && m.turn_id == turn).collect();
+        assert_eq!(stored.len(), 1, "one stored answer for {prompt}");
+        assert_eq!(stored[0].text, app.expected_answer(&prompt), "stored text of {prompt}");
+    }
+}

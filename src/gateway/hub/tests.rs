@@ -27,8 +27,13 @@ async fn a_leave_that_races_a_join_of_the_same_channel_does_not_unsubscribe_the_
     settings.redis.url = redis.url();
     let conn = Redis::connect(&settings.redis).await.expect("connects");
     let shutdown = CancellationToken::new();
-    let limits =
-        HubLimits { queue_events: 100, queue_bytes: 1 << 20, log_reads: 1, subscribe_timeout: Duration::from_secs(5) };
+    let limits = HubLimits {
+        queue_events: 100,
+        queue_bytes: 1 << 20,
+        log_reads: 1,
+        subscribe_timeout: Duration::from_secs(5),
+        cluster_check: Duration::from_secs(1),
+    };
     let hub = Hub::start(conn.subscriber().await.expect("subscriber"), limits, shutdown.clone());
 
     // The last member leaves; a new one joins the same channel while the leave's Unsubscribe
@@ -56,8 +61,13 @@ async fn the_last_member_leaving_unsubscribes_the_channel() {
     settings.redis.url = redis.url();
     let conn = Redis::connect(&settings.redis).await.expect("connects");
     let shutdown = CancellationToken::new();
-    let limits =
-        HubLimits { queue_events: 100, queue_bytes: 1 << 20, log_reads: 1, subscribe_timeout: Duration::from_secs(5) };
+    let limits = HubLimits {
+        queue_events: 100,
+        queue_bytes: 1 << 20,
+        log_reads: 1,
+        subscribe_timeout: Duration::from_secs(5),
+        cluster_check: Duration::from_secs(1),
+    };
     let hub = Hub::start(conn.subscriber().await.expect("subscriber"), limits, shutdown.clone());
 
     drop(hub.join("ch{a}").await.expect("joins"));
@@ -77,8 +87,13 @@ async fn joins_while_the_pubsub_connection_is_killed_again_and_again_all_succeed
     settings.redis.url = redis.url();
     let conn = Redis::connect(&settings.redis).await.expect("connects");
     let shutdown = CancellationToken::new();
-    let limits =
-        HubLimits { queue_events: 100, queue_bytes: 1 << 20, log_reads: 1, subscribe_timeout: Duration::from_secs(10) };
+    let limits = HubLimits {
+        queue_events: 100,
+        queue_bytes: 1 << 20,
+        log_reads: 1,
+        subscribe_timeout: Duration::from_secs(10),
+        cluster_check: Duration::from_secs(1),
+    };
     let hub = Hub::start(conn.subscriber().await.expect("subscriber"), limits, shutdown.clone());
 
     // The pub/sub connection is killed every few milliseconds while 200 joins are under way:
