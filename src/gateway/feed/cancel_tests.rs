@@ -67,6 +67,7 @@ async fn a_feed_cancelled_at_any_await_hands_out_every_event_once_in_order() {
         queue_bytes: 64 << 20,
         log_reads: 1,
         subscribe_timeout: Duration::from_secs(5),
+        cluster_check: Duration::from_secs(1),
     };
     let hub = Hub::start(conn.subscriber().await.expect("subscriber"), limits, shutdown.clone());
     let keys = store.keys().session("tenant", "s1");
