@@ -32,6 +32,8 @@ pub enum Action {
     KillWorker(usize),
     /// SIGTERM gateway `i` (it drains: clients are told to reconnect), then restart it.
     RestartGateway(usize),
+    /// A fault of Redis itself (`chatfleet bench chaos --fault`).
+    Redis(super::faults::RedisFault),
 }
 
 /// Per-second readings of every process (name → samples), and what was done when.
@@ -285,6 +287,7 @@ async fn act(fleet: &mut Fleet, action: Action) -> anyhow::Result<(u64, String, 
     let (role, i) = match action {
         Action::KillWorker(i) => (Role::Worker, i % fleet.workers.len()),
         Action::RestartGateway(i) => (Role::Gateway, i % fleet.gateways.len()),
+        Action::Redis(fault) => return super::faults::act(fleet, fault).await,
     };
     let procs = if role == Role::Worker { &mut fleet.workers } else { &mut fleet.gateways };
     let name = format!("{}-{i}", if role == Role::Worker { "worker" } else { "gateway" });

@@ -19,9 +19,6 @@ use crate::local_redis::LocalRedis;
 
 /// Time a spawned process has to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
-/// `cluster-node-timeout` of a bench cluster. Nothing fails over during a bench, so this only
-/// has to be long enough that a node busy on a loaded box is never taken for dead.
-const CLUSTER_NODE_TIMEOUT_MS: u64 = 15_000;
 /// Time a process has to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -64,6 +61,10 @@ pub struct FleetSpec {
     pub max_concurrent_turns: usize,
     /// Primaries of a local Redis Cluster; 0 runs one standalone Redis.
     pub cluster_primaries: usize,
+    /// Replicas per primary of that Cluster.
+    pub cluster_replicas: usize,
+    /// `cluster-node-timeout` of that Cluster.
+    pub cluster_node_timeout_ms: u64,
     /// Extra `CHATFLEET__…` variables (name, value).
     pub extra_env: Vec<(String, String)>,
 }
@@ -75,11 +76,12 @@ pub enum Backend {
 }
 
 impl Backend {
-    async fn start(cluster_primaries: usize) -> anyhow::Result<Self> {
+    async fn start(cluster_primaries: usize, replicas: usize, node_timeout_ms: u64) -> anyhow::Result<Self> {
         Ok(if cluster_primaries == 0 {
-            Backend::Single(Box::new(LocalRedis::start(&[]).await?))
+            // DEBUG for `bench chaos --fault stall`.
+            Backend::Single(Box::new(LocalRedis::start(&["--enable-debug-command", "yes"]).await?))
         } else {
-            let c = LocalCluster::start(cluster_primaries, 0, CLUSTER_NODE_TIMEOUT_MS)
+            let c = LocalCluster::start(cluster_primaries, replicas, node_timeout_ms)
                 .await
                 .with_context(|| format!("cannot start a Redis Cluster of {cluster_primaries} primaries"))?;
             Backend::Cluster(c)
@@ -150,7 +152,7 @@ fn free_port() -> anyhow::Result<u16> {
 impl Fleet {
     /// Starts Redis, then the workers and gateways, and waits until each is ready.
     pub async fn start(spec: &FleetSpec, logs: PathBuf) -> anyhow::Result<Self> {
-        let redis = Backend::start(spec.cluster_primaries).await?;
+        let redis = Backend::start(spec.cluster_primaries, spec.cluster_replicas, spec.cluster_node_timeout_ms).await?;
         let mut redis_pids = Vec::new();
         for url in redis.node_urls() {
             redis_pids.push(redis_pid(&url).await?);

@@ -12,6 +12,7 @@
 mod child;
 mod client;
 mod driver;
+mod faults;
 mod fleet;
 mod peers;
 mod plan;
@@ -95,6 +96,9 @@ pub struct BenchArgs {
     /// `--set REDIS__PARTITIONS=P`.
     #[arg(long, value_name = "P", value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub partitions: Option<u16>,
+    /// chaos: which faults to make (each kind its own run, so the report is that fault's alone).
+    #[arg(long, value_enum, default_value = "processes")]
+    pub fault: faults::Fault,
     /// Skip the peer system run side by side (BullMQ, Socket.IO).
     #[arg(long)]
     pub no_peer: bool,

@@ -195,7 +195,14 @@ fn on_text(ctx: &Ctx, s: &mut Session, turn: &mut Option<Turn>, text: &str, next
                 }
             }
             "error" => {
-                ctx.add(if f.code.as_deref() == Some("busy") { "busy" } else { "error_frames" }, 1);
+                // A send refused while Redis cannot take it (a stall, a restart) is a clean refusal
+                // the client retries; counted apart so a chaos run can tell it from a real error.
+                let kind = match f.code.as_deref() {
+                    Some("busy") => "busy",
+                    Some("unavailable") => "refused_unavailable",
+                    _ => "error_frames",
+                };
+                ctx.add(kind, 1);
                 if turn.as_ref().is_some_and(|t| !t.acked) {
                     *turn = None;
                     *next_at = now + Duration::from_millis(f.retry_after_ms.unwrap_or(100));

@@ -99,6 +99,8 @@ async fn run_once(
         coalesce_ms: p.coalesce_ms,
         max_concurrent_turns: p.max_concurrent_turns,
         cluster_primaries: p.cluster_primaries,
+        cluster_replicas: p.cluster_replicas,
+        cluster_node_timeout_ms: p.cluster_node_timeout_ms,
         extra_env: p.extra_env.clone(),
     };
     let mut fleet = if args.url.is_empty() { Some(Fleet::start(&spec, logs.to_path_buf()).await?) } else { None };

@@ -32,6 +32,10 @@ pub struct Params {
     pub peer: bool,
     /// Primaries of the local Redis Cluster the fleet runs on; 0 is one standalone Redis.
     pub cluster_primaries: usize,
+    /// Replicas per primary of that Cluster (a failover needs one).
+    pub cluster_replicas: usize,
+    /// `cluster-node-timeout` of that Cluster: how long a dead primary goes unnoticed.
+    pub cluster_node_timeout_ms: u64,
 }
 
 pub fn params(args: &BenchArgs) -> Params {
@@ -57,6 +61,10 @@ pub fn params(args: &BenchArgs) -> Params {
         extra_env: Vec::new(),
         peer: !args.no_peer,
         cluster_primaries: args.cluster.map_or(0, usize::from),
+        cluster_replicas: 0,
+        // Nothing fails over in a bench but `chaos --fault failover`: long enough that a node busy
+        // on a loaded box is never taken for dead.
+        cluster_node_timeout_ms: 15_000,
     };
     match args.scenario {
         Scenario::Dispatch => {
@@ -137,12 +145,20 @@ pub fn params(args: &BenchArgs) -> Params {
             p.max_concurrent_turns = 1000;
             p.series_metric = "gap";
             p.peer = false;
-            let at = |f: f64| Duration::from_millis((p.run_ms as f64 * f) as u64);
-            p.actions = vec![
-                (at(0.25), Action::KillWorker(0)),
-                (at(0.5), Action::RestartGateway(0)),
-                (at(0.75), Action::KillWorker(1)),
-            ];
+            // The fleet's default command timeout (`redis.command_timeout_ms`): the stalls are
+            // one shorter than it and one longer than the lease.
+            let (actions, primaries, replicas) = super::super::faults::plan(args.fault, p.run_ms, 2000);
+            p.actions = actions;
+            if primaries > 0 {
+                p.cluster_primaries = primaries;
+                p.cluster_replicas = replicas;
+            }
+            if replicas > 0 {
+                // A failover within the run: the dead primary is noticed after 2 s, and the run
+                // is long enough for the takeovers that follow.
+                p.cluster_node_timeout_ms = 2000;
+                p.run_ms = pick(40_000, 25_000);
+            }
             // A short drain keeps a gateway restart brisk; clients are told to reconnect first.
             p.extra_env.push(("GATEWAY__DRAIN_TIMEOUT_MS".into(), "3000".into()));
         }
