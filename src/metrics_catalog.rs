@@ -106,6 +106,7 @@ pub fn describe() {
     describe_gauge!(m::WORKER_CAPACITY, "The worker's turn capacity (worker.max_concurrent_turns).");
     describe_counter!(m::WORKER_RECLAIMS, "Turns taken over from a dead or stalled worker.");
     describe_counter!(m::WORKER_CANCELS, "Turns stopped by the user.");
+    describe_counter!(m::WORKER_WRITE_RETRIES, "Turn writes sent again while Redis could not be reached.");
     describe_counter!(
         m::WORKER_LOST_TEXT_RESENT,
         "Deltas re-sent because Redis had lost acknowledged ones (a failover that lost writes)."
@@ -181,6 +182,7 @@ pub fn register_worker(settings: &Settings) {
         m::WORKER_RECLAIMS,
         m::WORKER_CANCELS,
         m::WORKER_LOST_TEXT_RESENT,
+        m::WORKER_WRITE_RETRIES,
         m::WORKER_UPSTREAM_RETRIES,
         m::WORKER_DEAD_LETTERS,
     ] {

@@ -49,6 +49,15 @@ pub enum StoreError {
     Payload(#[from] crate::payload::PayloadError),
 }
 
+impl StoreError {
+    /// Redis could not be reached or did not answer in time (a dropped connection, a failover, a
+    /// stall): the same call may succeed when sent again. Replies and refusals are not.
+    pub fn is_transient(&self) -> bool {
+        use fred::error::ErrorKind;
+        matches!(self, Self::Redis(e) if matches!(e.kind(), ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Routing))
+    }
+}
+
 /// The settings every op of a batch reads (ARGV[1] of `cf2_batch`), named as the Lua side reads
 /// them.
 #[derive(Serialize)]
@@ -73,6 +82,9 @@ pub struct Store {
     dlq_max: u64,
     worker_channel_prefix: String,
     sweep: sweep::SweepParams,
+    /// How long a turn write is sent again while Redis cannot be reached: two leases, so a
+    /// worker rides out a failover and keeps its turn unless a sweeper takes it first.
+    write_retry: std::time::Duration,
 }
 
 impl Store {
@@ -99,6 +111,7 @@ impl Store {
             hist_max: s.history_max_messages,
             dlq_max: w.dead_letter_max_len,
             sweep: sweep::SweepParams::new(w),
+            write_retry: std::time::Duration::from_millis(w.lease_ms * 2),
         }
     }
 

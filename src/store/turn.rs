@@ -215,10 +215,30 @@ impl TurnWriter {
     }
 
     /// An op of this turn, headed by (turn, attempt, next write index).
-    fn op(&self, kind: &'static str) -> OpBuilder {
+    fn head(&self, kind: &'static str, index: u64) -> OpBuilder {
+        OpBuilder::turn(kind, &self.base, &self.turn_id).str(&self.turn_id).uint(u64::from(self.attempt)).uint(index)
+    }
+
+    /// Sends a write with the next index; `body` adds its fields. While Redis cannot be reached
+    /// (a failover, a stall past the command timeout) the same write is sent again with the same
+    /// index, which is harmless (see the module doc), for up to `store.write_retry`: giving the
+    /// turn up at the first timeout would leave the user waiting for the lease and pay for the
+    /// answer twice. If a sweeper took the turn over meanwhile, the write comes back fenced.
+    async fn send(&self, kind: &'static str, body: impl Fn(OpBuilder) -> OpBuilder) -> Result<Reply, StoreError> {
         self.last_delta.store(0, Ordering::Relaxed);
         let index = self.written.fetch_add(1, Ordering::Relaxed) + 1;
-        OpBuilder::turn(kind, &self.base, &self.turn_id).str(&self.turn_id).uint(u64::from(self.attempt)).uint(index)
+        let give_up = tokio::time::Instant::now() + self.store.write_retry;
+        let mut pause = std::time::Duration::from_millis(50);
+        loop {
+            match self.store.op(&self.base, body(self.head(kind, index)).build()).await {
+                Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < give_up => {
+                    metrics::counter!(crate::metrics::WORKER_WRITE_RETRIES).increment(1);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(500));
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Appends a delta. `abandon_ms` > 0 stops the turn once nobody watched it that long.
@@ -232,8 +252,8 @@ impl TurnWriter {
         let mut send = std::borrow::Cow::Borrowed(text);
         let mut plen = self.emitted_len();
         for _ in 0..REPAIRS {
-            let op = with_audit(self.op("emit").str(&send).uint(abandon_ms).uint(plen as u64), audit).build();
-            let mut r = self.store.op(&self.base, op).await?;
+            let mut r =
+                self.send("emit", |b| with_audit(b.str(&send).uint(abandon_ms).uint(plen as u64), audit)).await?;
             let seq = r.int()?;
             let cancel = r.int()? == 1;
             if seq > 0 {
@@ -274,16 +294,21 @@ impl TurnWriter {
         state: &str,
         record: Option<(&str, &[u8])>,
     ) -> Result<WriteOutcome, StoreError> {
-        let mut b = self.op("tool").str(name).str(state);
-        if let Some((key, bytes)) = record {
-            b = b.str(key).bin(bytes);
-        }
-        write_outcome(self.store.op(&self.base, b.build()).await?)
+        let r = self
+            .send("tool", |b| {
+                let b = b.str(name).str(state);
+                match record {
+                    Some((key, bytes)) => b.str(key).bin(bytes),
+                    None => b,
+                }
+            })
+            .await?;
+        write_outcome(r)
     }
 
     /// Extends the lease. `Ok(None)` when fenced, else the cancel flag.
     pub async fn heartbeat(&self, abandon_ms: u64) -> Result<Option<bool>, StoreError> {
-        let mut r = self.store.op(&self.base, self.op("hb").uint(abandon_ms).build()).await?;
+        let mut r = self.send("hb", |b| b.uint(abandon_ms)).await?;
         let ok = r.int()? == 1;
         let cancel = r.int()? == 1;
         Ok(ok.then_some(cancel))
@@ -292,8 +317,9 @@ impl TurnWriter {
     /// Records which upstream and model answered, and the prompt template version. False when
     /// fenced.
     pub async fn audit(&self, audit: &TurnAudit) -> Result<bool, StoreError> {
-        let op = self.op("audit").str(&audit.upstream).str(&audit.model).str(&audit.template).build();
-        Ok(self.store.op(&self.base, op).await?.int()? == 1)
+        let r = self.send("audit", |b| b.str(&audit.upstream).str(&audit.model).str(&audit.template)).await?;
+        let mut r = r;
+        Ok(r.int()? == 1)
     }
 
     /// Ends the turn. `Ok(None)` when fenced, else the seq of the final event.
@@ -304,21 +330,24 @@ impl TurnWriter {
     async fn finish_after(&self, f: &FinishArgs<'_>, repairs: usize) -> Result<Option<u64>, StoreError> {
         let p = Keyspace::partition_in(&self.base).unwrap_or(0);
         let keys = self.store.keys();
-        let b = self
-            .op("finish")
-            .key(keys.stream(p))
-            .key(keys.dlq(p))
-            .str(f.outcome)
-            .str(&self.entry_id)
-            .uint(f.prompt_tokens)
-            .uint(f.completion_tokens)
-            .str(f.error_code)
-            .str(f.error_message)
-            .uint(u64::from(f.dead_letter))
-            .str(f.usage_source.as_str())
-            .uint(self.emitted_len() as u64);
-        let op = with_audit(b, f.audit).build();
-        let mut r = self.store.op(&self.base, op).await?;
+        let plen = self.emitted_len() as u64;
+        let mut r = self
+            .send("finish", |b| {
+                let b = b
+                    .key(keys.stream(p))
+                    .key(keys.dlq(p))
+                    .str(f.outcome)
+                    .str(&self.entry_id)
+                    .uint(f.prompt_tokens)
+                    .uint(f.completion_tokens)
+                    .str(f.error_code)
+                    .str(f.error_message)
+                    .uint(u64::from(f.dead_letter))
+                    .str(f.usage_source.as_str())
+                    .uint(plen);
+                with_audit(b, f.audit)
+            })
+            .await?;
         match r.string()?.as_str() {
             "ok" => Ok(Some(r.int()? as u64)),
             "fenced" => Ok(None),
@@ -333,7 +362,7 @@ impl TurnWriter {
 
     /// Hands the running turn back (drain). False when this attempt was already fenced.
     pub async fn release(&self) -> Result<bool, StoreError> {
-        Ok(self.store.op(&self.base, self.op("release").build()).await?.int()? == 1)
+        Ok(self.send("release", |b| b).await?.int()? == 1)
     }
 }
 
