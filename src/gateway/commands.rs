@@ -70,6 +70,15 @@ pub async fn send_opts(
     if opts.model.as_ref().is_some_and(|m| m.is_empty() || m.len() > 128) {
         return Err(ApiError::BadRequest("model must be 1-128 characters".into()));
     }
+    // The archive files the turn under its sender, so the owner rides along when it is on.
+    let owned;
+    let opts = match app.settings.archive.enabled() {
+        true => {
+            owned = crate::payload::TurnOpts { owner: Some(who.user.clone()), ..opts.clone() };
+            &owned
+        }
+        false => opts,
+    };
     let opts = match opts == &crate::payload::TurnOpts::default() {
         true => Vec::new(),
         false => crate::payload::encode_turn_opts(opts),

@@ -9,6 +9,7 @@
 //!   [`sweep`] (takeover of dead workers' turns, leader locks), [`quota`] (tenant quotas).
 //!   Every call is safe to resend (docs/architecture.md, "The write path").
 
+mod archive;
 mod batch;
 mod conn;
 mod ops;
@@ -23,6 +24,7 @@ mod turn;
 use bytes::Bytes;
 use serde::Serialize;
 
+pub use archive::{ArchiveEntry, Erased, FinishedTurn, ARCHIVE_GROUP};
 pub use conn::{Redis, FUNCTIONS_LIBRARY, LIBRARY_NAME};
 pub use quota::QuotaOutcome;
 pub use session::{Actor, CancelOutcome, EnqueueOutcome, LogRead, Opened};
@@ -58,6 +60,8 @@ struct BatchSettings<'a> {
     dlq_max: u64,
     lease_ms: u64,
     group: &'a str,
+    /// MAXLEN ~ of the archive streams; 0 = archiving off (turn ends are not archived).
+    archive_max: u64,
 }
 
 /// The typed function API. Cheap to clone.
@@ -71,12 +75,15 @@ pub struct Store {
     dlq_max: u64,
     worker_channel_prefix: String,
     sweep: sweep::SweepParams,
+    /// MAXLEN of the archive streams when archiving is on (`archive.url` set), else 0.
+    archive_max: u64,
 }
 
 impl Store {
     pub fn new(redis: Redis, settings: &Settings) -> Self {
         let keys = Keyspace::new(settings.redis.key_prefix.clone(), settings.redis.partitions);
         let (s, w) = (&settings.session, &settings.worker);
+        let archive_max = if settings.archive.enabled() { settings.archive.stream_max_len.max(1) } else { 0 };
         let batch_settings = BatchSettings {
             ttl: s.ttl_secs,
             log_max: s.log_max_events,
@@ -85,6 +92,7 @@ impl Store {
             dlq_max: w.dead_letter_max_len,
             lease_ms: w.lease_ms,
             group: crate::keys::GROUP,
+            archive_max,
         };
         let encoded = rmp_serde::to_vec_named(&batch_settings).expect("plain struct encodes");
         let batcher = Batcher::new(redis.clone(), Bytes::from(encoded), keys.partitions());
@@ -97,6 +105,7 @@ impl Store {
             hist_max: s.history_max_messages,
             dlq_max: w.dead_letter_max_len,
             sweep: sweep::SweepParams::new(w),
+            archive_max,
         }
     }
 

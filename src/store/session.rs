@@ -181,7 +181,13 @@ impl Store {
     }
 
     pub async fn cancel_turn(&self, s: &SessionKeys, turn_id: &str) -> Result<CancelOutcome, StoreError> {
-        let op = OpBuilder::turn("cancel", &s.base, turn_id).str(turn_id).str(&self.worker_channel_prefix).build();
+        let mut b = OpBuilder::turn("cancel", &s.base, turn_id);
+        // Cancelling a queued turn ends it, and an ended turn is archived: the archive stream
+        // sits at its fixed place after the stream and dead-letter keys.
+        if let Some(archive) = self.archive_key(s.partition) {
+            b = b.key(s.stream.clone()).key(self.keys.dlq(s.partition)).key(archive);
+        }
+        let op = b.str(turn_id).str(&self.worker_channel_prefix).build();
         let mut r = self.op(&s.base, op).await?;
         match r.string()?.as_str() {
             "cancelled" => Ok(CancelOutcome::Cancelled { seq: r.int()? as u64 }),
