@@ -34,6 +34,7 @@ impl Archiver {
     pub async fn start(store: Store, archive: Archive, shutdown: CancellationToken) -> Result<Self, StoreError> {
         let id = format!("a-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
         store.ensure_archive_groups().await?;
+        crate::metrics_catalog::register_archiver();
         let reader = if store.redis().is_clustered() { None } else { Some(store.redis().dedicated().await?) };
         let stop = shutdown.child_token();
         let mut tasks = JoinSet::new();

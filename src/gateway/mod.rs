@@ -186,6 +186,9 @@ impl Gateway {
             ),
             false => None,
         };
+        if archive.is_some() {
+            crate::metrics_catalog::register_restores();
+        }
         let app = App(Arc::new(AppInner {
             archive,
             auth,

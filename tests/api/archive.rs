@@ -175,6 +175,41 @@ async fn after_flushall_a_session_comes_back_from_the_archive_with_its_history()
 }
 
 #[tokio::test]
+async fn after_its_keys_expire_a_session_comes_back_from_the_archive() {
+    use fred::prelude::*;
+    let a = Archived::start(test_settings()).await;
+    let sid = uid("s");
+    let (t1, r1) = turn(&a.app, &sid, "a question before the weekend").await;
+    a.until_turns(1).await;
+    a.until_backlog(0).await;
+
+    // The session's TTL runs out: every key of it expires (here in a millisecond).
+    let base = a.app.session_keys(&sid).base;
+    let raw = a.app.raw().await;
+    let keys = a.app.keys_matching(&format!("{base}*")).await;
+    assert!(keys.len() >= 4, "the session has keys: {keys:?}");
+    for k in &keys {
+        let _: bool = raw.pexpire(k, 1, None).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + ARCHIVE_TIMEOUT;
+    while !a.app.keys_matching(&format!("{base}*")).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the keys did not expire");
+        tokio::task::yield_now().await;
+    }
+
+    // A new device opens it without any state of its own: the archived messages are there.
+    let back = a.app.client(0, &sid).await;
+    let Some(ControlMsg::Snapshot { messages, .. }) = &back.snapshot else { panic!("no snapshot") };
+    let got: Vec<(&str, &str)> = messages.iter().map(|m| (m.role.as_str(), m.text.as_str())).collect();
+    assert_eq!(got, vec![("user", "a question before the weekend"), ("assistant", r1.as_str())]);
+    assert!(messages.iter().all(|m| m.turn_id == t1));
+    drop(back);
+    let (_, r2) = turn(&a.app, &sid, "and after it").await;
+    assert_eq!(a.app.history(&sid).await.len(), 4, "the next turn lands on the restored history");
+    assert_eq!(r2, a.app.expected_answer("and after it"));
+}
+
+#[tokio::test]
 async fn an_archiver_killed_mid_batch_loses_and_doubles_nothing() {
     let mut a = Archived::start(test_settings()).await;
     // Hold the turns table so the archiver's batch stops inside its transaction.
