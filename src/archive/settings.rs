@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::settings::SettingsError;
+use crate::settings_base::SettingsError;
 
 /// The archive's connection, its stream and batch bounds, retention and API limits.
 #[derive(Debug, Clone, Deserialize)]
