@@ -39,6 +39,7 @@ pub struct Message {
 pub struct MessagePage {
     pub messages: Vec<Message>,
     /// Pass as `before` for older messages; absent on the first page of the conversation.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub before: Option<String>,
 }
 

@@ -356,7 +356,7 @@ async fn conversations_are_listed_newest_first_paged_renamed_read_and_exported()
     let texts: Vec<&str> = older["messages"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
     assert_eq!(texts, vec!["plan the launch party", r1.as_str()]);
     assert_eq!(older["messages"][0]["turn_id"], t1.as_str());
-    assert!(older.get("before").is_none() || older["before"].is_null());
+    assert!(older.get("before").is_none(), "no cursor after the first page: {older}");
 
     // Renamed by its owner; a bad title is refused and changes nothing.
     let url = format!("{}/v1/sessions/{s1}", a.app.http(0));
