@@ -381,11 +381,25 @@ local function audit_fields(op, i)
   return nil
 end
 
+-- The partial text's length when it is not `plen` (what the worker's deltas add up to): Redis
+-- lost acknowledged writes. nil when they agree (or the op carries no plen).
+local function behind(S, plen)
+  local have = redis.call('STRLEN', S.partial)
+  if have ~= tonumber(plen or have) then
+    return have
+  end
+  return nil
+end
+
 --[[ op emit: a worker appends a delta of the running turn.               keys: session, turn
-op: tid, attempt, write index, text, abandon_ms (0 = keep generating when nobody watches)
+op: tid, attempt, write index, text, abandon_ms (0 = keep generating when nobody watches),
+    plen (the bytes of partial text the worker's earlier deltas add up to)
     [, upstream, model, template]  who answered this round, recorded with the delta
 Returns {seq, cancel}: seq = 0 when fenced (the caller lost the turn and must stop writing);
 cancel = 1 when the user asked to stop, or nobody watched for abandon_ms.
+Returns {-1, cancel, have} when the partial text is not plen long: Redis lost acknowledged writes
+(a failover to a replica that had not received them). Nothing is written; the worker re-sends
+its text from byte `have` on, so the answer stored has no hole where the lost deltas were.
 ]]
 local function op_emit(S, op)
   local verdict, cancel, epoch, st = fence(S, op, op[5])
@@ -394,12 +408,16 @@ local function op_emit(S, op)
   elseif verdict == 'fenced' then
     return { 0, 0 }
   end
+  local have = behind(S, op[6])
+  if have then
+    return { -1, cancel == '1' and 1 or 0, have }
+  end
   local text = op[4]
   local seq = append_event(S, { v = 1, type = 'delta', turn_id = op[1], text = text }, epoch)
   if redis.call('APPEND', S.partial, text) == #text then
     redis.call('EXPIRE', S.partial, C.ttl)
   end
-  return applied(S, op, st, { seq, cancel == '1' and 1 or 0 }, audit_fields(op, 6))
+  return applied(S, op, st, { seq, cancel == '1' and 1 or 0 }, audit_fields(op, 7))
 end
 
 --[[ op tool: a worker reports a tool call's state to the client (fenced like emit).
@@ -456,8 +474,10 @@ end
 --[[ op finish: a worker ends its turn.     keys: session, turn, stream, dead letters [, archive]
 op: tid, attempt, write index, outcome (done|error|cancelled), entry id, prompt_tokens,
     completion_tokens, error code, error message, dead (1 = dead-letter it), usage source
-    (reported|estimated) [, upstream, model, template]
-Returns {'ok', seq} or {'fenced'}.
+    (reported|estimated), plen (the answer's length in bytes, as the worker emitted it)
+    [, upstream, model, template]
+Returns {'ok', seq} or {'fenced'}, or {'behind', have} when the partial text is not plen long
+(see emit): the worker emits what Redis lost, then finishes again.
 Atomic so that the final event, the history entry, the active flag and the ack happen exactly once
 (I4) and only for the current attempt (I1).
 ]]
@@ -467,6 +487,10 @@ local function op_finish(S, op)
     return reply
   elseif verdict == 'fenced' then
     return { 'fenced' }
+  end
+  local have = behind(S, op[12])
+  if have then
+    return { 'behind', have }
   end
   local tid, outcome = op[1], op[4]
   local ev = { v = 1, type = outcome, turn_id = tid }
@@ -480,7 +504,7 @@ local function op_finish(S, op)
     ev.code = op[8]
     ev.message = op[9]
   end
-  local audit = audit_fields(op, 12)
+  local audit = audit_fields(op, 13)
   if audit then
     redis.call('HSET', S.turn, unpack(audit))
   end

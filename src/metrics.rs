@@ -71,6 +71,8 @@ pub const WORKER_ACTIVE_TURNS: &str = "chatfleet_worker_active_turns";
 pub const WORKER_CAPACITY: &str = "chatfleet_worker_capacity";
 /// Counter: turns taken over from a dead or stalled worker.
 pub const WORKER_RECLAIMS: &str = "chatfleet_worker_reclaims_total";
+/// Counter: deltas re-sent because Redis had lost acknowledged ones (a failover lost writes).
+pub const WORKER_LOST_TEXT_RESENT: &str = "chatfleet_worker_lost_text_resent_total";
 /// Counter: turns stopped by the user.
 pub const WORKER_CANCELS: &str = "chatfleet_worker_cancels_total";
 /// Counter: upstream requests retried after failing before their first token.

@@ -108,6 +108,10 @@ pub fn describe() {
     describe_gauge!(m::WORKER_CAPACITY, "The worker's turn capacity (worker.max_concurrent_turns).");
     describe_counter!(m::WORKER_RECLAIMS, "Turns taken over from a dead or stalled worker.");
     describe_counter!(m::WORKER_CANCELS, "Turns stopped by the user.");
+    describe_counter!(
+        m::WORKER_LOST_TEXT_RESENT,
+        "Deltas re-sent because Redis had lost acknowledged ones (a failover that lost writes)."
+    );
     describe_counter!(m::WORKER_UPSTREAM_RETRIES, "Upstream requests retried after failing before their first token.");
     describe_counter!(m::WORKER_DEAD_LETTERS, "Turns moved to a dead-letter stream.");
     describe_histogram!(m::WORKER_CANCEL_SECONDS, Unit::Seconds, "Stop requested to the upstream stream dropped.");
@@ -204,7 +208,13 @@ pub fn register_restores() {
 pub fn register_worker(settings: &Settings) {
     build_info("worker");
     TURN_OUTCOMES.into_iter().for_each(|o| counter_at_zero(m::TURNS, &[("outcome", o.into())]));
-    for name in [m::WORKER_RECLAIMS, m::WORKER_CANCELS, m::WORKER_UPSTREAM_RETRIES, m::WORKER_DEAD_LETTERS] {
+    for name in [
+        m::WORKER_RECLAIMS,
+        m::WORKER_CANCELS,
+        m::WORKER_LOST_TEXT_RESENT,
+        m::WORKER_UPSTREAM_RETRIES,
+        m::WORKER_DEAD_LETTERS,
+    ] {
         counter_at_zero(name, &[]);
     }
     gauge_at_zero(m::WORKER_ACTIVE_TURNS, &[]);

@@ -189,6 +189,11 @@ pub struct GatewaySettings {
     pub linger_bytes: usize,
     /// Sockets lingering at once; past this a closed socket is closed at once.
     pub max_lingering: usize,
+    /// Kernel send buffer of each accepted socket (SO_SNDBUF, bytes; 0 = the kernel's autotuning,
+    /// up to `net.ipv4.tcp_wmem`'s maximum, 4 MiB on most Linux). Bounds the kernel memory a client
+    /// that stops reading can pin, and how much it can fall behind before its queue
+    /// (`send_queue_bytes`) fills and it is closed 4008. Chat text needs little.
+    pub tcp_send_buffer_bytes: usize,
     /// New connections (all transports) one gateway admits per second, sustained, with
     /// `connect_burst` above it; more are refused with 503 and a `Retry-After`, so a reconnect
     /// storm is served at a pace the gateway keeps up with instead of queueing without bound.

@@ -22,6 +22,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use fred::clients::SubscriberClient;
@@ -48,6 +49,9 @@ pub struct HubLimits {
     pub queue_bytes: usize,
     /// Session-log reads (catch-ups, gap fills) running at once.
     pub log_reads: usize,
+    /// How long a join waits for its SSUBSCRIBE to be confirmed, across a reconnect of the
+    /// subscriber connection (`redis.command_timeout_ms + redis.reconnect_max_delay_ms`).
+    pub subscribe_timeout: Duration,
 }
 
 /// One event, decoded once per gateway and shared by all its connections.
@@ -180,6 +184,7 @@ struct Inner {
     queue_bytes: usize,
     /// Log reads (catch-ups and gap fills) running at once on this gateway.
     log_reads: Arc<Semaphore>,
+    subscribe_timeout: Duration,
 }
 
 /// The hub of one gateway. Cheap to clone.
@@ -213,6 +218,7 @@ impl Hub {
                 queue_events: limits.queue_events,
                 queue_bytes: limits.queue_bytes,
                 log_reads: Arc::new(Semaphore::new(limits.log_reads.max(1))),
+                subscribe_timeout: limits.subscribe_timeout,
             }),
         };
         tokio::spawn(run_commands(hub.clone(), sub.clone(), command_rx, shutdown.clone()));
@@ -246,9 +252,15 @@ impl Hub {
         };
         // Every join waits for a confirmed SSUBSCRIBE, even when the channel already had
         // members: the first member's subscribe may still be in flight.
+        // If the connection drops under the SSUBSCRIBE, the reconnect's resubscription (which
+        // covers this member, already in the map) confirms it instead: a pub/sub connection lost
+        // at the wrong moment delays a join, it does not fail it.
         let (done, confirmed) = oneshot::channel();
         self.inner.commands.send(Command::Subscribe(channel.to_string(), done)).await.map_err(|_| closed())?;
-        confirmed.await.map_err(|_| closed())??;
+        match tokio::time::timeout(self.inner.subscribe_timeout, confirmed).await {
+            Ok(r) => r.map_err(|_| closed())??,
+            Err(_) => return Err(store_error("SSUBSCRIBE not confirmed in time".into())),
+        }
         Ok(subscription)
     }
 
@@ -322,6 +334,9 @@ fn closed() -> StoreError {
 /// Applies subscribe/unsubscribe commands in order, batching those that wait together.
 async fn run_commands(hub: Hub, sub: SubscriberClient, mut rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
     let mut batch = Vec::with_capacity(BATCH);
+    // Joins whose SSUBSCRIBE failed (the connection dropped under it): the next resubscription
+    // answers them. A join gives up on its own after `subscribe_timeout`.
+    let mut parked: Vec<Waiter> = Vec::new();
     loop {
         let n = tokio::select! {
             n = rx.recv_many(&mut batch, BATCH) => n,
@@ -342,7 +357,7 @@ async fn run_commands(hub: Hub, sub: SubscriberClient, mut rx: mpsc::Receiver<Co
                     // Flush pending subscribes first, keeping the order Redis sees.
                     if !subscribe.is_empty() {
                         let r = ssubscribe_grouped(&sub, std::mem::take(&mut subscribe)).await;
-                        answer(std::mem::take(&mut waiters), r);
+                        answer_or_park(std::mem::take(&mut waiters), r, &mut parked);
                     }
                     // A member joined since the last one left: its Subscribe is queued after
                     // this, or was just sent; unsubscribing now would leave it with nothing.
@@ -360,15 +375,21 @@ async fn run_commands(hub: Hub, sub: SubscriberClient, mut rx: mpsc::Receiver<Co
                         hub.inner.channels.lock().map(|m| m.keys().cloned().collect()).unwrap_or_default();
                     subscribe.extend(wanted);
                     let r = ssubscribe_grouped(&sub, std::mem::take(&mut subscribe)).await;
-                    answer(std::mem::take(&mut waiters), r.clone());
+                    // A resubscription that failed too (the connection dropped again) leaves
+                    // them parked for the one after the next reconnect.
+                    waiters.append(&mut parked);
+                    answer_or_park(std::mem::take(&mut waiters), r.clone(), &mut parked);
                     let _ = done.send(r.map_err(store_error));
                 }
             }
         }
         if !subscribe.is_empty() {
             let r = ssubscribe_grouped(&sub, subscribe).await;
-            answer(waiters, r);
+            answer_or_park(waiters, r, &mut parked);
         }
+        // Joins that gave up meanwhile are dropped, so the list stays as small as the joins
+        // actually waiting.
+        parked.retain(|w| !w.is_closed());
     }
 }
 
@@ -395,7 +416,21 @@ async fn ssubscribe_grouped(sub: &SubscriberClient, channels: Vec<String>) -> Re
     Ok(())
 }
 
-fn answer(waiters: Vec<oneshot::Sender<Result<(), StoreError>>>, r: Result<(), String>) {
+type Waiter = oneshot::Sender<Result<(), StoreError>>;
+
+/// Confirms the joins of a successful SSUBSCRIBE; parks them until the resubscription after the
+/// reconnect when it failed.
+fn answer_or_park(waiters: Vec<Waiter>, r: Result<(), String>, parked: &mut Vec<Waiter>) {
+    match r {
+        Ok(()) => answer(waiters, Ok(())),
+        Err(e) => {
+            tracing::warn!(error = %e, joins = waiters.len(), "SSUBSCRIBE failed; the joins wait for the resubscription");
+            parked.extend(waiters);
+        }
+    }
+}
+
+fn answer(waiters: Vec<Waiter>, r: Result<(), String>) {
     for w in waiters {
         let _ = w.send(r.clone().map_err(store_error));
     }

@@ -31,6 +31,8 @@ pub struct LingerLimits {
     pub deadline: Duration,
     pub max_bytes: usize,
     pub max_sockets: usize,
+    /// SO_SNDBUF of each accepted socket (`gateway.tcp_send_buffer_bytes`; 0 = kernel default).
+    pub send_buffer: usize,
 }
 
 struct Shared {
@@ -69,6 +71,9 @@ impl axum::serve::Listener for LingeringListener {
         // No Nagle delay: small frames written back to back would otherwise wait for the peer's
         // delayed ACK.
         let _ = tcp.set_nodelay(true);
+        if self.shared.limits.send_buffer > 0 {
+            let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(self.shared.limits.send_buffer);
+        }
         (LingeringStream { tcp: Some(tcp), shared: self.shared.clone() }, addr)
     }
 

@@ -176,6 +176,7 @@ impl Gateway {
             queue_events: g.send_queue_events,
             queue_bytes: g.send_queue_bytes,
             log_reads: g.max_concurrent_catchups,
+            subscribe_timeout: ms(settings.redis.command_timeout_ms + settings.redis.reconnect_max_delay_ms),
         };
         let hub = Hub::start(sub, limits, shutdown.clone());
         let admission = Admission::start(g.admission.clone(), store.clone(), shutdown.clone());
@@ -254,8 +255,12 @@ impl Gateway {
         let g = &self.app.settings.gateway;
         let drain = ms(g.drain_timeout_ms);
         let header_timeout = ms(g.header_read_timeout_ms);
-        let limits =
-            linger::LingerLimits { deadline: ms(g.linger_ms), max_bytes: g.linger_bytes, max_sockets: g.max_lingering };
+        let limits = linger::LingerLimits {
+            deadline: ms(g.linger_ms),
+            max_bytes: g.linger_bytes,
+            max_sockets: g.max_lingering,
+            send_buffer: g.tcp_send_buffer_bytes,
+        };
         let listener = linger::LingeringListener::new(listener, limits);
         listener::serve(listener, self.router(), header_timeout, self.app.shutdown.clone(), drain).await;
         self.app.tracker.close();

@@ -12,6 +12,8 @@
 mod archive;
 mod batch;
 mod conn;
+#[cfg(test)]
+mod lost_write_tests;
 mod ops;
 mod quota;
 mod reply;

@@ -6,8 +6,14 @@
 //! the last index applied and its reply, so a write that is sent again (the Redis client resends
 //! a command whose connection dropped before the reply came) returns its first reply and writes
 //! nothing: no doubled delta, no second tool event, no second end.
+//!
+//! Each delta and the end also carry the partial text's length as the worker's deltas add up.
+//! When Redis lost acknowledged writes (a failover to a replica that had not received them), the
+//! lengths differ: the writer re-sends its text from where Redis stands, so the answer stored and
+//! shown has no hole where the lost deltas were.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use bytes::Bytes;
 
@@ -167,6 +173,8 @@ impl Store {
             entry_id: entry_id.to_string(),
             attempt,
             written: AtomicU64::new(0),
+            emitted: Mutex::new(String::new()),
+            last_delta: AtomicUsize::new(0),
         }
     }
 }
@@ -180,7 +188,15 @@ pub struct TurnWriter {
     attempt: u32,
     /// Index of the last write sent (the first write is 1).
     written: AtomicU64,
+    /// The text of every delta Redis acknowledged: what the session's partial text must hold.
+    emitted: Mutex<String>,
+    /// Bytes the last write added to `emitted` (0 when it was not a delta).
+    last_delta: AtomicUsize,
 }
+
+/// Rounds of re-sending lost text before a write gives up (each one follows a failover that lost
+/// writes; two in a row within one write is already unheard of).
+const REPAIRS: usize = 3;
 
 impl TurnWriter {
     pub fn attempt(&self) -> u32 {
@@ -189,13 +205,18 @@ impl TurnWriter {
 
     /// Makes the next write reuse the last write's index: what a resend of that write looks like
     /// to Redis.
+    /// The text of the last delta, if that write was one, is taken back too: the resend adds it.
     #[cfg(test)]
     pub(super) fn rewind(&self) {
         self.written.fetch_sub(1, Ordering::Relaxed);
+        let mut emitted = self.emitted.lock().expect("emitted lock");
+        let keep = emitted.len() - self.last_delta.swap(0, Ordering::Relaxed);
+        emitted.truncate(keep);
     }
 
     /// An op of this turn, headed by (turn, attempt, next write index).
     fn op(&self, kind: &'static str) -> OpBuilder {
+        self.last_delta.store(0, Ordering::Relaxed);
         let index = self.written.fetch_add(1, Ordering::Relaxed) + 1;
         OpBuilder::turn(kind, &self.base, &self.turn_id).str(&self.turn_id).uint(u64::from(self.attempt)).uint(index)
     }
@@ -208,8 +229,41 @@ impl TurnWriter {
         abandon_ms: u64,
         audit: Option<&TurnAudit>,
     ) -> Result<WriteOutcome, StoreError> {
-        let op = with_audit(self.op("emit").str(text).uint(abandon_ms), audit).build();
-        write_outcome(self.store.op(&self.base, op).await?)
+        let mut send = std::borrow::Cow::Borrowed(text);
+        let mut plen = self.emitted_len();
+        for _ in 0..REPAIRS {
+            let op = with_audit(self.op("emit").str(&send).uint(abandon_ms).uint(plen as u64), audit).build();
+            let mut r = self.store.op(&self.base, op).await?;
+            let seq = r.int()?;
+            let cancel = r.int()? == 1;
+            if seq > 0 {
+                self.emitted.lock().expect("emitted lock").push_str(text);
+                self.last_delta.store(text.len(), Ordering::Relaxed);
+                return Ok(WriteOutcome::Written { seq: seq as u64, cancel });
+            }
+            if seq == 0 {
+                return Ok(WriteOutcome::Fenced);
+            }
+            // Redis holds `have` bytes of the partial text: re-send the rest with this delta.
+            let have = r.int()?;
+            let Some(lost) = self.lost_since(have) else { return Ok(WriteOutcome::Fenced) };
+            metrics::counter!(crate::metrics::WORKER_LOST_TEXT_RESENT).increment(1);
+            plen = have as usize;
+            send = std::borrow::Cow::Owned(lost + text);
+        }
+        Err(StoreError::Reply { function: "emit", detail: "the partial text kept losing writes".into() })
+    }
+
+    fn emitted_len(&self) -> usize {
+        self.emitted.lock().expect("emitted lock").len()
+    }
+
+    /// The text acknowledged after byte `have` (what Redis lost); `None` when Redis holds more
+    /// than this attempt wrote, or cuts a character: not this attempt's text, so it stops.
+    fn lost_since(&self, have: i64) -> Option<String> {
+        let emitted = self.emitted.lock().expect("emitted lock");
+        let have = usize::try_from(have).ok()?;
+        emitted.get(have..).map(str::to_string)
     }
 
     /// Reports a tool call's state; with `record`, also stores the call's record under its key in
@@ -244,6 +298,10 @@ impl TurnWriter {
 
     /// Ends the turn. `Ok(None)` when fenced, else the seq of the final event.
     pub async fn finish(&self, f: &FinishArgs<'_>) -> Result<Option<u64>, StoreError> {
+        self.finish_after(f, 0).await
+    }
+
+    async fn finish_after(&self, f: &FinishArgs<'_>, repairs: usize) -> Result<Option<u64>, StoreError> {
         let p = Keyspace::partition_in(&self.base).unwrap_or(0);
         let keys = self.store.keys();
         let b = self
@@ -258,12 +316,18 @@ impl TurnWriter {
             .str(f.error_code)
             .str(f.error_message)
             .uint(u64::from(f.dead_letter))
-            .str(f.usage_source.as_str());
+            .str(f.usage_source.as_str())
+            .uint(self.emitted_len() as u64);
         let op = with_audit(b, f.audit).build();
         let mut r = self.store.op(&self.base, op).await?;
         match r.string()?.as_str() {
             "ok" => Ok(Some(r.int()? as u64)),
             "fenced" => Ok(None),
+            // Redis lost deltas: an empty delta re-sends them (see `emit`), then the end again.
+            "behind" if repairs < REPAIRS => match self.emit("", 0, None).await? {
+                WriteOutcome::Written { .. } => Box::pin(self.finish_after(f, repairs + 1)).await,
+                WriteOutcome::Fenced => Ok(None),
+            },
             other => Err(r.bad(format!("unknown status {other}"))),
         }
     }

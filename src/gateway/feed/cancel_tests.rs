@@ -62,7 +62,12 @@ async fn a_feed_cancelled_at_any_await_hands_out_every_event_once_in_order() {
     let store = std::sync::Arc::new(Store::new(conn.clone(), &settings));
     let shutdown = CancellationToken::new();
     // One log read at a time: cancelling a feed that waits for its turn must lose nothing either.
-    let limits = HubLimits { queue_events: 10_000, queue_bytes: 64 << 20, log_reads: 1 };
+    let limits = HubLimits {
+        queue_events: 10_000,
+        queue_bytes: 64 << 20,
+        log_reads: 1,
+        subscribe_timeout: Duration::from_secs(5),
+    };
     let hub = Hub::start(conn.subscriber().await.expect("subscriber"), limits, shutdown.clone());
     let keys = store.keys().session("tenant", "s1");
 

@@ -27,7 +27,8 @@ async fn a_leave_that_races_a_join_of_the_same_channel_does_not_unsubscribe_the_
     settings.redis.url = redis.url();
     let conn = Redis::connect(&settings.redis).await.expect("connects");
     let shutdown = CancellationToken::new();
-    let limits = HubLimits { queue_events: 100, queue_bytes: 1 << 20, log_reads: 1 };
+    let limits =
+        HubLimits { queue_events: 100, queue_bytes: 1 << 20, log_reads: 1, subscribe_timeout: Duration::from_secs(5) };
     let hub = Hub::start(conn.subscriber().await.expect("subscriber"), limits, shutdown.clone());
 
     // The last member leaves; a new one joins the same channel while the leave's Unsubscribe
@@ -55,7 +56,8 @@ async fn the_last_member_leaving_unsubscribes_the_channel() {
     settings.redis.url = redis.url();
     let conn = Redis::connect(&settings.redis).await.expect("connects");
     let shutdown = CancellationToken::new();
-    let limits = HubLimits { queue_events: 100, queue_bytes: 1 << 20, log_reads: 1 };
+    let limits =
+        HubLimits { queue_events: 100, queue_bytes: 1 << 20, log_reads: 1, subscribe_timeout: Duration::from_secs(5) };
     let hub = Hub::start(conn.subscriber().await.expect("subscriber"), limits, shutdown.clone());
 
     drop(hub.join("ch{a}").await.expect("joins"));
@@ -64,5 +66,76 @@ async fn the_last_member_leaving_unsubscribes_the_channel() {
         conn.client().custom(fred::cmd!("PUBSUB"), vec!["SHARDNUMSUB", "ch{a}", "ch{b}"]).await.expect("asks");
     assert_eq!(subscribers, ["ch{a}", "0", "ch{b}", "1"]);
     assert_eq!(hub.channels(), 1);
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_while_the_pubsub_connection_is_killed_again_and_again_all_succeed_and_receive() {
+    use fred::interfaces::ClientLike as _;
+    let redis = LocalRedis::start(&[]).await.expect("redis-server starts");
+    let mut settings = Settings::defaults();
+    settings.redis.url = redis.url();
+    let conn = Redis::connect(&settings.redis).await.expect("connects");
+    let shutdown = CancellationToken::new();
+    let limits =
+        HubLimits { queue_events: 100, queue_bytes: 1 << 20, log_reads: 1, subscribe_timeout: Duration::from_secs(10) };
+    let hub = Hub::start(conn.subscriber().await.expect("subscriber"), limits, shutdown.clone());
+
+    // The pub/sub connection is killed every few milliseconds while 200 joins are under way:
+    // SSUBSCRIBEs fail in flight. Each join must still succeed, once the connection is back.
+    let stop = CancellationToken::new();
+    let killer = {
+        let (client, stop) = (conn.client().clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut kills = 0u64;
+            while !stop.is_cancelled() {
+                let n: u64 = client.custom(fred::cmd!("CLIENT"), vec!["KILL", "TYPE", "pubsub"]).await.unwrap_or(0);
+                kills += n;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            kills
+        })
+    };
+    let joins = (0..200).map(|i| {
+        let hub = hub.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(3 * i)).await;
+            hub.join(&format!("ch{{{i}}}")).await
+        }
+    });
+    let members: Vec<_> = futures::future::join_all(joins).await;
+    stop.cancel();
+    let kills = killer.await.expect("killer ran");
+    assert!(kills >= 5, "the connection was really killed during the joins ({kills} kills)");
+    let members: Vec<Subscription> =
+        members.into_iter().enumerate().map(|(i, m)| m.unwrap_or_else(|e| panic!("join {i} failed: {e}"))).collect();
+
+    // Members that joined early lost their subscription to later kills: what was published
+    // meanwhile is for the resync to catch up (the log is the truth). Once the last reconnect's
+    // resubscription is through, every channel is subscribed again, and a publish reaches each.
+    let channels: Vec<String> = (0..members.len()).map(|i| format!("ch{{{i}}}")).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let counts: Vec<Value> = conn
+            .client()
+            .custom(fred::cmd!("PUBSUB"), [vec!["SHARDNUMSUB".to_string()], channels.clone()].concat())
+            .await
+            .expect("asks");
+        if counts.chunks(2).all(|c| c[1].as_i64() == Some(1)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "every channel is subscribed again after the kills");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..members.len() {
+        publish(conn.client(), &format!("ch{{{i}}}"), i as u64 + 1).await;
+    }
+    for (i, m) in members.iter().enumerate() {
+        let frames = tokio::time::timeout(Duration::from_secs(5), m.mailbox.take())
+            .await
+            .unwrap_or_else(|_| panic!("member {i} gets its channel's event"))
+            .expect("not overflowed");
+        assert_eq!(frames.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![i as u64 + 1]);
+    }
     shutdown.cancel();
 }
