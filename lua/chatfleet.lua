@@ -215,8 +215,11 @@ end
 --[[ op enq: the gateway turns a client `send` into a turn.       keys: session, turn, stream
 op: tid, client_msg_id, text, epoch_candidate, opts (bytes), traceparent, wake (1: publish a
     wake-up for Cluster workers), user (the sender; '*' skips the owner check)
+    [, present (1: refuse a session Redis does not have; archiving on, see `missing`)]
 Returns {status, turn_id, seq, epoch}; status is
   new        the message is stored and the turn queued; seq is the user_message event's seq
+  missing    (present = 1) the session has no meta: nothing written; the gateway restores it from
+             the archive first, if the archive has it, then sends again without `present`
   dup        client_msg_id was seen: the original turn id and seq, nothing written (a retried send)
   busy       another turn of the session is active; turn_id names it, nothing written
   forbidden  the session is bound to another user; nothing written
@@ -225,6 +228,9 @@ with another gateway's send for the same session.
 ]]
 local function op_enq(S, op)
   local tid, cmid, text = op[1], op[2], op[3]
+  if op[9] == 1 and redis.call('EXISTS', S.meta) == 0 then
+    return { 'missing', '', 0, '' }
+  end
   local epoch, owner = ensure_meta(S, op[4], op[8])
   if refused(owner, op[8]) then
     return { 'forbidden', '', 0, '' }

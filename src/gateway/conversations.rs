@@ -221,11 +221,8 @@ async fn respond(run: impl std::future::Future<Output = Result<Response, ApiErro
 }
 
 /// Opens a feed like [`Feed::open`]; when the session turns out empty (Redis lost or expired
-/// it) and the archive holds it for this user, rebuilds it from the archive first (history and
-/// summary, new epoch) and opens again, so the snapshot holds the archived messages.
-///
-/// The archive is asked only for an empty session, and for at most `archive.restore_timeout_ms`:
-/// past it, or with PostgreSQL down, the session opens empty as it would without an archive.
+/// it) and the archive holds it for this user, rebuilds it from the archive first ([`restore`])
+/// and opens again, so the snapshot holds the archived messages.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn open_feed(
     app: &App,
@@ -239,41 +236,54 @@ pub(super) async fn open_feed(
 ) -> Result<(Feed, Opening), FeedError> {
     let opened =
         Box::pin(Feed::open(&app.hub, &app.store, keys.clone(), session_id, epoch, last_seq, attach, actor)).await?;
-    let Some(archive) = app.archive.as_ref() else { return Ok(opened) };
     let empty = matches!(&opened.1.first,
         Item::Snapshot(ControlMsg::Snapshot { seq: 0, messages, active: None, .. }) if messages.is_empty());
-    if !empty {
+    if app.archive.is_none() || !empty || !restore(app, who, &keys, actor).await? {
         return Ok(opened);
     }
+    drop(opened);
+    Box::pin(Feed::open(&app.hub, &app.store, keys, session_id, epoch, last_seq, attach, actor)).await
+}
+
+/// Rebuilds a session Redis lost (it expired, or Redis restarted empty) from the archive, if the
+/// archive holds it for this user: history and summary under a new epoch. True when restored.
+/// Called when an open finds the session empty, or a send finds it missing.
+///
+/// The archive is asked for at most `archive.restore_timeout_ms`: past it, or with PostgreSQL
+/// down, the session goes on empty, as it would without an archive.
+pub(super) async fn restore(
+    app: &App,
+    who: &Identity,
+    keys: &SessionKeys,
+    actor: &str,
+) -> Result<bool, crate::store::StoreError> {
+    let Some(archive) = app.archive.as_ref() else { return Ok(false) };
     let hist_max = app.settings.session.history_max_messages;
     let found = tokio::time::timeout(
         ms(app.settings.archive.restore_timeout_ms),
-        archive.restorable(&who.tenant, &who.user, session_id, hist_max),
+        archive.restorable(&who.tenant, &who.user, keys.session_id(), hist_max),
     )
     .await;
     let result = match found {
         Ok(Ok(Some(r))) => {
             let new_epoch = uuid::Uuid::new_v4().simple().to_string();
             let summary = r.summary.as_ref().map(|(upto, text)| (upto.as_str(), text.as_str(), ""));
-            if app.store.restore_session(&keys, &new_epoch, actor, &r.history, summary).await? {
-                metrics::counter!(m::ARCHIVE_RESTORES, "result" => "restored").increment(1);
-                drop(opened);
-                return Box::pin(Feed::open(&app.hub, &app.store, keys, session_id, epoch, last_seq, attach, actor))
-                    .await;
+            match app.store.restore_session(keys, &new_epoch, actor, &r.history, summary).await? {
+                true => "restored",
+                // A send got in first: the session is live again, as the client will see.
+                false => "raced",
             }
-            // A send got in first: the session is live again, as the client will see.
-            "raced"
         }
         Ok(Ok(None)) => "missing",
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "archive unavailable; the session opens empty");
+            tracing::warn!(error = %e, "archive unavailable; the session goes on empty");
             "failed"
         }
         Err(_) => {
-            tracing::warn!("archive too slow; the session opens empty");
+            tracing::warn!("archive too slow; the session goes on empty");
             "failed"
         }
     };
     metrics::counter!(m::ARCHIVE_RESTORES, "result" => result).increment(1);
-    Ok(opened)
+    Ok(result == "restored")
 }

@@ -263,6 +263,15 @@ async fn restore_and_erase_sent_twice_apply_once() {
     let owner: Option<String> = f.raw.hget(format!("{}:meta", other.base), "owner").await.unwrap();
     assert_eq!(owner.as_deref(), Some("u2"));
 
+    // A send that must not create a missing session (it is restored first) writes nothing, twice.
+    let gone = f.store.keys().session("acme", "s8");
+    for _ in 0..2 {
+        let r = f.store.enqueue_turn_if_present(&gone, "t8", "c8", "hi", "e8", &[], "u1").await.unwrap();
+        assert_eq!(r, EnqueueOutcome::Missing);
+    }
+    let left: Vec<String> = f.raw.custom(fred::cmd!("KEYS"), vec![format!("{}*", gone.base)]).await.unwrap();
+    assert_eq!(left, Vec::<String>::new());
+
     // Two turns, one archived-pending entry each, then erasure twice.
     f.enqueue("t1", "c1", "u1").await;
     assert!(matches!(f.store.cancel_turn(&f.keys, "t1").await.unwrap(), CancelOutcome::Cancelled { .. }));

@@ -174,28 +174,70 @@ async fn after_flushall_a_session_comes_back_from_the_archive_with_its_history()
     assert_eq!(a.message_count(a.app.tenant(), &sid).await, 6);
 }
 
+/// Lets every key of a session expire, as its TTL running out does (here in a millisecond), and
+/// waits until Redis no longer has any of them.
+async fn expire_session(app: &TestApp, sid: &str) {
+    use fred::prelude::*;
+    let base = app.session_keys(sid).base;
+    let raw = app.raw().await;
+    let keys = app.keys_matching(&format!("{base}*")).await;
+    assert!(keys.len() >= 4, "the session has keys: {keys:?}");
+    for k in &keys {
+        let _: bool = raw.pexpire(k, 1, None).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + ARCHIVE_TIMEOUT;
+    while !app.keys_matching(&format!("{base}*")).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the keys did not expire");
+        tokio::task::yield_now().await;
+    }
+}
+
+/// `POST /v1/sessions/{sid}/messages` (dev mode); returns the ack's turn id.
+async fn post_send(app: &TestApp, sid: &str, text: &str) -> String {
+    let body = serde_json::json!({"client_msg_id": uid("m"), "text": text});
+    let r = http().post(format!("{}/v1/sessions/{sid}/messages", app.http(0))).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ack: serde_json::Value = r.json().await.unwrap();
+    ack["turn_id"].as_str().expect("an ack with a turn id").to_string()
+}
+
+#[tokio::test]
+async fn a_send_to_an_expired_session_lands_on_its_archived_history() {
+    let a = Archived::start(test_settings()).await;
+    // A send to a session neither Redis nor the archive has starts it, as without an archive.
+    let sid = uid("s");
+    let t1 = post_send(&a.app, &sid, "the first message, over HTTP").await;
+    a.until_turns(1).await;
+    a.until_backlog(0).await;
+    let before: Vec<(String, String)> = a.app.history(&sid).await.into_iter().map(|m| (m.role, m.turn_id)).collect();
+    assert_eq!(before, vec![("user".into(), t1.clone()), ("assistant".into(), t1.clone())]);
+
+    expire_session(&a.app, &sid).await;
+    // The next send restores the session before it lands: the worker's context (the history) is
+    // the whole conversation, and the archive goes on with it.
+    let t2 = post_send(&a.app, &sid, "a follow-up after the TTL").await;
+    a.until_turns(2).await;
+    let hist = a.app.history(&sid).await;
+    let got: Vec<(&str, &str)> = hist.iter().map(|m| (m.role.as_str(), m.turn_id.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![("user", t1.as_str()), ("assistant", t1.as_str()), ("user", t2.as_str()), ("assistant", t2.as_str())]
+    );
+    assert_eq!(hist[0].text, "the first message, over HTTP");
+    assert_eq!(hist[3].text, a.app.expected_answer("a follow-up after the TTL"));
+    assert_eq!(a.message_count(a.app.tenant(), &sid).await, 4);
+}
+
 #[tokio::test]
 async fn after_its_keys_expire_a_session_comes_back_from_the_archive() {
-    use fred::prelude::*;
     let a = Archived::start(test_settings()).await;
     let sid = uid("s");
     let (t1, r1) = turn(&a.app, &sid, "a question before the weekend").await;
     a.until_turns(1).await;
     a.until_backlog(0).await;
 
-    // The session's TTL runs out: every key of it expires (here in a millisecond).
-    let base = a.app.session_keys(&sid).base;
-    let raw = a.app.raw().await;
-    let keys = a.app.keys_matching(&format!("{base}*")).await;
-    assert!(keys.len() >= 4, "the session has keys: {keys:?}");
-    for k in &keys {
-        let _: bool = raw.pexpire(k, 1, None).await.unwrap();
-    }
-    let deadline = tokio::time::Instant::now() + ARCHIVE_TIMEOUT;
-    while !a.app.keys_matching(&format!("{base}*")).await.is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "the keys did not expire");
-        tokio::task::yield_now().await;
-    }
+    // The session's TTL runs out.
+    expire_session(&a.app, &sid).await;
 
     // A new device opens it without any state of its own: the archived messages are there.
     let back = a.app.client(0, &sid).await;
