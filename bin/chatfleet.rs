@@ -34,13 +34,21 @@ enum Command {
         /// Run on a private 3-primary Redis Cluster instead of one Redis.
         #[arg(long)]
         cluster: bool,
+        /// No private PostgreSQL archive (conversations live in Redis only, as without one).
+        #[arg(long)]
+        no_archive: bool,
     },
+    /// Copy finished turns to the PostgreSQL archive (workers also do this when archive.url is set).
+    Archiver,
     /// Start a private Redis Cluster on loopback, print its URL, run until stopped (for tests).
     #[command(hide = true)]
     LocalCluster {
         #[arg(long, default_value_t = 3)]
         primaries: usize,
     },
+    /// Start a private PostgreSQL on loopback, print its URL, run until stopped (for benchmarks).
+    #[command(hide = true)]
+    LocalPostgres,
     /// Load and benchmark scenarios over real sockets (docs/benchmarks.md).
     #[cfg(feature = "bench")]
     Bench(chatfleet::bench::BenchArgs),
@@ -73,8 +81,12 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Gateway => chatfleet::app::run_gateway(settings, shutdown).await,
         Command::Worker => chatfleet::app::run_worker(settings, shutdown).await,
-        Command::Dev { workers, cluster } => chatfleet::app::run_dev(settings, workers, cluster, shutdown).await,
+        Command::Dev { workers, cluster, no_archive } => {
+            chatfleet::app::run_dev(settings, workers, cluster, !no_archive, shutdown).await
+        }
+        Command::Archiver => chatfleet::app::run_archiver(settings, shutdown).await,
         Command::LocalCluster { primaries } => chatfleet::app::run_local_cluster(primaries, shutdown).await,
+        Command::LocalPostgres => chatfleet::app::run_local_postgres(shutdown).await,
         #[cfg(feature = "bench")]
         Command::Bench(args) => chatfleet::bench::run(args, shutdown).await,
         Command::Ctl(cmd) => chatfleet::app::run_ctl(settings, cmd).await,

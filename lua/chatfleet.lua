@@ -37,7 +37,11 @@ Keys (built by src/keys.rs; every op names a *session block* of keys at its key 
                                       tools), tt, and for audit
                                       upstream, model, template
   k+10 <base>:turn:<tid>:tools   HASH tool call records of the turn (msgpack), see `tool`
- then, for ops that need them, the partition's turns stream (k+11) and dead-letter stream (k+12).
+ then, for ops that need them, the partition's turns stream (k+11) and dead-letter stream (k+12),
+ and, when archiving is on (settings `archive_max` > 0), for every op that can end a turn (finish,
+ cancel, reclaim), the partition's archive stream (k+13):
+  <prefix>:{pNN}:archive  STREAM finished turns for the archivers (src/archive), see archive_turn.
+ The ops `restore` and `erase` have their own layouts (see them).
   <base>:ch is the session's sharded pub/sub channel (message = msgpack [seq, event, epoch]);
   channels are not keys, and it shares the slot.
 
@@ -73,6 +77,7 @@ local function session_keys(keys, k)
     meta = keys[k], log = keys[k + 1], hist = keys[k + 2], dedupe = keys[k + 3], dq = keys[k + 4],
     conns = keys[k + 5], partial = keys[k + 6], flags = keys[k + 7], summary = keys[k + 8],
     turn = keys[k + 9], tools = keys[k + 10], stream = keys[k + 11], dlq = keys[k + 12],
+    archive = keys[k + 13],
   }
 end
 
@@ -152,14 +157,54 @@ local function dead_letter(S, ...)
   redis.call('XADD', S.dlq, 'MAXLEN', '~', C.dlq_max, '*', ...)
 end
 
--- Ends a turn: final event, assistant message into history, active cleared. The caller acks.
+-- True when turn ends go to the archive stream. The op then declared it at k+13; a key that is
+-- not an archive stream there means the caller and the settings disagree, and the op fails
+-- before it writes (the key would be another op's).
+local function archiving(S)
+  if (tonumber(C.archive_max) or 0) <= 0 then
+    return false
+  end
+  if not S.archive or string.sub(S.archive, -8) ~= ':archive' then
+    error('archiving is on but the op declared no archive stream')
+  end
+  return true
+end
+
+-- Archive (src/archive): the finished turn, whole, appended to the partition's archive stream
+-- for the archivers to copy to PostgreSQL off the turn's path. Reached only from end_turn, which
+-- runs once per turn (I4): a resent finish answers from `wr` before it gets here, a resent
+-- cancel or reclaim finds the turn ended. Fields: b base, t turn id, o outcome, u user text,
+-- a assistant text ('ah' = '1' when it went into history), opts (the turn's opts: its owner),
+-- c created ms, f finished ms, pt/ct tokens, ec/em error, up/mo/tv audit, su/st the session
+-- summary (when of the current epoch).
+local function archive_turn(S, tid, outcome, ev, text, pushed, epoch)
+  local t = redis.call('HMGET', S.turn, 'text', 'opts', 'created', 'upstream', 'model', 'template')
+  local s = redis.call('HMGET', S.summary, 'epoch', 'upto', 'text')
+  local su, st = '', ''
+  if s[1] and s[1] == epoch then
+    su, st = s[2] or '', s[3] or ''
+  end
+  redis.call('XADD', S.archive, 'MAXLEN', '~', C.archive_max, '*', 'b', string.sub(S.meta, 1, -6), 't', tid,
+    'o', outcome, 'u', t[1] or '', 'a', text, 'ah', pushed and '1' or '0', 'opts', t[2] or '',
+    'c', t[3] or C.now, 'f', C.now, 'pt', ev.prompt_tokens or 0, 'ct', ev.completion_tokens or 0,
+    'ec', ev.code or '', 'em', ev.message or '', 'up', t[4] or '', 'mo', t[5] or '', 'tv', t[6] or '',
+    'su', su, 'st', st)
+end
+
+-- Ends a turn: final event, assistant message into history, active cleared, and (archiving on)
+-- the turn appended to the archive stream. The caller acks.
 local function end_turn(S, tid, outcome, ev, epoch)
+  local archive = archiving(S)
   local text = ''
   if redis.call('HGET', S.meta, 'active') == tid then
     text = redis.call('GET', S.partial) or ''
   end
-  if text ~= '' or outcome == 'done' then
+  local pushed = text ~= '' or outcome == 'done'
+  if pushed then
     push_hist(S, { v = 1, role = 'assistant', turn_id = tid, text = text, status = outcome })
+  end
+  if archive then
+    archive_turn(S, tid, outcome, ev, text, pushed, epoch)
   end
   local seq = append_event(S, ev, epoch)
   redis.call('HSET', S.turn, 'status', outcome, 'finished', C.now, 'fseq', seq)
@@ -170,8 +215,11 @@ end
 --[[ op enq: the gateway turns a client `send` into a turn.       keys: session, turn, stream
 op: tid, client_msg_id, text, epoch_candidate, opts (bytes), traceparent, wake (1: publish a
     wake-up for Cluster workers), user (the sender; '*' skips the owner check)
+    [, present (1: refuse a session Redis does not have; archiving on, see `missing`)]
 Returns {status, turn_id, seq, epoch}; status is
   new        the message is stored and the turn queued; seq is the user_message event's seq
+  missing    (present = 1) the session has no meta: nothing written; the gateway restores it from
+             the archive first, if the archive has it, then sends again without `present`
   dup        client_msg_id was seen: the original turn id and seq, nothing written (a retried send)
   busy       another turn of the session is active; turn_id names it, nothing written
   forbidden  the session is bound to another user; nothing written
@@ -180,6 +228,9 @@ with another gateway's send for the same session.
 ]]
 local function op_enq(S, op)
   local tid, cmid, text = op[1], op[2], op[3]
+  if op[9] == 1 and redis.call('EXISTS', S.meta) == 0 then
+    return { 'missing', '', 0, '' }
+  end
   local epoch, owner = ensure_meta(S, op[4], op[8])
   if refused(owner, op[8]) then
     return { 'forbidden', '', 0, '' }
@@ -426,7 +477,7 @@ local function op_audit(S, op)
   return applied(S, op, st, { 1 }, audit_fields(op, 4))
 end
 
---[[ op finish: a worker ends its turn.                 keys: session, turn, stream, dead letters
+--[[ op finish: a worker ends its turn.     keys: session, turn, stream, dead letters [, archive]
 op: tid, attempt, write index, outcome (done|error|cancelled), entry id, prompt_tokens,
     completion_tokens, error code, error message, dead (1 = dead-letter it), usage source
     (reported|estimated), plen (the answer's length in bytes, as the worker emitted it)
@@ -494,7 +545,8 @@ local function op_release(S, op)
   return { 1 }
 end
 
---[[ op cancel: the user pressed stop.                                    keys: session, turn
+--[[ op cancel: the user pressed stop.  keys: session, turn [, stream, dead letters, archive]
+                                        (the last three only when archiving is on)
 op: tid, worker control channel prefix
 Returns
   {'cancelled', seq}      the turn was queued: it ends now and will never start
@@ -523,7 +575,7 @@ local function op_cancel(S, op)
 end
 
 --[[ op reclaim: takes over one turn found by cf2_reclaim_scan.
-                                                 keys: session, turn, stream, dead letters
+                                      keys: session, turn, stream, dead letters [, archive]
 op: tid, entry id, consumer (the sweeping worker), max_attempts
 Decides on the turn's lease (server time), never on pending idle time alone, so a healthy long
 turn is never taken over. A reclaimed running turn goes back to queued (its old attempt is fenced
@@ -669,15 +721,128 @@ local function op_summary(S, op)
   return { 1 }
 end
 
+--[[ op restore: a session Redis lost (TTL, eviction) comes back from the archive.
+                                                                               keys: session
+op: epoch (new, unique per restore), owner (the user the session is bound to if its meta is
+    missing; '*' = shared), summary upto ('' if none), summary text, summary template,
+    history messages (msgpack, oldest first) ...
+Returns {1} when restored, {0} when the session already has something (an event, a history
+message or an active turn: a live session is never overwritten). Restoring starts the new epoch
+(clients resync with a snapshot), puts the archived messages into history and the summary back
+against that epoch; the owner and the attached connections stay. Atomic so that a send racing
+the restore lands either before it (nothing restored) or after it (on top of the restored
+history). A resend finds the session on its epoch and answers {1} again, writing nothing.
+]]
+local function op_restore(S, op)
+  local epoch = op[1]
+  local m = redis.call('HMGET', S.meta, 'epoch', 'seq', 'active')
+  if m[1] == epoch then
+    return { 1 }
+  end
+  if tonumber(m[2] or 0) > 0 or m[3] or redis.call('LLEN', S.hist) > 0 then
+    return { 0 }
+  end
+  redis.call('DEL', S.log, S.hist, S.dedupe, S.dq, S.partial, S.summary)
+  local fields = { 'epoch', epoch, 'seq', 0, 'created', C.now }
+  if not m[1] then
+    local owner = op[2]
+    if owner == '*' then
+      owner = ''
+    end
+    fields[#fields + 1] = 'owner'
+    fields[#fields + 1] = owner
+  end
+  redis.call('HSET', S.meta, unpack(fields))
+  for i = 6, #op do
+    redis.call('RPUSH', S.hist, op[i])
+  end
+  redis.call('LTRIM', S.hist, -C.hist_max, -1)
+  if op[3] ~= '' then
+    redis.call('HSET', S.summary, 'epoch', epoch, 'upto', op[3], 'text', op[4], 'template', op[5])
+    redis.call('EXPIRE', S.summary, C.ttl)
+  end
+  touch(S, false)
+  return { 1 }
+end
+
+--[[ op erase: erasure of a session's data from Redis (the user asked; the caller deletes the
+archive rows).       keys: session, [archive stream (archiving on)], then (turn, tools) per turn
+op: archive scan max, archiving (1 = the archive stream is declared), turn id ...
+Every turn the session still names (dedupe, active turn, history) must be among the declared
+turns: otherwise nothing is written and the reply names the missing ones, for the caller to ask
+again with them (so every key deleted is declared). Then it deletes the session's keys, those
+turns' keys, and the session's entries not yet archived from the archive stream (the archivers
+delete what they archived, so the stream holds only the backlog; at most scan max entries are
+looked at). A running turn's next write is then fenced: its hash is gone. Returns
+  {'more', {turn id, ...}}                      nothing written; declare these and call again
+  {'erased', now_ms, keys deleted, archive entries deleted}
+now_ms (server time) lets the archive refuse turns of the session that finished before the
+erasure but reach it later. Idempotent: a resend finds nothing left and deletes nothing more.
+]]
+local function op_erase(S, op, keys, k)
+  local at = k + 9
+  local archive
+  if op[2] == 1 then
+    archive = keys[at]
+    at = at + 1
+  end
+  local declared, doomed = {}, {}
+  for i = 3, #op do
+    declared[op[i]] = true
+    doomed[#doomed + 1] = keys[at]
+    doomed[#doomed + 1] = keys[at + 1]
+    at = at + 2
+  end
+  local missing, seen = {}, {}
+  local function want(tid)
+    if tid and tid ~= '' and not declared[tid] and not seen[tid] then
+      seen[tid] = true
+      missing[#missing + 1] = tid
+    end
+  end
+  for _, v in ipairs(redis.call('HVALS', S.dedupe)) do
+    want(string.match(v, '^(%S+)'))
+  end
+  want(redis.call('HGET', S.meta, 'active'))
+  for _, raw in ipairs(redis.call('LRANGE', S.hist, 0, -1)) do
+    local ok, msg = pcall(cmsgpack.unpack, raw)
+    if ok and type(msg) == 'table' then
+      want(msg.turn_id)
+    end
+  end
+  if #missing > 0 then
+    return { 'more', missing }
+  end
+  for _, key in ipairs({ S.meta, S.log, S.hist, S.dedupe, S.dq, S.conns, S.partial, S.flags, S.summary }) do
+    doomed[#doomed + 1] = key
+  end
+  local deleted = 0
+  for i = 1, #doomed, 100 do
+    deleted = deleted + redis.call('DEL', unpack(doomed, i, math.min(i + 99, #doomed)))
+  end
+  local entries = 0
+  if archive then
+    local base = string.sub(S.meta, 1, -6)
+    for _, e in ipairs(redis.call('XRANGE', archive, '-', '+', 'COUNT', tonumber(op[1]))) do
+      local f = e[2]
+      if f[1] == 'b' and f[2] == base then
+        entries = entries + redis.call('XDEL', archive, e[1])
+      end
+    end
+  end
+  return { 'erased', C.now, deleted, entries }
+end
+
 local OPS = {
   enq = op_enq, start = op_start, emit = op_emit, tool = op_tool, hb = op_hb, audit = op_audit,
   finish = op_finish, release = op_release, cancel = op_cancel, reclaim = op_reclaim, open = op_open,
-  detach = op_detach, summary = op_summary,
+  detach = op_detach, summary = op_summary, restore = op_restore, erase = op_erase,
 }
 
 --[[ cf2_batch: a group of ops, applied in order.
 KEYS: the keys of every op, each op's block starting at its key index
-ARGV[1]: settings (msgpack map): ttl (s), log_max, hist_max, dedupe_max, dlq_max, lease_ms, group
+ARGV[1]: settings (msgpack map): ttl (s), log_max, hist_max, dedupe_max, dlq_max, lease_ms, group,
+         archive_max (MAXLEN ~ of the archive streams; absent or 0 = archiving off)
 ARGV[2..]: one op each, msgpack array {kind, key index, op fields...}
 Returns one reply per op, in order: the op's reply, or {'err', message} when the op raised an
 error (its neighbours are unaffected; an op checks before it writes, so an error leaves at most
@@ -699,7 +864,7 @@ local function batch(keys, args)
     if not f then
       out[#out + 1] = { 'err', 'unknown op ' .. tostring(kind) }
     else
-      local ok, reply = pcall(f, session_keys(keys, k), fields)
+      local ok, reply = pcall(f, session_keys(keys, k), fields, keys, k)
       if ok then
         out[#out + 1] = reply
       else

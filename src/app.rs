@@ -12,8 +12,11 @@ use fred::interfaces::EventInterface;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::archive::archiver::Archiver;
+use crate::archive::Archive;
 use crate::gateway::Gateway;
 use crate::local_cluster::LocalCluster;
+use crate::local_postgres::LocalPostgres;
 use crate::local_redis::LocalRedis;
 use crate::model::Model;
 use crate::settings::Settings;
@@ -144,7 +147,8 @@ pub async fn run_gateway(settings: Settings, shutdown: CancellationToken) -> any
     Ok(())
 }
 
-/// Runs a worker until shutdown, then drains.
+/// Runs a worker until shutdown, then drains. With `archive.url` set, the process also runs an
+/// archiver (src/archive/archiver.rs).
 pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ready = ReadyStore::default();
     // Registered before /metrics answers, so the first scrape already has every series.
@@ -153,23 +157,70 @@ pub async fn run_worker(settings: Settings, shutdown: CancellationToken) -> anyh
     start_metrics(settings.metrics.listen, shutdown.clone(), ready.clone()).await?;
     let Some(store) = connect_store_retrying(&settings, &shutdown).await? else { return Ok(()) };
     let _ = ready.set(store.clone());
+    let archiver = start_archiver(&settings, &store, &shutdown).await?;
     let model = build_model(&settings);
     let worker = Worker::start(settings, store.clone(), model, shutdown).await?;
     worker.wait().await;
+    if let Some(a) = archiver {
+        a.wait().await;
+    }
     store.redis().quit().await;
     Ok(())
 }
 
-/// Everything locally: a private Redis, one gateway, two workers, the demo model. Prints the URL
-/// of the chat page on a line of its own once ready.
+/// Runs only an archiver (for deployments that scale archivers apart from workers).
+pub async fn run_archiver(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    anyhow::ensure!(settings.archive.enabled(), "archive.url is not set: there is nothing to archive to");
+    let ready = ReadyStore::default();
+    start_metrics(settings.metrics.listen, shutdown.clone(), ready.clone()).await?;
+    let store = connect_store(&settings).await?;
+    let _ = ready.set(store.clone());
+    if let Some(a) = start_archiver(&settings, &store, &shutdown).await? {
+        a.wait().await;
+    }
+    store.redis().quit().await;
+    Ok(())
+}
+
+/// Starts an archiver when `archive.url` is set. PostgreSQL may be down: it is retried.
+pub async fn start_archiver(
+    settings: &Settings,
+    store: &Store,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Archiver>> {
+    if !settings.archive.enabled() {
+        return Ok(None);
+    }
+    let archive = Archive::new(&settings.archive).context("archive.url")?;
+    Ok(Some(Archiver::start(store.clone(), archive, shutdown.clone()).await?))
+}
+
+/// Everything locally: a private Redis, one gateway, two workers, the demo model, and (unless
+/// `archive` is false, or PostgreSQL is not installed) a private PostgreSQL archive. Prints the
+/// URL of the chat page on a line of its own once ready.
 // `chatfleet dev` tells the person at the terminal where the page is.
 #[allow(clippy::print_stdout)]
 pub async fn run_dev(
     mut settings: Settings,
     workers: usize,
     cluster: bool,
+    archive: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let _postgres = match archive {
+        true => match LocalPostgres::start().await {
+            Ok(pg) => {
+                settings.archive.url = pg.url();
+                Archive::new(&settings.archive)?.migrate().await.context("migrating the dev archive")?;
+                Some(pg)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no archive: conversations live in Redis only");
+                None
+            }
+        },
+        false => None,
+    };
     // The private servers live until this function returns (they are killed on drop).
     let (_single, _cluster) = if cluster {
         let c = LocalCluster::start(3, 0, 2000).await?;
@@ -184,6 +235,7 @@ pub async fn run_dev(
     start_metrics(settings.metrics.listen, shutdown.clone(), ready.clone()).await?;
     let store = connect_store(&settings).await?;
     let _ = ready.set(store.clone());
+    let archiver = start_archiver(&settings, &store, &shutdown).await?;
     let mut running = Vec::new();
     for _ in 0..workers {
         let w = Worker::start(settings.clone(), store.clone(), build_model(&settings), shutdown.clone()).await?;
@@ -206,6 +258,9 @@ pub async fn run_dev(
     for w in running {
         w.wait().await;
     }
+    if let Some(a) = archiver {
+        a.wait().await;
+    }
     store.redis().quit().await;
     Ok(())
 }
@@ -217,6 +272,17 @@ pub async fn run_local_cluster(primaries: usize, shutdown: CancellationToken) ->
     println!("{}", cluster.url());
     shutdown.cancelled().await;
     drop(cluster);
+    Ok(())
+}
+
+/// Starts a private PostgreSQL (the archive), prints its URL on a line of its own, and runs
+/// until shutdown (for benchmarks of the archive).
+#[allow(clippy::print_stdout)] // the URL on stdout is this command's output
+pub async fn run_local_postgres(shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pg = LocalPostgres::start().await?;
+    println!("{}", pg.url());
+    shutdown.cancelled().await;
+    drop(pg);
     Ok(())
 }
 

@@ -225,6 +225,7 @@ async fn dlq_replay(store: &Store, id: &str) -> anyhow::Result<Output> {
             anyhow::bail!("the session is running turn {active_turn}; replay again after it ends")
         }
         EnqueueOutcome::Forbidden => unreachable!("the operator passes the owner check"),
+        EnqueueOutcome::Missing => unreachable!("a plain enqueue creates a missing session"),
     }
 }
 

@@ -93,6 +93,12 @@ impl Keyspace {
         format!("{}:{{p{:02}}}:dlq", self.prefix, p)
     }
 
+    /// Archive stream of a partition: finished turns waiting for the archivers (src/archive).
+    /// Per partition, in the partition's slot, so `end_turn` appends to it in the same call.
+    pub fn archive(&self, p: u16) -> String {
+        format!("{}:{{p{:02}}}:archive", self.prefix, p)
+    }
+
     /// Lock that makes one worker at a time sweep a partition for expired leases.
     pub fn sweep_lock(&self, p: u16) -> String {
         format!("{}:{{p{:02}}}:sweep", self.prefix, p)
@@ -218,6 +224,7 @@ mod tests {
         let tag = format!("{{p{:02}}}", s.partition);
         assert!(s.base.contains(&tag) && s.stream.contains(&tag) && s.channel().contains(&tag));
         assert!(ks.dlq(s.partition).contains(&tag));
+        assert!(ks.archive(s.partition).contains(&tag));
         assert_eq!(SessionKeys::base_of_channel(&s.channel()), Some(s.base.as_str()));
         assert!(ks.wake_channel(s.partition).contains(&tag));
         assert_eq!(Keyspace::partition_in(&ks.wake_channel(7)), Some(7));

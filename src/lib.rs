@@ -15,6 +15,8 @@
 //! - [`model`]: the model trait and the built-in demo model.
 //! - [`upstream`]: real model upstreams (OpenAI-compatible, Anthropic), routing, fallback,
 //!   context packing and summaries; [`tools`]: the tools a model may call.
+//! - [`archive`]: finished turns in PostgreSQL (conversations that outlive Redis), the
+//!   archiver, retention; [`local_postgres`]: a private PostgreSQL for `dev` and tests.
 //! - [`app`]: assembles the roles (`gateway`, `worker`, `dev`) for the binary.
 //! - [`ctl`], [`queue`]: the operator tool and per-partition queue statistics.
 //! - [`redis_version`]: Redis 7 or newer, checked at start.
@@ -28,6 +30,7 @@
 #![deny(clippy::print_stderr, clippy::print_stdout)]
 
 pub mod app;
+pub mod archive;
 pub mod auth;
 #[cfg(feature = "bench")]
 pub mod bench;
@@ -35,6 +38,7 @@ pub mod ctl;
 pub mod gateway;
 pub mod keys;
 pub mod local_cluster;
+pub mod local_postgres;
 pub mod local_redis;
 pub mod metrics;
 pub mod metrics_catalog;

@@ -128,6 +128,22 @@ pub const REDIS_BATCH_OPS: &str = "chatfleet_redis_batch_ops";
 /// Histogram (s): duration of one `cf2_batch` call, as its process saw it.
 pub const REDIS_BATCH_SECONDS: &str = "chatfleet_redis_batch_seconds";
 
+/// Gauge: finished turns in the archive streams not yet written to PostgreSQL (the archive's
+/// lag), summed over partitions; every archiver reports the same global figure.
+pub const ARCHIVE_BACKLOG: &str = "chatfleet_archive_backlog";
+/// Counter: turns written to the archive (redeliveries that found their row not counted).
+pub const ARCHIVE_TURNS: &str = "chatfleet_archive_turns_total";
+/// Counter: archive batches PostgreSQL refused or timed out (retried with backoff).
+pub const ARCHIVE_WRITE_ERRORS: &str = "chatfleet_archive_write_errors_total";
+/// Counter: archive stream entries that could not be decoded (logged and dropped).
+pub const ARCHIVE_MALFORMED: &str = "chatfleet_archive_malformed_total";
+/// Histogram (s): one archive batch's transaction.
+pub const ARCHIVE_BATCH_SECONDS: &str = "chatfleet_archive_batch_seconds";
+/// Counter: sessions rebuilt from the archive on open, by `result` (restored, missing, failed).
+pub const ARCHIVE_RESTORES: &str = "chatfleet_archive_restores_total";
+/// Counter: conversations deleted by the retention job.
+pub const ARCHIVE_RETENTION_DELETED: &str = "chatfleet_archive_retention_deleted_total";
+
 /// Installs the global recorder and returns the handle that renders `/metrics`. Idempotent: a
 /// second call (tests, `dev` running several roles) returns a handle to the first recorder.
 pub fn install() -> PrometheusHandle {

@@ -57,6 +57,8 @@ const UPSTREAM_OUTCOMES: [&str; 6] = [
 ];
 /// Ended `ToolState`s.
 const TOOL_STATES: [&str; 3] = ["done", "failed", "timed_out"];
+/// Restore results (gateway/conversations.rs `open_feed`).
+const RESTORE_RESULTS: [&str; 4] = ["restored", "raced", "missing", "failed"];
 /// Summary outcomes (upstream/summary.rs).
 const SUMMARY_OUTCOMES: [&str; 5] = ["stored", "stale", "empty", "failed", "busy"];
 
@@ -138,6 +140,22 @@ pub fn describe() {
     describe_gauge!(m::QUEUE_LAG, "Turns not yet delivered to a worker, by partition.");
     describe_gauge!(m::QUEUE_PENDING, "Turns delivered and not finished, by partition.");
     describe_gauge!(m::QUEUE_OLDEST_PENDING_SECONDS, Unit::Seconds, "Age of the oldest unfinished turn, by partition.");
+    describe_gauge!(
+        m::ARCHIVE_BACKLOG,
+        "Finished turns in the archive streams not yet written to PostgreSQL (the archive's lag), all partitions."
+    );
+    describe_counter!(m::ARCHIVE_TURNS, "Turns written to the PostgreSQL archive (redeliveries not counted).");
+    describe_counter!(
+        m::ARCHIVE_WRITE_ERRORS,
+        "Archive batches PostgreSQL refused or timed out (retried with backoff)."
+    );
+    describe_counter!(m::ARCHIVE_MALFORMED, "Archive stream entries that could not be decoded (logged and dropped).");
+    describe_histogram!(m::ARCHIVE_BATCH_SECONDS, Unit::Seconds, "One archive batch's PostgreSQL transaction.");
+    describe_counter!(
+        m::ARCHIVE_RESTORES,
+        "Sessions Redis lost, looked up in the archive on open, by result (restored, raced, missing, failed)."
+    );
+    describe_counter!(m::ARCHIVE_RETENTION_DELETED, "Conversations deleted by the archive's retention job.");
 }
 
 /// `chatfleet_build_info{version, role}` = 1.
@@ -171,6 +189,19 @@ pub fn register_gateway() {
     for name in [m::GATEWAY_FRAMES_OUT, m::GATEWAY_BYTES_OUT, m::GATEWAY_DEGRADED, m::GATEWAY_SLOW_CLOSES] {
         counter_at_zero(name, &[]);
     }
+}
+
+/// Registers an archiver's series at 0 (workers with `archive.url` set, `chatfleet archiver`).
+pub fn register_archiver() {
+    gauge_at_zero(m::ARCHIVE_BACKLOG, &[]);
+    for name in [m::ARCHIVE_TURNS, m::ARCHIVE_WRITE_ERRORS, m::ARCHIVE_MALFORMED, m::ARCHIVE_RETENTION_DELETED] {
+        counter_at_zero(name, &[]);
+    }
+}
+
+/// Registers a gateway's restore series at 0 (gateways with an archive).
+pub fn register_restores() {
+    RESTORE_RESULTS.into_iter().for_each(|r| counter_at_zero(m::ARCHIVE_RESTORES, &[("result", r.into())]));
 }
 
 /// Registers the worker's series at 0: per-upstream and per-tool series for the upstreams and

@@ -132,6 +132,12 @@ pub fn decode_history(bytes: &[u8]) -> Result<HistoryMessage, PayloadError> {
     Ok(msg)
 }
 
+/// Encodes a history message as the MessagePack map `lua/chatfleet.lua` writes (restores from
+/// the archive push these).
+pub fn encode_history(m: &HistoryMessage) -> Vec<u8> {
+    rmp_serde::to_vec_named(m).expect("history messages serialize")
+}
+
 /// Decodes a channel message.
 pub fn decode_published(bytes: &[u8]) -> Result<PublishedEvent, PayloadError> {
     let Published(seq, body, epoch) = rmp_serde::from_slice(bytes)?;
@@ -161,6 +167,11 @@ pub struct TurnOpts {
     /// the session's history (a stateless OpenAI request carries its whole conversation).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub context: Vec<ContextMessage>,
+    /// The user who sent the turn (the gateway's identity), for the archive's ownership of the
+    /// conversation. Set when an archive is configured. Not `user`, which is the end user the
+    /// client named for the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// One message of a turn's client-supplied context.
@@ -173,7 +184,15 @@ pub struct ContextMessage {
 
 impl Default for TurnOpts {
     fn default() -> Self {
-        Self { v: VERSION, model: None, max_tokens: None, temperature: None, user: None, context: Vec::new() }
+        Self {
+            v: VERSION,
+            model: None,
+            max_tokens: None,
+            temperature: None,
+            user: None,
+            context: Vec::new(),
+            owner: None,
+        }
     }
 }
 
@@ -255,7 +274,7 @@ mod tests {
     #[test]
     fn turn_options_and_tool_records_round_trip_and_empty_options_are_defaults() {
         assert_eq!(decode_turn_opts(b"").unwrap(), TurnOpts::default());
-        let o = TurnOpts { v: VERSION, model: Some("gpt-4o".into()), ..Default::default() };
+        let o = TurnOpts { v: VERSION, model: Some("gpt-4o".into()), owner: Some("u1".into()), ..Default::default() };
         assert_eq!(decode_turn_opts(&encode_turn_opts(&o)).unwrap(), o);
         let full = TurnOpts {
             max_tokens: Some(7),

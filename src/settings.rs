@@ -45,6 +45,9 @@ pub struct Settings {
     /// Tools the model may call.
     #[serde(default)]
     pub tools: crate::tools::settings::ToolsSettings,
+    /// The PostgreSQL archive of finished turns (off unless `archive.url` is set).
+    #[serde(default)]
+    pub archive: crate::archive::ArchiveSettings,
     /// Per-tenant overrides, by tenant name (`[tenants.acme]`).
     #[serde(default)]
     pub tenants: std::collections::HashMap<String, TenantSettings>,
@@ -436,6 +439,7 @@ impl Settings {
             self.session.max_message_bytes,
         )?;
         crate::tools::settings::validate(&self.tools)?;
+        self.archive.validate()?;
         check(
             ["pretty", "json"].contains(&self.telemetry.format.as_str()),
             "telemetry.format",

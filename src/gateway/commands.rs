@@ -70,6 +70,15 @@ pub async fn send_opts(
     if opts.model.as_ref().is_some_and(|m| m.is_empty() || m.len() > 128) {
         return Err(ApiError::BadRequest("model must be 1-128 characters".into()));
     }
+    // The archive files the turn under its sender, so the owner rides along when it is on.
+    let owned;
+    let opts = match app.settings.archive.enabled() {
+        true => {
+            owned = crate::payload::TurnOpts { owner: Some(who.user.clone()), ..opts.clone() };
+            &owned
+        }
+        false => opts,
+    };
     let opts = match opts == &crate::payload::TurnOpts::default() {
         true => Vec::new(),
         false => crate::payload::encode_turn_opts(opts),
@@ -104,7 +113,19 @@ pub async fn send_opts(
     // If this fails, whether the turn was stored is unknown: the slot is kept, and freed when
     // the tenant next reaches its limit and the turn is found ended or missing.
     let actor = who.actor(keys.session_id(), app.settings.session.bind_to_user);
-    let outcome = app.store.enqueue_turn(keys, &turn_id, client_msg_id, text, &epoch, &opts, actor).await?;
+    let store = &app.store;
+    let outcome = match app.archive.is_some() {
+        // A session Redis lost comes back from the archive before the message lands on it, so
+        // the turn's context is the whole conversation (the same restore as on open).
+        true => match store.enqueue_turn_if_present(keys, &turn_id, client_msg_id, text, &epoch, &opts, actor).await? {
+            EnqueueOutcome::Missing => {
+                super::conversations::restore(app, who, keys, actor).await?;
+                store.enqueue_turn(keys, &turn_id, client_msg_id, text, &epoch, &opts, actor).await?
+            }
+            other => other,
+        },
+        false => store.enqueue_turn(keys, &turn_id, client_msg_id, text, &epoch, &opts, actor).await?,
+    };
     metrics::histogram!(m::GATEWAY_ACK_SECONDS).record(started.elapsed().as_secs_f64());
     if let (Some(slot), false) = (slot, matches!(outcome, EnqueueOutcome::New { .. })) {
         if let Err(e) = app.quotas.release(&app.store, slot, true).await {
@@ -118,6 +139,10 @@ pub async fn send_opts(
         }
         EnqueueOutcome::Busy { active_turn } => Err(ApiError::Busy { active_turn }),
         EnqueueOutcome::Forbidden => Err(ApiError::Forbidden("this session belongs to another user".into())),
+        EnqueueOutcome::Missing => Err(ApiError::Store(crate::store::StoreError::Reply {
+            function: "enq",
+            detail: "a plain enqueue answered missing".into(),
+        })),
     }
 }
 

@@ -91,6 +91,10 @@ pub enum ApiError {
     /// 503 `unavailable`: Redis failed; the client may retry. The cause is logged, not sent.
     #[error("storage unavailable")]
     Store(#[from] StoreError),
+    /// 503 `unavailable`: the archive (PostgreSQL) failed; the client may retry. The cause is
+    /// logged, not sent.
+    #[error("archive unavailable")]
+    Archive(#[from] crate::archive::ArchiveError),
 }
 
 /// Retry hint for `busy`: about one coalescing window of a typical answer.
@@ -123,7 +127,9 @@ impl ApiError {
             Self::TooManyConnections { .. } => ErrorCode::TooManyConnections,
             Self::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
             Self::Degraded { .. } => ErrorCode::Degraded,
-            Self::ConnectStorm { .. } | Self::Overloaded(_) | Self::Store(_) => ErrorCode::Unavailable,
+            Self::ConnectStorm { .. } | Self::Overloaded(_) | Self::Store(_) | Self::Archive(_) => {
+                ErrorCode::Unavailable
+            }
         }
     }
 
@@ -139,15 +145,17 @@ impl ApiError {
             | Self::OpensLimited { .. }
             | Self::TooManyConnections { .. }
             | Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Degraded { .. } | Self::ConnectStorm { .. } | Self::Overloaded(_) | Self::Store(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Degraded { .. }
+            | Self::ConnectStorm { .. }
+            | Self::Overloaded(_)
+            | Self::Store(_)
+            | Self::Archive(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     fn retry_after_ms(&self) -> Option<u64> {
         match self {
-            Self::Busy { .. } | Self::Store(_) | Self::Overloaded(_) => Some(BUSY_RETRY_MS),
+            Self::Busy { .. } | Self::Store(_) | Self::Archive(_) | Self::Overloaded(_) => Some(BUSY_RETRY_MS),
             Self::RateLimited { retry_after_ms }
             | Self::OpensLimited { retry_after_ms }
             | Self::QuotaExceeded { retry_after_ms, .. }
@@ -161,6 +169,9 @@ impl ApiError {
     pub fn to_control(&self) -> ControlMsg {
         if let Self::Store(e) = self {
             tracing::error!(error = %e, "request failed on storage");
+        }
+        if let Self::Archive(e) = self {
+            tracing::error!(error = %e, "request failed on the archive");
         }
         ControlMsg::Error { code: self.code(), message: self.to_string(), retry_after_ms: self.retry_after_ms() }
     }

@@ -10,6 +10,7 @@ mod aisdk;
 mod authn;
 mod commands;
 mod connect_rate;
+mod conversations;
 mod error;
 mod feed;
 mod follow;
@@ -82,6 +83,8 @@ pub(crate) struct AppInner {
     pub limits: GatewayLimits,
     /// Per-tenant quotas, shared through Redis.
     pub quotas: Quotas,
+    /// The PostgreSQL archive (conversations API, restores), when `archive.url` is set.
+    pub archive: Option<crate::archive::Archive>,
     /// Refuses sends while a partition's queue is too long or old.
     pub admission: Admission,
     /// Which web pages may use the gateway (`gateway.allowed_origins`).
@@ -178,7 +181,18 @@ impl Gateway {
         };
         let hub = Hub::start(sub, limits, shutdown.clone());
         let admission = Admission::start(g.admission.clone(), store.clone(), shutdown.clone());
+        let archive = match settings.archive.enabled() {
+            true => Some(
+                crate::archive::Archive::new(&settings.archive)
+                    .map_err(|e| SettingsError::Invalid { key: "archive.url", reason: e.to_string() })?,
+            ),
+            false => None,
+        };
+        if archive.is_some() {
+            crate::metrics_catalog::register_restores();
+        }
         let app = App(Arc::new(AppInner {
+            archive,
             auth,
             limits: GatewayLimits::new(&g.limits),
             quotas: Quotas::new(settings.quota.clone()),
@@ -211,7 +225,10 @@ impl Gateway {
         Router::new()
             .route("/v1/ws", get(ws::upgrade))
             .route("/v1/sessions/{id}/events", get(sse::events))
-            .route("/v1/sessions/{id}/messages", post(rest::send))
+            .route("/v1/sessions/{id}/messages", post(rest::send).get(conversations::messages))
+            .route("/v1/sessions", get(conversations::list))
+            .route("/v1/sessions/{id}", axum::routing::patch(conversations::patch).delete(conversations::delete))
+            .route("/v1/export", get(conversations::export))
             .route("/v1/sessions/{id}/turns/{turn_id}/cancel", post(rest::cancel))
             .merge(http::router())
             .merge(ingress::router(&self.app.settings.gateway.ingress))

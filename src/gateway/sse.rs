@@ -21,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::authn::{identify, session_keys, Source};
 use super::error::ApiError;
-use super::feed::{Feed, FeedError, Item, Opening};
+use super::feed::{FeedError, Item, Opening};
 use super::opens::ClientIp;
 use super::outbox::{Out, Outbox};
 use super::App;
@@ -91,10 +91,18 @@ async fn sse(
     };
     let guard = app.admit("sse", &who, ip)?;
     let actor = who.actor(&session_id, app.settings.session.bind_to_user);
-    let (feed, opening) =
-        Box::pin(Feed::open(&app.hub, &app.store, keys, &session_id, epoch.as_deref(), last_seq, true, actor))
-            .await
-            .map_err(feed_error)?;
+    let (feed, opening) = Box::pin(super::conversations::open_feed(
+        &app,
+        &who,
+        keys,
+        &session_id,
+        epoch.as_deref(),
+        last_seq,
+        true,
+        actor,
+    ))
+    .await
+    .map_err(feed_error)?;
     let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(SSE_BUFFER);
     let outbox = Outbox::new(feed, app.shutdown.clone(), who.time_left(), Duration::ZERO);
     let task_app = app.clone();
@@ -208,10 +216,18 @@ async fn long_poll(
     let wait = who.time_left().map_or(wait, |left| wait.min(left));
     let _guard = app.admit("poll", &who, ip)?;
     let actor = who.actor(&session_id, app.settings.session.bind_to_user);
-    let (mut feed, opening) =
-        Box::pin(Feed::open(&app.hub, &app.store, keys, &session_id, q.epoch.as_deref(), q.after, false, actor))
-            .await
-            .map_err(feed_error)?;
+    let (mut feed, opening) = Box::pin(super::conversations::open_feed(
+        &app,
+        &who,
+        keys,
+        &session_id,
+        q.epoch.as_deref(),
+        q.after,
+        false,
+        actor,
+    ))
+    .await
+    .map_err(feed_error)?;
     let ControlMsg::Welcome { epoch, seq, .. } = opening.welcome else { unreachable!("open returns welcome") };
     let mut item = opening.first;
     if matches!(&item, Item::Frames(f) if f.is_empty()) && !wait.is_zero() {

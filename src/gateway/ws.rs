@@ -23,7 +23,7 @@ use tokio::time::{timeout, Instant};
 
 use super::commands;
 use super::error::{close, ApiError};
-use super::feed::{Feed, FeedError, Item};
+use super::feed::{FeedError, Item};
 use super::limits::{FrameLimiter, Verdict};
 use super::outbox::{slow_consumer, Out, Outbox};
 use super::{App, ConnGuard};
@@ -255,21 +255,29 @@ async fn hello(
     };
     let coalesce = ms(coalesce.unwrap_or(0).min(g.max_client_coalesce_ms));
     let actor = who.actor(&session_id, app.settings.session.bind_to_user);
-    let (feed, opening) =
-        match Box::pin(Feed::open(&app.hub, &app.store, keys, &session_id, epoch.as_deref(), last_seq, true, actor))
-            .await
-        {
-            Ok(f) => f,
-            Err(FeedError::Forbidden) => {
-                let e = ApiError::Forbidden("this session belongs to another user".into());
-                return Err(reject(tx, e.code(), &e.to_string(), close::POLICY, write_timeout).await);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot open session");
-                let msg = "the session cannot be opened now";
-                return Err(reject(tx, ErrorCode::Unavailable, msg, close::UNAVAILABLE, write_timeout).await);
-            }
-        };
+    let (feed, opening) = match Box::pin(super::conversations::open_feed(
+        app,
+        who,
+        keys,
+        &session_id,
+        epoch.as_deref(),
+        last_seq,
+        true,
+        actor,
+    ))
+    .await
+    {
+        Ok(f) => f,
+        Err(FeedError::Forbidden) => {
+            let e = ApiError::Forbidden("this session belongs to another user".into());
+            return Err(reject(tx, e.code(), &e.to_string(), close::POLICY, write_timeout).await);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open session");
+            let msg = "the session cannot be opened now";
+            return Err(reject(tx, ErrorCode::Unavailable, msg, close::UNAVAILABLE, write_timeout).await);
+        }
+    };
     if matches!(&opening.first, Item::Snapshot(ControlMsg::Snapshot { reason, .. }) if reason == "future") {
         // The client claims events the session never had: say so plainly, then resync it.
         let e = ApiError::BadRequest("hello.last_seq is ahead of the session; a snapshot follows".into());

@@ -9,6 +9,7 @@
 //!   [`sweep`] (takeover of dead workers' turns, leader locks), [`quota`] (tenant quotas).
 //!   Every call is safe to resend (docs/architecture.md, "The write path").
 
+mod archive;
 mod batch;
 mod conn;
 #[cfg(test)]
@@ -25,6 +26,7 @@ mod turn;
 use bytes::Bytes;
 use serde::Serialize;
 
+pub use archive::{ArchiveEntry, Erased, FinishedTurn, ARCHIVE_GROUP};
 pub use conn::{Redis, FUNCTIONS_LIBRARY, LIBRARY_NAME};
 pub use quota::QuotaOutcome;
 pub use session::{Actor, CancelOutcome, EnqueueOutcome, LogRead, Opened};
@@ -69,6 +71,8 @@ struct BatchSettings<'a> {
     dlq_max: u64,
     lease_ms: u64,
     group: &'a str,
+    /// MAXLEN ~ of the archive streams; 0 = archiving off (turn ends are not archived).
+    archive_max: u64,
 }
 
 /// The typed function API. Cheap to clone.
@@ -85,12 +89,15 @@ pub struct Store {
     /// How long a turn write is sent again while Redis cannot be reached: two leases, so a
     /// worker rides out a failover and keeps its turn unless a sweeper takes it first.
     write_retry: std::time::Duration,
+    /// MAXLEN of the archive streams when archiving is on (`archive.url` set), else 0.
+    archive_max: u64,
 }
 
 impl Store {
     pub fn new(redis: Redis, settings: &Settings) -> Self {
         let keys = Keyspace::new(settings.redis.key_prefix.clone(), settings.redis.partitions);
         let (s, w) = (&settings.session, &settings.worker);
+        let archive_max = if settings.archive.enabled() { settings.archive.stream_max_len.max(1) } else { 0 };
         let batch_settings = BatchSettings {
             ttl: s.ttl_secs,
             log_max: s.log_max_events,
@@ -99,6 +106,7 @@ impl Store {
             dlq_max: w.dead_letter_max_len,
             lease_ms: w.lease_ms,
             group: crate::keys::GROUP,
+            archive_max,
         };
         let encoded = rmp_serde::to_vec_named(&batch_settings).expect("plain struct encodes");
         let batcher = Batcher::new(redis.clone(), Bytes::from(encoded), keys.partitions());
@@ -112,6 +120,7 @@ impl Store {
             dlq_max: w.dead_letter_max_len,
             sweep: sweep::SweepParams::new(w),
             write_retry: std::time::Duration::from_millis(w.lease_ms * 2),
+            archive_max,
         }
     }
 

@@ -57,6 +57,12 @@ impl OpBuilder {
         self
     }
 
+    /// Adds keys after the blocks, if any (the archive stream when archiving is on).
+    pub fn keys(mut self, keys: impl IntoIterator<Item = String>) -> Self {
+        self.keys.extend(keys);
+        self
+    }
+
     pub fn str(mut self, s: &str) -> Self {
         // Writing into a Vec cannot fail.
         let _ = rmp::encode::write_str(&mut self.fields, s);

@@ -2,11 +2,14 @@
 //! Redis client does when a connection drops before the reply arrives, must answer as the first
 //! time and change nothing. Against a real redis-server.
 
+use std::collections::HashMap;
+
 use fred::prelude::*;
 
 use super::*;
 use crate::keys::{self, SessionKeys};
 use crate::local_redis::LocalRedis;
+use crate::payload::HistoryMessage;
 
 struct Fixture {
     _redis: LocalRedis,
@@ -16,8 +19,16 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(false).await
+}
+
+/// `archiving`: turn ends go to the archive streams (no PostgreSQL is needed on this side).
+async fn fixture_with(archiving: bool) -> Fixture {
     let redis = LocalRedis::start(&[]).await.expect("redis-server starts");
     let mut settings = Settings::defaults();
+    if archiving {
+        settings.archive.url = "postgres://unused.invalid/archive".into();
+    }
     settings.redis.url = redis.url();
     settings.redis.partitions = 4;
     let conn = Redis::connect(&settings.redis).await.expect("connects");
@@ -171,4 +182,106 @@ async fn a_session_belongs_to_the_user_who_created_it() {
     assert!(matches!(r, EnqueueOutcome::New { .. }));
     let opened = f.store.open_session(&shared, "e", None, None, None, "bob").await.unwrap();
     assert!(matches!(opened, Opened::Snapshot { .. }));
+}
+
+fn finish_args() -> FinishArgs<'static> {
+    FinishArgs {
+        outcome: "done",
+        prompt_tokens: 3,
+        completion_tokens: 2,
+        usage_source: UsageSource::Reported,
+        error_code: "",
+        error_message: "",
+        dead_letter: false,
+        audit: None,
+    }
+}
+
+#[tokio::test]
+async fn a_turn_end_sent_twice_is_archived_once() {
+    let f = fixture_with(true).await;
+    let archive = f.store.archive_stream(f.keys.partition);
+    let base = f.keys.base.clone();
+    f.enqueue("t1", "c1", "u1").await;
+    let eid = f.entry_of("t1").await;
+    f.store.start_turn_as(&base, "t1", &eid, "w1", "r").await.unwrap();
+    let w = f.store.writer(&base, "t1", &eid, 1);
+    w.emit("Hi there", 0, None).await.unwrap();
+    let end = w.finish(&finish_args()).await.unwrap();
+    w.rewind();
+    assert_eq!(w.finish(&finish_args()).await.unwrap(), end);
+    let entries: Vec<(String, HashMap<String, String>)> = f.raw.xrange(&archive, "-", "+", None).await.unwrap();
+    assert_eq!(entries.len(), 1, "one archive entry for one turn end");
+    let e = &entries[0].1;
+    assert_eq!(
+        (e["t"].as_str(), e["o"].as_str(), e["u"].as_str(), e["a"].as_str()),
+        ("t1", "done", "hello", "Hi there")
+    );
+
+    // A queued turn cancelled twice: one end, one entry.
+    f.enqueue("t2", "c2", "u1").await;
+    assert!(matches!(f.store.cancel_turn(&f.keys, "t2").await.unwrap(), CancelOutcome::Cancelled { .. }));
+    assert!(matches!(f.store.cancel_turn(&f.keys, "t2").await.unwrap(), CancelOutcome::Ended { .. }));
+    let n: u64 = f.raw.xlen(&archive).await.unwrap();
+    assert_eq!(n, 2);
+}
+
+#[tokio::test]
+async fn restore_and_erase_sent_twice_apply_once() {
+    let f = fixture_with(true).await;
+    let base = f.keys.base.clone();
+    let msg = |role: &str, text: &str| HistoryMessage {
+        v: 1,
+        role: role.into(),
+        turn_id: "old1".into(),
+        text: text.into(),
+        status: (role == "assistant").then(|| "done".into()),
+    };
+    let history = [msg("user", "from the archive"), msg("assistant", "archived answer")];
+    let summary = Some(("old0", "an older summary", "v1"));
+    // The session was opened (and found empty) before the restore, as the gateway does.
+    f.store.open_session(&f.keys, "e0", None, None, None, "u1").await.unwrap();
+    assert!(f.store.restore_session(&f.keys, "r1", "u1", &history, summary).await.unwrap());
+    assert!(
+        f.store.restore_session(&f.keys, "r1", "u1", &history, summary).await.unwrap(),
+        "a resend answers restored"
+    );
+    let hist: Vec<Bytes> = f.raw.lrange(format!("{base}:hist"), 0, -1).await.unwrap();
+    assert_eq!(hist.len(), 2, "the history once");
+    assert!(!f.store.restore_session(&f.keys, "r2", "u1", &history, None).await.unwrap(), "a live session stays");
+    let Opened::Snapshot { epoch, history: got, .. } =
+        f.store.open_session(&f.keys, "e9", None, None, None, "u1").await.unwrap()
+    else {
+        panic!("snapshot")
+    };
+    assert_eq!((epoch.as_str(), got.as_slice()), ("r1", &history[..]));
+    let owner: Option<String> = f.raw.hget(format!("{base}:meta"), "owner").await.unwrap();
+    assert_eq!(owner.as_deref(), Some("u1"), "the owner stays");
+    // A restore of a session whose meta is gone too binds it to the given owner.
+    let other = f.store.keys().session("acme", "s9");
+    assert!(f.store.restore_session(&other, "r3", "u2", &history, None).await.unwrap());
+    let owner: Option<String> = f.raw.hget(format!("{}:meta", other.base), "owner").await.unwrap();
+    assert_eq!(owner.as_deref(), Some("u2"));
+
+    // A send that must not create a missing session (it is restored first) writes nothing, twice.
+    let gone = f.store.keys().session("acme", "s8");
+    for _ in 0..2 {
+        let r = f.store.enqueue_turn_if_present(&gone, "t8", "c8", "hi", "e8", &[], "u1").await.unwrap();
+        assert_eq!(r, EnqueueOutcome::Missing);
+    }
+    let left: Vec<String> = f.raw.custom(fred::cmd!("KEYS"), vec![format!("{}*", gone.base)]).await.unwrap();
+    assert_eq!(left, Vec::<String>::new());
+
+    // Two turns, one archived-pending entry each, then erasure twice.
+    f.enqueue("t1", "c1", "u1").await;
+    assert!(matches!(f.store.cancel_turn(&f.keys, "t1").await.unwrap(), CancelOutcome::Cancelled { .. }));
+    f.enqueue("t2", "c2", "u1").await;
+    let first = f.store.erase_session(&f.keys, 1000).await.unwrap();
+    assert!(first.keys >= 6, "session and turn keys deleted: {first:?}");
+    assert_eq!(first.archive_entries, 1, "the session's unarchived turn end");
+    let left: Vec<String> = f.raw.custom(fred::cmd!("KEYS"), vec![format!("{base}*")]).await.unwrap();
+    assert_eq!(left, Vec::<String>::new(), "no key of the session is left");
+    let again = f.store.erase_session(&f.keys, 1000).await.unwrap();
+    assert_eq!((again.keys, again.archive_entries), (0, 0), "a resent erasure deletes nothing more");
+    assert!(again.at_ms >= first.at_ms);
 }

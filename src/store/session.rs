@@ -25,6 +25,9 @@ pub enum EnqueueOutcome {
     Busy { active_turn: String },
     /// The session belongs to another user; nothing stored.
     Forbidden,
+    /// Only from [`Store::enqueue_turn_if_present`]: Redis does not have the session (it
+    /// expired or was lost); nothing stored.
+    Missing,
 }
 
 /// Result of `cancel_turn`.
@@ -97,6 +100,37 @@ impl Store {
         opts: &[u8],
         user: Actor<'_>,
     ) -> Result<EnqueueOutcome, StoreError> {
+        self.enqueue(s, turn_id, client_msg_id, text, epoch_candidate, opts, user, false).await
+    }
+
+    /// [`Store::enqueue_turn`], but a session Redis does not have is not created: the answer is
+    /// [`EnqueueOutcome::Missing`], so that the caller can restore it from the archive first.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn enqueue_turn_if_present(
+        &self,
+        s: &SessionKeys,
+        turn_id: &str,
+        client_msg_id: &str,
+        text: &str,
+        epoch_candidate: &str,
+        opts: &[u8],
+        user: Actor<'_>,
+    ) -> Result<EnqueueOutcome, StoreError> {
+        self.enqueue(s, turn_id, client_msg_id, text, epoch_candidate, opts, user, true).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn enqueue(
+        &self,
+        s: &SessionKeys,
+        turn_id: &str,
+        client_msg_id: &str,
+        text: &str,
+        epoch_candidate: &str,
+        opts: &[u8],
+        user: Actor<'_>,
+        present: bool,
+    ) -> Result<EnqueueOutcome, StoreError> {
         // The turn's trace starts here, as a child of the caller's span (the gateway connection).
         let span = tracing::info_span!("enqueue_turn", turn_id);
         let traceparent = crate::trace::traceparent_of(&span);
@@ -111,6 +145,7 @@ impl Store {
             // Workers in a Cluster wait for a wake-up; standalone ones block on the streams.
             .uint(u64::from(self.redis.is_clustered()))
             .str(user)
+            .uint(u64::from(present))
             .build();
         let mut r = self.op(&s.base, op).instrument(span).await?;
         let status = r.string()?;
@@ -122,6 +157,7 @@ impl Store {
             "dup" => Ok(EnqueueOutcome::Duplicate { turn_id, seq, epoch }),
             "busy" => Ok(EnqueueOutcome::Busy { active_turn: turn_id }),
             "forbidden" => Ok(EnqueueOutcome::Forbidden),
+            "missing" => Ok(EnqueueOutcome::Missing),
             other => Err(r.bad(format!("unknown status {other}"))),
         }
     }
@@ -181,7 +217,13 @@ impl Store {
     }
 
     pub async fn cancel_turn(&self, s: &SessionKeys, turn_id: &str) -> Result<CancelOutcome, StoreError> {
-        let op = OpBuilder::turn("cancel", &s.base, turn_id).str(turn_id).str(&self.worker_channel_prefix).build();
+        let mut b = OpBuilder::turn("cancel", &s.base, turn_id);
+        // Cancelling a queued turn ends it, and an ended turn is archived: the archive stream
+        // sits at its fixed place after the stream and dead-letter keys.
+        if let Some(archive) = self.archive_key(s.partition) {
+            b = b.key(s.stream.clone()).key(self.keys.dlq(s.partition)).key(archive);
+        }
+        let op = b.str(turn_id).str(&self.worker_channel_prefix).build();
         let mut r = self.op(&s.base, op).await?;
         match r.string()?.as_str() {
             "cancelled" => Ok(CancelOutcome::Cancelled { seq: r.int()? as u64 }),

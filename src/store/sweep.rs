@@ -94,6 +94,7 @@ impl Store {
             let op = OpBuilder::turn("reclaim", &c.base, &c.turn_id)
                 .key(self.keys.stream(p))
                 .key(self.keys.dlq(p))
+                .keys(self.archive_key(p))
                 .str(&c.turn_id)
                 .str(&c.entry_id)
                 .str(worker)

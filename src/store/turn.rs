@@ -336,6 +336,7 @@ impl TurnWriter {
                 let b = b
                     .key(keys.stream(p))
                     .key(keys.dlq(p))
+                    .keys(self.store.archive_key(p))
                     .str(f.outcome)
                     .str(&self.entry_id)
                     .uint(f.prompt_tokens)

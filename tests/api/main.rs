@@ -3,6 +3,7 @@
 mod fake_llm;
 mod helpers;
 
+mod archive;
 mod backpressure;
 mod cluster;
 mod e2e;

@@ -64,17 +64,47 @@ function start(name, cmd, args, env, logDir) {
   return p;
 }
 
+/** Starts `chatfleet local-postgres` (a private PostgreSQL) and resolves its URL. */
+function startPostgres(logDir, procs) {
+  const out = openSync(join(logDir, "postgres.log"), "a");
+  const p = spawn(BIN, ["local-postgres"], { stdio: ["ignore", "pipe", out] });
+  live.add(p);
+  p.on("exit", () => live.delete(p));
+  procs.push(p);
+  return new Promise((ok, fail) => {
+    let buf = "";
+    const timer = setTimeout(() => fail(new Error("postgres not ready in time")), READY_DEADLINE_MS * 2);
+    p.stdout.on("data", (d) => {
+      buf += d;
+      const url = buf.split("\n").find((l) => l.startsWith("postgres://"));
+      if (url) (clearTimeout(timer), ok(url.trim()));
+    });
+    p.on("exit", () => fail(new Error("local-postgres exited")));
+  });
+}
+
+/** Sends one command to a redis-server (e.g. FLUSHALL) and resolves its reply line. */
+export function redisCommand(port, command) {
+  return new Promise((ok, fail) => {
+    const s = connect(port, "127.0.0.1", () => s.write(`${command}\r\n`));
+    s.setTimeout(2000, () => (s.destroy(), fail(new Error("redis timeout"))));
+    s.on("data", (d) => (s.end(), ok(d.toString().trim())));
+    s.on("error", fail);
+  });
+}
+
 /**
  * `config`: TOML layered over the defaults for the gateways (`--config`), e.g. allowed origins.
- * @param {{gateways?: number, model?: {ttft_ms:number, tokens_per_sec:number, max_tokens:number}, name?: string, config?: string}} o
+ * `archive`: also a private PostgreSQL as the archive (the worker runs the archiver).
+ * @param {{gateways?: number, model?: {ttft_ms:number, tokens_per_sec:number, max_tokens:number}, name?: string, config?: string, archive?: boolean}} o
  */
-export async function startSystem({ gateways = 2, model = { ttft_ms: 100, tokens_per_sec: 25, max_tokens: 80 }, name = "system", config } = {}) {
+export async function startSystem({ gateways = 2, model = { ttft_ms: 100, tokens_per_sec: 25, max_tokens: 80 }, name = "system", config, archive = false } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "chatfleet-web-"));
   const logDir = join(ARTIFACTS, "logs", name);
   mkdirSync(logDir, { recursive: true });
   const redisPort = await freePort();
   const procs = [];
-  const sys = { urls: [], gw: [], procs, stop };
+  const sys = { urls: [], gw: [], procs, stop, redisPort };
   try {
     procs.push(start("redis", "redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir], {}, logDir));
     await until("redis-server", () => redisPing(redisPort));
@@ -87,6 +117,10 @@ export async function startSystem({ gateways = 2, model = { ttft_ms: 100, tokens
       CHATFLEET__MODEL__DEMO__TOKENS_PER_SEC: String(model.tokens_per_sec),
       CHATFLEET__MODEL__DEMO__MAX_TOKENS: String(model.max_tokens),
     };
+    if (archive) {
+      env.CHATFLEET__ARCHIVE__URL = await startPostgres(logDir, procs);
+      env.CHATFLEET__ARCHIVE__BLOCK_MS = "100";
+    }
     procs.push(start("worker", BIN, ["worker"], env, logDir));
     for (let i = 0; i < gateways; i++) {
       const port = await freePort();

@@ -69,6 +69,13 @@ function open(sessionId) {
   renderSessions();
 }
 
+let wasActive = false;
+
+/** Refreshes the sidebar from the server's archive, when it has one. */
+function syncSessions() {
+  sessions.sync(gateways()[0]).then((synced) => synced && renderSessions());
+}
+
 function refresh() {
   const conv = client.conversation;
   const shown = new Set(conv.messages.filter((m) => m.role === "user").map((m) => m.turn_id));
@@ -76,6 +83,9 @@ function refresh() {
   const waiting = client.pending.map((p) => ({ ...p, turnId: null }));
   view.schedule(conv, [...waiting, ...acked.map((a) => ({ ...a, text: textOf(a.clientMsgId) }))]);
   const active = !!conv.activeTurnId;
+  // A turn just ended: the archive may now list this chat (or a new title).
+  if (wasActive && !active) syncSessions();
+  wasActive = active;
   $("send").hidden = active;
   $("stop").hidden = !active;
   $("empty").hidden = conv.messages.length > 0 || client.pending.length > 0;
@@ -220,4 +230,5 @@ $("notice-close").addEventListener("click", hideNotice);
 view.fullMode = storage()?.getItem("chatfleet.page:full") === "1";
 $("full-mode").checked = view.fullMode;
 open(sessions.current());
+syncSessions();
 $("text").focus();

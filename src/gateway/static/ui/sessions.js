@@ -1,5 +1,8 @@
-// The page's list of chats: ids and titles in localStorage, newest first. The conversations
-// themselves are kept by chatfleet.js (and on the server); this only remembers which exist.
+// The page's list of chats, newest first. With an archive on the server, the list comes from
+// the conversations API (`GET /v1/sessions`), so every device shows the same one and old chats
+// open with their history; without one (the API answers 404), ids and titles are kept in
+// localStorage. The conversations themselves are kept by chatfleet.js (and on the server); this
+// only remembers which exist.
 
 const KEY = "chatfleet.page:sessions";
 const CURRENT = "chatfleet.page:current";
@@ -32,7 +35,11 @@ export class Sessions {
   }
 
   select(id) {
-    this.storage?.setItem(CURRENT, id);
+    try {
+      this.storage?.setItem(CURRENT, id);
+    } catch {
+      /* storage full: the choice lives for this page only */
+    }
     this.save();
   }
 
@@ -42,6 +49,33 @@ export class Sessions {
     const title = text.replace(/\s+/g, " ").trim().slice(0, 60);
     if (!s || s.title === title) return false;
     s.title = title;
+    this.save();
+    return true;
+  }
+
+  /**
+   * Takes the list from the server's archive. Returns true when it did; false when the server
+   * has no archive (404) or cannot be reached, and the local list stays.
+   */
+  async sync(base, fetchFn = globalThis.fetch, token = null) {
+    let body;
+    try {
+      const headers = token ? { Authorization: `Bearer ${token}` } : {};
+      const r = await fetchFn(`${base}/v1/sessions?limit=${MAX_SESSIONS}`, { headers });
+      if (!r.ok) return false;
+      body = await r.json();
+    } catch {
+      return false;
+    }
+    if (!Array.isArray(body?.sessions)) return false;
+    const remote = body.sessions.map((s) => ({ id: String(s.id), title: String(s.title ?? "") }));
+    const ids = new Set(remote.map((s) => s.id));
+    // The open chat stays listed until the archive has it (new, or its first answer running).
+    const current = this.storage?.getItem(CURRENT);
+    const local = this.items.filter((s) => s.id === current && !ids.has(s.id));
+    this.items = [...local, ...remote].slice(0, MAX_SESSIONS);
+    this.remote = true;
+    // Kept locally only as this device's cache for the next first paint; the server's wins.
     this.save();
     return true;
   }
