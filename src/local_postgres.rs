@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// Time allowed for initdb, and for the server to report readiness.
@@ -94,26 +93,16 @@ impl LocalPostgres {
         as_user(&mut cmd, self.user);
         let mut child = cmd.spawn()?;
         let stderr = child.stderr.take().expect("stderr is piped");
-        let mut lines = BufReader::new(stderr).lines();
-        let mut last = String::new();
-        let ready = tokio::time::timeout(START_TIMEOUT, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("ready to accept connections") {
-                    return true;
-                }
-                last = line;
+        match crate::local_redis::await_log_line(stderr, "ready to accept connections", START_TIMEOUT).await {
+            Ok(()) => {
+                self.child = Some(child);
+                Ok(())
             }
-            false
-        })
-        .await;
-        if matches!(ready, Ok(true)) {
-            // Keep draining the log so the server never blocks on a full pipe.
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            self.child = Some(child);
-            return Ok(());
+            Err(last) => {
+                let _ = child.kill().await;
+                Err(LocalPostgresError::NotReady(last))
+            }
         }
-        let _ = child.kill().await;
-        Err(LocalPostgresError::NotReady(last))
     }
 
     pub fn port(&self) -> u16 {

@@ -108,11 +108,27 @@ async fn spawn(port: u16, dir: &std::path::Path, extra: &[String]) -> Result<Chi
         .kill_on_drop(true)
         .spawn()?;
     let stdout = child.stdout.take().expect("stdout is piped");
-    let mut lines = BufReader::new(stdout).lines();
+    match await_log_line(stdout, "Ready to accept connections", START_TIMEOUT).await {
+        Ok(()) => Ok(child),
+        Err(last) => {
+            let _ = child.kill().await;
+            Err(LocalRedisError::NotReady(last))
+        }
+    }
+}
+
+/// Reads a server's log until a line contains `marker` (its own readiness message), then keeps
+/// draining it in the background so the server never blocks on a full pipe. `Err` holds the last
+/// line read when the log ended or `limit` passed first.
+pub(crate) async fn await_log_line<R>(log: R, marker: &str, limit: Duration) -> Result<(), String>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    let mut lines = BufReader::new(log).lines();
     let mut last = String::new();
-    let ready = tokio::time::timeout(START_TIMEOUT, async {
+    let ready = tokio::time::timeout(limit, async {
         while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("Ready to accept connections") {
+            if line.contains(marker) {
                 return true;
             }
             last = line;
@@ -120,13 +136,11 @@ async fn spawn(port: u16, dir: &std::path::Path, extra: &[String]) -> Result<Chi
         false
     })
     .await;
-    if matches!(ready, Ok(true)) {
-        // Keep draining the log so the server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        return Ok(child);
+    if !matches!(ready, Ok(true)) {
+        return Err(last);
     }
-    let _ = child.kill().await;
-    Err(LocalRedisError::NotReady(last))
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(())
 }
 
 fn free_port() -> std::io::Result<u16> {

@@ -76,19 +76,9 @@ async fn follow(app: &TestApp, sid: &str, mut c: Client, turn: &str) -> Outcome 
 }
 
 /// A snapshot of the same epoch (Redis is behind what this client saw: a failover lost writes)
-/// replaces what the client had of the turn, as a real client redraws from it. `Some` when the
-/// snapshot shows the turn already ended.
+/// replaces what the client had of the turn ([`redraw`]). `Some` when it shows the turn ended.
 fn take_snapshot(events: &mut Vec<Event>, snap: &ControlMsg, turn: &str) -> Option<Outcome> {
-    let ControlMsg::Snapshot { seq, messages, active, .. } = snap else { return None };
-    events.retain(|e| e.body.turn_id() != turn);
-    if let Some(m) = messages.iter().find(|m| m.role == "assistant" && m.turn_id == turn) {
-        return Some(Outcome::Ended { terminals: 1, text: m.text.clone() });
-    }
-    if let Some(a) = active.as_ref().filter(|a| a.turn_id == turn) {
-        let body = EventBody::Delta { turn_id: turn.into(), text: a.text.clone() };
-        events.push(Event { seq: *seq, first_seq: None, body });
-    }
-    None
+    redraw(events, snap, turn).then(|| Outcome::Ended { terminals: 1, text: text_of(events, turn) })
 }
 
 /// The port of the primary that serves `slot`, from CLUSTER NODES.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chatfleet::local_redis::LocalRedis;
 use tokio_util::sync::CancellationToken;
 
-use chatfleet::protocol::{ClientMsg, ControlMsg, Event, EventBody, ResumeKind, ServerMsg};
+use chatfleet::protocol::{ControlMsg, Event, EventBody, ResumeKind, ServerMsg};
 
 use crate::helpers::*;
 
@@ -37,32 +37,13 @@ fn kill_connections(redis: &LocalRedis, every: Duration, stop: CancellationToken
 /// Opens `session` resuming after `last_seq`, as a client does after a close; `None` when the
 /// gateway refused (Redis unreachable at that moment: the client retries).
 async fn try_resume(addr: std::net::SocketAddr, session: &str, epoch: &str, last_seq: u64) -> Option<Client> {
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    let url = format!("ws://{addr}/v1/ws?session_id={session}");
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.ok()?;
-    let hello = ClientMsg::Hello {
-        session_id: session.into(),
-        last_seq: Some(last_seq),
-        epoch: Some(epoch.into()),
-        coalesce_ms: None,
-    };
-    ws.send(Message::Text(serde_json::to_string(&hello).unwrap().into())).await.ok()?;
-    loop {
-        match tokio::time::timeout(FRAME_TIMEOUT, ws.next()).await.ok()?? {
-            Ok(Message::Text(t)) => {
-                let welcome: ServerMsg = serde_json::from_str(&t).ok()?;
-                let ServerMsg::Control(w @ ControlMsg::Welcome { .. }) = welcome else { return None };
-                assert!(
-                    matches!(w, ControlMsg::Welcome { resume: ResumeKind::Replay, .. }),
-                    "the log keeps every event: a resume is a replay, got {w:?}"
-                );
-                return Some(Client { ws, session: session.into(), welcome: w, snapshot: None, log: Vec::new() });
-            }
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => continue,
-        }
-    }
+    let (c, snapshot) = try_open(addr, session, epoch, last_seq).await?;
+    assert!(
+        snapshot.is_none() && matches!(c.welcome, ControlMsg::Welcome { resume: ResumeKind::Replay, .. }),
+        "the log keeps every event: a resume is a replay, got {:?}",
+        c.welcome
+    );
+    Some(c)
 }
 
 /// Reads `turn` to its end, reconnecting (with a client's backoff) whenever the gateway closes the

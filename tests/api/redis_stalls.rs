@@ -3,14 +3,11 @@
 //! Clients keep their sockets where the gateway keeps them; every client must end with what Redis
 //! holds, every turn must end once, with the exact text, live and stored.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use chatfleet::local_redis::LocalRedis;
-use chatfleet::protocol::{ClientMsg, ControlMsg, Event, EventBody, ResumeKind, ServerMsg};
+use chatfleet::protocol::{ControlMsg, EventBody, ServerMsg};
 use chatfleet::settings::Settings;
-use futures::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::*;
 
@@ -19,65 +16,6 @@ struct Seen {
     text: String,
     terminals: usize,
     resets: usize,
-}
-
-/// A snapshot of the session's epoch replaces what the client had of the turn (Redis is behind
-/// what it saw), as a real client redraws from it. `true` when it shows the turn ended.
-fn redraw(events: &mut Vec<Event>, snap: &ControlMsg, turn: &str) -> bool {
-    let ControlMsg::Snapshot { seq, messages, active, .. } = snap else { return false };
-    events.retain(|e| e.body.turn_id() != turn);
-    if let Some(m) = messages.iter().find(|m| m.role == "assistant" && m.turn_id == turn) {
-        events.push(Event {
-            seq: *seq,
-            first_seq: None,
-            body: EventBody::Delta { turn_id: turn.into(), text: m.text.clone() },
-        });
-        return true;
-    }
-    if let Some(a) = active.as_ref().filter(|a| a.turn_id == turn) {
-        events.push(Event {
-            seq: *seq,
-            first_seq: None,
-            body: EventBody::Delta { turn_id: turn.into(), text: a.text.clone() },
-        });
-    }
-    false
-}
-
-/// Opens `session` resuming after `last_seq`; `None` while the gateway cannot serve it.
-async fn try_open(addr: SocketAddr, session: &str, epoch: &str, last_seq: u64) -> Option<(Client, Option<ControlMsg>)> {
-    let url = format!("ws://{addr}/v1/ws?session_id={session}");
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.ok()?;
-    let hello = ClientMsg::Hello {
-        session_id: session.into(),
-        last_seq: Some(last_seq),
-        epoch: Some(epoch.into()),
-        coalesce_ms: None,
-    };
-    ws.send(Message::Text(serde_json::to_string(&hello).unwrap().into())).await.ok()?;
-    let mut welcome = None;
-    loop {
-        let Ok(Message::Text(t)) = tokio::time::timeout(FRAME_TIMEOUT, ws.next()).await.ok()?? else { return None };
-        match serde_json::from_str::<ServerMsg>(&t).ok()? {
-            ServerMsg::Control(w @ ControlMsg::Welcome { .. }) => {
-                if matches!(w, ControlMsg::Welcome { resume: ResumeKind::Replay, .. }) {
-                    let c = Client { ws, session: session.into(), welcome: w, snapshot: None, log: Vec::new() };
-                    return Some((c, None));
-                }
-                welcome = Some(w);
-            }
-            ServerMsg::Control(s @ ControlMsg::Snapshot { .. }) => {
-                let w = welcome?;
-                return Some((
-                    Client { ws, session: session.into(), welcome: w, snapshot: None, log: Vec::new() },
-                    Some(s),
-                ));
-            }
-            // "last_seq is ahead of the session": the snapshot follows.
-            ServerMsg::Control(ControlMsg::Error { .. }) => continue,
-            _ => return None,
-        }
-    }
 }
 
 /// Reads `turn` to its end like a real client: redraws from a snapshot, reconnects (with backoff)

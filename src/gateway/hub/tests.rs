@@ -20,8 +20,15 @@ async fn publish(client: &Client, channel: &str, seq: u64) {
     let _: i64 = client.spublish(channel, msg).await.expect("publishes");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leave_that_races_a_join_of_the_same_channel_does_not_unsubscribe_the_new_member() {
+/// A hub on a fresh redis-server; `conn` publishes and asks Redis what it sees.
+struct Fixture {
+    _redis: LocalRedis,
+    conn: Redis,
+    hub: Hub,
+    shutdown: CancellationToken,
+}
+
+async fn fixture(subscribe_timeout: Duration) -> Fixture {
     let redis = LocalRedis::start(&[]).await.expect("redis-server starts");
     let mut settings = Settings::defaults();
     settings.redis.url = redis.url();
@@ -31,10 +38,16 @@ async fn a_leave_that_races_a_join_of_the_same_channel_does_not_unsubscribe_the_
         queue_events: 100,
         queue_bytes: 1 << 20,
         log_reads: 1,
-        subscribe_timeout: Duration::from_secs(5),
+        subscribe_timeout,
         cluster_check: Duration::from_secs(1),
     };
     let hub = Hub::start(conn.subscriber().await.expect("subscriber"), limits, shutdown.clone());
+    Fixture { _redis: redis, conn, hub, shutdown }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_that_races_a_join_of_the_same_channel_does_not_unsubscribe_the_new_member() {
+    let Fixture { _redis, conn, hub, shutdown } = fixture(Duration::from_secs(5)).await;
 
     // The last member leaves; a new one joins the same channel while the leave's Unsubscribe
     // is still on its way to the command task (as when `leave` is preempted between taking the
@@ -56,19 +69,7 @@ async fn a_leave_that_races_a_join_of_the_same_channel_does_not_unsubscribe_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_member_leaving_unsubscribes_the_channel() {
-    let redis = LocalRedis::start(&[]).await.expect("redis-server starts");
-    let mut settings = Settings::defaults();
-    settings.redis.url = redis.url();
-    let conn = Redis::connect(&settings.redis).await.expect("connects");
-    let shutdown = CancellationToken::new();
-    let limits = HubLimits {
-        queue_events: 100,
-        queue_bytes: 1 << 20,
-        log_reads: 1,
-        subscribe_timeout: Duration::from_secs(5),
-        cluster_check: Duration::from_secs(1),
-    };
-    let hub = Hub::start(conn.subscriber().await.expect("subscriber"), limits, shutdown.clone());
+    let Fixture { _redis, conn, hub, shutdown } = fixture(Duration::from_secs(5)).await;
 
     drop(hub.join("ch{a}").await.expect("joins"));
     let _other = hub.join("ch{b}").await.expect("joins");
@@ -82,19 +83,7 @@ async fn the_last_member_leaving_unsubscribes_the_channel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joins_while_the_pubsub_connection_is_killed_again_and_again_all_succeed_and_receive() {
     use fred::interfaces::ClientLike as _;
-    let redis = LocalRedis::start(&[]).await.expect("redis-server starts");
-    let mut settings = Settings::defaults();
-    settings.redis.url = redis.url();
-    let conn = Redis::connect(&settings.redis).await.expect("connects");
-    let shutdown = CancellationToken::new();
-    let limits = HubLimits {
-        queue_events: 100,
-        queue_bytes: 1 << 20,
-        log_reads: 1,
-        subscribe_timeout: Duration::from_secs(10),
-        cluster_check: Duration::from_secs(1),
-    };
-    let hub = Hub::start(conn.subscriber().await.expect("subscriber"), limits, shutdown.clone());
+    let Fixture { _redis, conn, hub, shutdown } = fixture(Duration::from_secs(10)).await;
 
     // The pub/sub connection is killed every few milliseconds while 200 joins are under way:
     // SSUBSCRIBEs fail in flight. Each join must still succeed, once the connection is back.
