@@ -47,7 +47,11 @@ async fn v1(addr: std::net::SocketAddr, i: usize) -> f64 {
     next(&mut ws).await; // welcome
     next(&mut ws).await; // snapshot of the new session
     let t0 = Instant::now();
-    send(&mut ws, &ClientMsg::Send { client_msg_id: "m".into(), text: "hi".into(), model: None }).await;
+    send(
+        &mut ws,
+        &ClientMsg::Send { client_msg_id: "m".into(), text: "hi".into(), model: None, attachments: Vec::new() },
+    )
+    .await;
     loop {
         if let ServerMsg::Event(e) = next(&mut ws).await {
             if matches!(e.body, EventBody::Delta { .. }) {

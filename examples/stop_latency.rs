@@ -41,7 +41,16 @@ async fn case(addr: std::net::SocketAddr, turns: usize, prompt: &str, wait_for_d
             tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws?session_id={sid}")).await.unwrap();
         send(&mut ws, &ClientMsg::Hello { session_id: sid.clone(), last_seq: None, epoch: None, coalesce_ms: None })
             .await;
-        send(&mut ws, &ClientMsg::Send { client_msg_id: format!("m{i}"), text: prompt.into(), model: None }).await;
+        send(
+            &mut ws,
+            &ClientMsg::Send {
+                client_msg_id: format!("m{i}"),
+                text: prompt.into(),
+                model: None,
+                attachments: Vec::new(),
+            },
+        )
+        .await;
         let turn = loop {
             if let ServerMsg::Event(e) = next(&mut ws).await {
                 let ready = if wait_for_delta {

@@ -215,7 +215,9 @@ end
 --[[ op enq: the gateway turns a client `send` into a turn.       keys: session, turn, stream
 op: tid, client_msg_id, text, epoch_candidate, opts (bytes), traceparent, wake (1: publish a
     wake-up for Cluster workers), user (the sender; '*' skips the owner check)
-    [, present (1: refuse a session Redis does not have; archiving on, see `missing`)]
+    [, present (1: refuse a session Redis does not have; archiving on, see `missing`),
+       attachments (an array of maps {url, content_type, size[, name]}, checked by the gateway;
+       stored on the user_message event and the history message when not empty)]
 Returns {status, turn_id, seq, epoch}; status is
   new        the message is stored and the turn queued; seq is the user_message event's seq
   missing    (present = 1) the session has no meta: nothing written; the gateway restores it from
@@ -246,9 +248,14 @@ local function op_enq(S, op)
   if active then
     return { 'busy', active, 0, epoch }
   end
-  local seq = append_event(S,
-    { v = 1, type = 'user_message', turn_id = tid, client_msg_id = cmid, text = text }, epoch)
-  push_hist(S, { v = 1, role = 'user', turn_id = tid, text = text })
+  local ev = { v = 1, type = 'user_message', turn_id = tid, client_msg_id = cmid, text = text }
+  local hm = { v = 1, role = 'user', turn_id = tid, text = text }
+  local att = op[10]
+  if type(att) == 'table' and #att > 0 then
+    ev.attachments, hm.attachments = att, att
+  end
+  local seq = append_event(S, ev, epoch)
+  push_hist(S, hm)
   local tp = op[6] or ''
   local eid = redis.call('XADD', S.stream, '*', 'b', string.sub(S.meta, 1, -6), 't', tid, 'tp', tp)
   -- Wake-up for workers in Redis Cluster, which cannot block on all partitions in one read; the

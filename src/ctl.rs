@@ -214,7 +214,10 @@ async fn dlq_replay(store: &Store, id: &str) -> anyhow::Result<Output> {
     // The client_msg_id is derived from the dead turn, so replaying twice makes one new turn.
     let cmid = format!("replay.{tid}");
     // The operator acts for the session's owner: "*" passes the owner check.
-    match store.enqueue_turn(&keys, &new_tid, &cmid, &text, &epoch, &opts, "*").await? {
+    // The dead turn's attachments ride in its options; the replayed message carries them again.
+    let attachments = crate::payload::decode_turn_opts(&opts).map(|o| o.attachments).unwrap_or_default();
+    let msg = crate::store::NewMessage { client_msg_id: &cmid, text: &text, attachments: &attachments };
+    match store.enqueue_turn(&keys, &new_tid, &msg, &epoch, &opts, "*").await? {
         EnqueueOutcome::New { turn_id, .. } | EnqueueOutcome::Duplicate { turn_id, .. } => {
             let (_, entry) = parse_id(id)?;
             let _: i64 = store.redis().client().xdel(store.keys().dlq(p), entry).await?;

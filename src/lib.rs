@@ -40,6 +40,7 @@ pub mod keys;
 pub mod local_cluster;
 pub mod local_postgres;
 pub mod local_redis;
+pub mod media;
 pub mod metrics;
 pub mod metrics_catalog;
 pub mod model;

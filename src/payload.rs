@@ -28,6 +28,9 @@ pub enum StoredEvent {
         turn_id: String,
         client_msg_id: String,
         text: String,
+        /// Media the message refers to (never the bytes: see [`Attachment`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<Attachment>,
     },
     TurnStarted {
         v: u8,
@@ -99,6 +102,25 @@ pub struct HistoryMessage {
     /// For assistant messages: `done`, `cancelled` or `error`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// For user messages: the media they refer to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// A reference to media the product stores itself (object storage it owns), carried by a user
+/// message. chatfleet stores and forwards the reference only; the bytes never pass through a
+/// gateway or a worker, and the upstream fetches the URL itself. `size` and `content_type` are
+/// what the client declares (the product's storage signed them); the gateway checks them against
+/// `[media]` limits (see `crate::media`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub url: String,
+    pub content_type: String,
+    /// Bytes.
+    pub size: u64,
+    /// A display name (a file name), when the client gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// The live message on a session channel: `[seq, event, epoch]`.
@@ -172,6 +194,10 @@ pub struct TurnOpts {
     /// client named for the upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The user message's attachments, kept with the turn so the archive and a dead-letter
+    /// replay have them (the session's history and log carry them too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
 }
 
 /// One message of a turn's client-supplied context.
@@ -192,6 +218,7 @@ impl Default for TurnOpts {
             user: None,
             context: Vec::new(),
             owner: None,
+            attachments: Vec::new(),
         }
     }
 }

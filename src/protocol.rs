@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::payload::{HistoryMessage, StoredEvent};
+use crate::payload::{Attachment, HistoryMessage, StoredEvent};
 
 /// A frame from the client.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -33,6 +33,10 @@ pub enum ClientMsg {
         /// (`[[routing.rules]] model = …`); a name no rule knows gets the default model.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         model: Option<String>,
+        /// Media the message refers to, by URL (the bytes never go through chatfleet); checked
+        /// against the `[media]` limits.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<Attachment>,
     },
     /// Stop a turn.
     Cancel { turn_id: String },
@@ -115,6 +119,8 @@ pub struct SnapshotMessage {
     pub text: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
 }
 
 /// The running turn in a snapshot.
@@ -154,6 +160,8 @@ pub enum EventBody {
         turn_id: String,
         client_msg_id: String,
         text: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<Attachment>,
     },
     TurnStarted {
         turn_id: String,
@@ -210,8 +218,8 @@ impl EventBody {
 impl From<StoredEvent> for EventBody {
     fn from(ev: StoredEvent) -> Self {
         match ev {
-            StoredEvent::UserMessage { turn_id, client_msg_id, text, .. } => {
-                Self::UserMessage { turn_id, client_msg_id, text }
+            StoredEvent::UserMessage { turn_id, client_msg_id, text, attachments, .. } => {
+                Self::UserMessage { turn_id, client_msg_id, text, attachments }
             }
             StoredEvent::TurnStarted { turn_id, attempt, .. } => Self::TurnStarted { turn_id, attempt },
             StoredEvent::Delta { turn_id, text, .. } => Self::Delta { turn_id, text },
@@ -228,7 +236,7 @@ impl From<StoredEvent> for EventBody {
 
 impl From<HistoryMessage> for SnapshotMessage {
     fn from(m: HistoryMessage) -> Self {
-        Self { role: m.role, turn_id: m.turn_id, text: m.text, status: m.status }
+        Self { role: m.role, turn_id: m.turn_id, text: m.text, status: m.status, attachments: m.attachments }
     }
 }
 

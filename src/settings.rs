@@ -48,6 +48,10 @@ pub struct Settings {
     /// The PostgreSQL archive of finished turns (off unless `archive.url` is set).
     #[serde(default)]
     pub archive: crate::archive::ArchiveSettings,
+    /// What a message's attachments may refer to (media by reference; off until
+    /// `media.url_prefixes` names the product's storage).
+    #[serde(default)]
+    pub media: crate::media::MediaSettings,
     /// Per-tenant overrides, by tenant name (`[tenants.acme]`).
     #[serde(default)]
     pub tenants: std::collections::HashMap<String, TenantSettings>,
@@ -290,7 +294,7 @@ pub struct TelemetrySettings {
 /// Settings that are lists. From the environment they are comma-separated
 /// (`CHATFLEET__ROUTING__DEFAULT=openai,demo`); only these keys are split, so a comma in any
 /// other value (a system prompt) stays text. Add a list setting here to make it settable so.
-pub const ENV_LIST_KEYS: &[&str] = &["routing.default"];
+pub const ENV_LIST_KEYS: &[&str] = &["routing.default", "media.content_types", "media.url_prefixes"];
 
 /// `CHATFLEET__SECTION__KEY` variables, typed (numbers, booleans) and with [`ENV_LIST_KEYS`]
 /// split at commas.
@@ -440,6 +444,7 @@ impl Settings {
         )?;
         crate::tools::settings::validate(&self.tools)?;
         self.archive.validate()?;
+        self.media.validate()?;
         check(
             ["pretty", "json"].contains(&self.telemetry.format.as_str()),
             "telemetry.format",

@@ -32,6 +32,9 @@ pub struct Message {
     pub status: Option<String>,
     /// When the turn was sent (user) or ended (assistant), Redis server time in ms.
     pub at_ms: i64,
+    /// A user message's media references.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<crate::payload::Attachment>,
 }
 
 /// A page of messages, oldest first, and the cursor of the page before it.
@@ -65,6 +68,12 @@ fn session_info(r: &sqlx::postgres::PgRow) -> SessionInfo {
     }
 }
 
+/// A row's `attachments` (JSON text, NULL when the message had none). Rows are written by the
+/// archiver from checked references, so a value that does not parse is dropped, not fatal.
+fn attachments(r: &sqlx::postgres::PgRow) -> Vec<crate::payload::Attachment> {
+    r.get::<Option<String>, _>("attachments").and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default()
+}
+
 /// The messages of turn rows (user, then the answer when stored), in the rows' order.
 fn messages(rows: &[sqlx::postgres::PgRow]) -> Vec<Message> {
     let mut out = Vec::with_capacity(rows.len() * 2);
@@ -76,6 +85,7 @@ fn messages(rows: &[sqlx::postgres::PgRow]) -> Vec<Message> {
             text: r.get("user_text"),
             status: None,
             at_ms: r.get("created_ms"),
+            attachments: attachments(r),
         });
         if let Some(text) = r.get::<Option<String>, _>("assistant_text") {
             out.push(Message {
@@ -84,6 +94,7 @@ fn messages(rows: &[sqlx::postgres::PgRow]) -> Vec<Message> {
                 text,
                 status: Some(r.get("outcome")),
                 at_ms: r.get("finished_ms"),
+                attachments: Vec::new(),
             });
         }
     }
@@ -149,7 +160,8 @@ impl Archive {
             return Ok(None);
         }
         let rows = sqlx::query(
-            "SELECT turn_id, user_text, assistant_text, outcome, created_ms, finished_ms FROM turns t \
+            "SELECT turn_id, user_text, user_attachments::text AS attachments, assistant_text, outcome, created_ms, \
+             finished_ms FROM turns t \
              WHERE tenant = $1 AND session_id = $2 AND ($3::text IS NULL OR (created_ms, turn_id) < \
              (SELECT created_ms, turn_id FROM turns WHERE turn_id = $3 AND tenant = $1 AND session_id = $2)) \
              ORDER BY created_ms DESC, turn_id DESC LIMIT $4",
@@ -189,7 +201,8 @@ impl Archive {
         };
         // A turn holds at most two messages: this many turns cover the cap.
         let rows = sqlx::query(
-            "SELECT turn_id, user_text, assistant_text, outcome, created_ms, finished_ms FROM turns \
+            "SELECT turn_id, user_text, user_attachments::text AS attachments, assistant_text, outcome, created_ms, \
+             finished_ms FROM turns \
              WHERE tenant = $1 AND session_id = $2 ORDER BY created_ms DESC, turn_id DESC LIMIT $3",
         )
         .bind(tenant)
@@ -206,7 +219,14 @@ impl Archive {
         let history = all
             .into_iter()
             .skip(skip)
-            .map(|m| HistoryMessage { v: VERSION, role: m.role, turn_id: m.turn_id, text: m.text, status: m.status })
+            .map(|m| HistoryMessage {
+                v: VERSION,
+                role: m.role,
+                turn_id: m.turn_id,
+                text: m.text,
+                status: m.status,
+                attachments: m.attachments,
+            })
             .collect();
         let upto: Option<String> = s.get("summary_upto");
         let text: Option<String> = s.get("summary_text");
@@ -229,7 +249,8 @@ impl Archive {
         .fetch_all(&self.pool)
         .await?;
         let rows = sqlx::query(
-            "SELECT t.session_id, turn_id, user_text, assistant_text, outcome, t.created_ms, finished_ms \
+            "SELECT t.session_id, turn_id, user_text, user_attachments::text AS attachments, assistant_text, outcome, \
+             t.created_ms, finished_ms \
              FROM turns t JOIN sessions s USING (tenant, session_id) WHERE s.tenant = $1 AND s.user_id = $2 \
              ORDER BY t.session_id, t.created_ms, turn_id LIMIT $3",
         )

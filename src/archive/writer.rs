@@ -25,9 +25,10 @@ const LOCK_SESSIONS: &str = "SELECT pg_advisory_xact_lock(h) FROM \
 /// The batch as rows; reused by every statement of [`Archive::write_batch`].
 const INPUT: &str = "WITH input AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
     $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[], $11::int8[], $12::text[], \
-    $13::text[], $14::text[], $15::int8[], $16::int8[], $17::text[], $18::text[], $19::text[]) AS t(turn_id, \
+    $13::text[], $14::text[], $15::int8[], $16::int8[], $17::text[], $18::text[], $19::text[], $20::text[]) AS t(turn_id, \
     tenant, session_id, user_id, user_text, assistant_text, outcome, error_code, error_message, prompt_tokens, \
-    completion_tokens, upstream, model, template, created_ms, finished_ms, title, summary_upto, summary_text)), \
+    completion_tokens, upstream, model, template, created_ms, finished_ms, title, summary_upto, summary_text, \
+    user_attachments)), \
     live AS (SELECT * FROM input i WHERE NOT EXISTS (SELECT 1 FROM erasures e WHERE e.tenant = i.tenant \
     AND e.session_id = i.session_id AND e.erased_ms >= i.finished_ms)) ";
 
@@ -39,9 +40,9 @@ const INSERT_SESSIONS: &str = "INSERT INTO sessions (tenant, session_id, user_id
 
 const INSERT_TURNS: &str = "ins AS (INSERT INTO turns (turn_id, tenant, session_id, user_id, user_text, \
     assistant_text, outcome, error_code, error_message, prompt_tokens, completion_tokens, upstream, model, \
-    template, created_ms, finished_ms) SELECT turn_id, tenant, session_id, user_id, user_text, assistant_text, \
-    outcome, error_code, error_message, prompt_tokens, completion_tokens, upstream, model, template, created_ms, \
-    finished_ms FROM live ON CONFLICT (turn_id) DO NOTHING \
+    template, created_ms, finished_ms, user_attachments) SELECT turn_id, tenant, session_id, user_id, user_text, \
+    assistant_text, outcome, error_code, error_message, prompt_tokens, completion_tokens, upstream, model, template, \
+    created_ms, finished_ms, user_attachments::jsonb FROM live ON CONFLICT (turn_id) DO NOTHING \
     RETURNING tenant, session_id, assistant_text IS NOT NULL AS answered, finished_ms), \
     agg AS (SELECT tenant, session_id, sum(1 + answered::int) AS n, max(finished_ms) AS last, count(*) AS turns \
     FROM ins GROUP BY tenant, session_id), \
@@ -61,7 +62,7 @@ const UPDATE_SUMMARIES: &str = "UPDATE sessions s SET summary_upto = l.summary_u
 /// The batch as columns (one array per field), bound to each statement.
 struct Batch {
     text: [Vec<String>; 11],
-    opt: [Vec<Option<String>>; 4],
+    opt: [Vec<Option<String>>; 5],
     num: [Vec<i64>; 4],
 }
 
@@ -89,6 +90,8 @@ impl Batch {
                 opt(|t| t.assistant_text.clone()),
                 opt(|t| t.summary.as_ref().map(|s| s.0.clone())),
                 opt(|t| t.summary.as_ref().map(|s| s.1.clone())),
+                // JSON, or NULL for a message without attachments (most of them).
+                opt(|t| (!t.attachments.is_empty()).then(|| serde_json::to_string(&t.attachments).unwrap_or_default())),
             ],
             num: [
                 num(|t| t.prompt_tokens),
@@ -99,11 +102,11 @@ impl Batch {
         }
     }
 
-    /// `sql` (which starts with [`INPUT`]) with the columns bound as $1..$19.
+    /// `sql` (which starts with [`INPUT`]) with the columns bound as $1..$20.
     fn bind<'q>(&self, sql: &'q str) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
         let [turn_id, tenant, session_id, user_text, outcome, error_code, error_message, upstream, model, template, title] =
             self.text.clone();
-        let [user_id, assistant_text, summary_upto, summary_text] = self.opt.clone();
+        let [user_id, assistant_text, summary_upto, summary_text, user_attachments] = self.opt.clone();
         let [prompt_tokens, completion_tokens, created_ms, finished_ms] = self.num.clone();
         sqlx::query(sql)
             .bind(turn_id)
@@ -125,6 +128,7 @@ impl Batch {
             .bind(title)
             .bind(summary_upto)
             .bind(summary_text)
+            .bind(user_attachments)
     }
 }
 

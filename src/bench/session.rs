@@ -161,7 +161,7 @@ fn new_turn(ctx: &Ctx, s: &mut Session) -> Turn {
 }
 
 fn send_msg(t: &Turn) -> ClientMsg {
-    ClientMsg::Send { client_msg_id: t.cmid.clone(), text: t.prompt.clone(), model: None }
+    ClientMsg::Send { client_msg_id: t.cmid.clone(), text: t.prompt.clone(), model: None, attachments: Vec::new() }
 }
 
 fn record(ctx: &Ctx, name: &str, d: Duration) {

@@ -6,14 +6,14 @@ use crate::auth::Identity;
 use crate::keys::{is_valid_component, SessionKeys};
 use crate::metrics as m;
 use crate::protocol::{ClientMsg, ControlMsg};
-use crate::store::{CancelOutcome, EnqueueOutcome};
+use crate::store::{CancelOutcome, EnqueueOutcome, NewMessage};
 
 /// Handles a frame after `hello`; returns the control frame to answer with, if any, and whether
 /// the frame was refused.
 pub async fn handle(app: &App, who: &Identity, keys: &SessionKeys, msg: ClientMsg) -> (Option<ControlMsg>, bool) {
     let reply = match msg {
-        ClientMsg::Send { client_msg_id, text, model } => {
-            send_with(app, who, keys, &client_msg_id, &text, model).await.map(Some)
+        ClientMsg::Send { client_msg_id, text, model, attachments } => {
+            send_with(app, who, keys, &client_msg_id, &text, model, attachments).await.map(Some)
         }
         ClientMsg::Cancel { turn_id } => cancel(app, keys, &turn_id).await.map(|_| None),
         ClientMsg::Ping => Ok(Some(ControlMsg::Pong)),
@@ -34,7 +34,7 @@ pub async fn handle(app: &App, who: &Identity, keys: &SessionKeys, msg: ClientMs
 /// Before anything is stored: admission control (the partition's queue) and the tenant's quota.
 /// A send that stores no new turn (a duplicate, or `busy`) hands its quota slot back.
 /// `model` is the model the client asked for (WebSocket and REST `send`), carried to the worker
-/// in the turn's options.
+/// in the turn's options, as are the message's `attachments`.
 pub async fn send_with(
     app: &App,
     who: &Identity,
@@ -42,8 +42,9 @@ pub async fn send_with(
     client_msg_id: &str,
     text: &str,
     model: Option<String>,
+    attachments: Vec<crate::payload::Attachment>,
 ) -> Result<ControlMsg, ApiError> {
-    let opts = crate::payload::TurnOpts { model, ..Default::default() };
+    let opts = crate::payload::TurnOpts { model, attachments, ..Default::default() };
     let sent = send_opts(app, who, keys, client_msg_id, text, &opts).await?;
     Ok(ControlMsg::Ack { client_msg_id: client_msg_id.to_string(), turn_id: sent.turn_id, seq: sent.seq })
 }
@@ -70,6 +71,20 @@ pub async fn send_opts(
     if opts.model.as_ref().is_some_and(|m| m.is_empty() || m.len() > 128) {
         return Err(ApiError::BadRequest("model must be 1-128 characters".into()));
     }
+    // Checked before anything is stored; what is stored is the normalised reference.
+    let checked = app.settings.media.check(&opts.attachments).map_err(|e| match e {
+        crate::media::MediaError::TooLarge(m) => ApiError::TooLarge(m),
+        crate::media::MediaError::Refused(m) => ApiError::BadRequest(m),
+    })?;
+    let with_media;
+    let opts = match checked == opts.attachments {
+        true => opts,
+        false => {
+            with_media = crate::payload::TurnOpts { attachments: checked, ..opts.clone() };
+            &with_media
+        }
+    };
+    let attachments = opts.attachments.clone();
     // The archive files the turn under its sender, so the owner rides along when it is on.
     let owned;
     let opts = match app.settings.archive.enabled() {
@@ -79,6 +94,7 @@ pub async fn send_opts(
         }
         false => opts,
     };
+    let msg = NewMessage { client_msg_id, text, attachments: &attachments };
     let opts = match opts == &crate::payload::TurnOpts::default() {
         true => Vec::new(),
         false => crate::payload::encode_turn_opts(opts),
@@ -117,14 +133,14 @@ pub async fn send_opts(
     let outcome = match app.archive.is_some() {
         // A session Redis lost comes back from the archive before the message lands on it, so
         // the turn's context is the whole conversation (the same restore as on open).
-        true => match store.enqueue_turn_if_present(keys, &turn_id, client_msg_id, text, &epoch, &opts, actor).await? {
+        true => match store.enqueue_turn_if_present(keys, &turn_id, &msg, &epoch, &opts, actor).await? {
             EnqueueOutcome::Missing => {
                 super::conversations::restore(app, who, keys, actor).await?;
-                store.enqueue_turn(keys, &turn_id, client_msg_id, text, &epoch, &opts, actor).await?
+                store.enqueue_turn(keys, &turn_id, &msg, &epoch, &opts, actor).await?
             }
             other => other,
         },
-        false => store.enqueue_turn(keys, &turn_id, client_msg_id, text, &epoch, &opts, actor).await?,
+        false => store.enqueue_turn(keys, &turn_id, &msg, &epoch, &opts, actor).await?,
     };
     metrics::histogram!(m::GATEWAY_ACK_SECONDS).record(started.elapsed().as_secs_f64());
     if let (Some(slot), false) = (slot, matches!(outcome, EnqueueOutcome::New { .. })) {

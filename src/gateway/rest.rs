@@ -22,6 +22,9 @@ struct SendBody {
     /// The model asked for, as in the WebSocket `send`: matched by `[routing]` rules.
     #[serde(default)]
     model: Option<String>,
+    /// Media references, as in the WebSocket `send`.
+    #[serde(default)]
+    attachments: Vec<crate::payload::Attachment>,
 }
 
 /// Authenticates and counts one request against the user's HTTP rate (jwt mode: in dev mode all
@@ -55,7 +58,7 @@ pub(super) async fn send(
         // Parsed here, not by axum's Json extractor, so a bad body gets our error format.
         let body: SendBody =
             serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?;
-        commands::send_with(&app, &who, &keys, &body.client_msg_id, &body.text, body.model).await
+        commands::send_with(&app, &who, &keys, &body.client_msg_id, &body.text, body.model, body.attachments).await
     };
     match run.await {
         Ok(ack) => Json(ack).into_response(),

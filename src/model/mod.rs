@@ -38,16 +38,24 @@ pub struct ChatMessage {
     pub tool_calls: Vec<ToolCall>,
     /// For [`Role::Tool`]: the call this result answers.
     pub tool_call_id: Option<String>,
+    /// For [`Role::User`]: media the message refers to, by URL (see [`crate::media`]).
+    pub attachments: Vec<crate::payload::Attachment>,
 }
 
 impl ChatMessage {
     pub fn new(role: Role, text: impl Into<String>) -> Self {
-        Self { role, text: text.into(), tool_calls: Vec::new(), tool_call_id: None }
+        Self { role, text: text.into(), tool_calls: Vec::new(), tool_call_id: None, attachments: Vec::new() }
     }
 
     /// A tool result answering `call`.
     pub fn tool_result(call: &ToolCall, text: impl Into<String>) -> Self {
-        Self { role: Role::Tool, text: text.into(), tool_calls: Vec::new(), tool_call_id: Some(call.id.clone()) }
+        Self {
+            role: Role::Tool,
+            text: text.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: Some(call.id.clone()),
+            attachments: Vec::new(),
+        }
     }
 }
 

@@ -39,6 +39,8 @@ pub struct FinishedTurn {
     pub assistant_text: Option<String>,
     /// The user who sent the turn (from the turn's options), when the gateway knew it.
     pub user_id: Option<String>,
+    /// The user message's attachments (from the turn's options).
+    pub attachments: Vec<payload::Attachment>,
     pub created_ms: i64,
     pub finished_ms: i64,
     pub prompt_tokens: i64,
@@ -283,7 +285,8 @@ fn decode(mut f: HashMap<String, Bytes>) -> Result<FinishedTurn, String> {
     let [_, _, "s", tenant, session_id] = parts[..] else { return Err(format!("bad session base {base:?}")) };
     let (tenant, session_id) = (tenant.to_string(), session_id.to_string());
     let num = |s: String, k: &str| s.parse::<i64>().map_err(|_| format!("field {k} is not a number"));
-    let user_id = payload::decode_turn_opts(&opts).map_err(|e| format!("opts: {e}"))?.owner;
+    let opts = payload::decode_turn_opts(&opts).map_err(|e| format!("opts: {e}"))?;
+    let (user_id, attachments) = (opts.owner, opts.attachments);
     let assistant = text("a")?;
     let pushed = text("ah")? == "1";
     let (su, st) = (text("su")?, text("st")?);
@@ -293,6 +296,7 @@ fn decode(mut f: HashMap<String, Bytes>) -> Result<FinishedTurn, String> {
         user_text: text("u")?,
         assistant_text: pushed.then_some(assistant),
         user_id,
+        attachments,
         created_ms: num(text("c")?, "c")?,
         finished_ms: num(text("f")?, "f")?,
         prompt_tokens: num(text("pt")?, "pt")?,

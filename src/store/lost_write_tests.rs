@@ -56,7 +56,7 @@ async fn deltas_lost_by_a_failover_are_resent_and_the_stored_answer_is_whole() {
     store.ensure_schema().await.expect("schema");
     let keys = store.keys().session("acme", "s1");
     let base = keys.base.clone();
-    store.enqueue_turn(&keys, "t1", "c1", "hi", "epoch1", &[], "u1").await.unwrap();
+    store.enqueue_turn(&keys, "t1", &NewMessage::text("c1", "hi"), "epoch1", &[], "u1").await.unwrap();
     let entries: Vec<(String, Vec<(String, String)>)> = raw.xrange(&keys.stream, "-", "+", None).await.unwrap();
     let eid = entries[0].0.clone();
     let StartOutcome::Run { attempt, .. } = store.start_turn_as(&base, "t1", &eid, "w1", "r1").await.unwrap() else {

@@ -79,6 +79,15 @@ impl OpBuilder {
         self
     }
 
+    /// A structured value, as the MessagePack map or array it serialises to (Lua's `cmsgpack`
+    /// hands the op a nested table).
+    pub fn value<T: serde::Serialize>(mut self, v: &T) -> Self {
+        // Serialising plain data into a Vec cannot fail.
+        let _ = rmp_serde::encode::write_named(&mut self.fields, v);
+        self.count += 1;
+        self
+    }
+
     pub fn int(mut self, n: i64) -> Self {
         let _ = rmp::encode::write_sint(&mut self.fields, n);
         self.count += 1;

@@ -51,7 +51,7 @@ impl Fixture {
     }
 
     async fn enqueue(&self, turn: &str, cmid: &str, user: &str) -> EnqueueOutcome {
-        self.store.enqueue_turn(&self.keys, turn, cmid, "hello", "epoch1", &[], user).await.unwrap()
+        self.store.enqueue_turn(&self.keys, turn, &NewMessage::text(cmid, "hello"), "epoch1", &[], user).await.unwrap()
     }
 }
 
@@ -178,7 +178,7 @@ async fn a_session_belongs_to_the_user_who_created_it() {
     assert_eq!(log, 1, "the refused send stored nothing");
     // A shared session ('' at creation) is open to every user of its tenant.
     let shared = f.store.keys().session("acme", "s2");
-    let r = f.store.enqueue_turn(&shared, "t3", "c3", "hi", "e2", &[], "").await.unwrap();
+    let r = f.store.enqueue_turn(&shared, "t3", &NewMessage::text("c3", "hi"), "e2", &[], "").await.unwrap();
     assert!(matches!(r, EnqueueOutcome::New { .. }));
     let opened = f.store.open_session(&shared, "e", None, None, None, "bob").await.unwrap();
     assert!(matches!(opened, Opened::Snapshot { .. }));
@@ -236,6 +236,7 @@ async fn restore_and_erase_sent_twice_apply_once() {
         turn_id: "old1".into(),
         text: text.into(),
         status: (role == "assistant").then(|| "done".into()),
+        attachments: Vec::new(),
     };
     let history = [msg("user", "from the archive"), msg("assistant", "archived answer")];
     let summary = Some(("old0", "an older summary", "v1"));
@@ -266,7 +267,8 @@ async fn restore_and_erase_sent_twice_apply_once() {
     // A send that must not create a missing session (it is restored first) writes nothing, twice.
     let gone = f.store.keys().session("acme", "s8");
     for _ in 0..2 {
-        let r = f.store.enqueue_turn_if_present(&gone, "t8", "c8", "hi", "e8", &[], "u1").await.unwrap();
+        let r =
+            f.store.enqueue_turn_if_present(&gone, "t8", &NewMessage::text("c8", "hi"), "e8", &[], "u1").await.unwrap();
         assert_eq!(r, EnqueueOutcome::Missing);
     }
     let left: Vec<String> = f.raw.custom(fred::cmd!("KEYS"), vec![format!("{}*", gone.base)]).await.unwrap();

@@ -14,6 +14,23 @@ use super::{Store, StoreError};
 use crate::keys::{self, SessionKeys};
 use crate::payload::{self, HistoryMessage, StoredEvent};
 
+/// A user's message as `enqueue_turn` stores it.
+#[derive(Debug, Clone, Copy)]
+pub struct NewMessage<'a> {
+    /// The client's id for the send; a retry with the same id finds the first turn.
+    pub client_msg_id: &'a str,
+    pub text: &'a str,
+    /// Media references, already checked against `[media]` (see `crate::media`).
+    pub attachments: &'a [payload::Attachment],
+}
+
+impl<'a> NewMessage<'a> {
+    /// A message of text only.
+    pub fn text(client_msg_id: &'a str, text: &'a str) -> Self {
+        Self { client_msg_id, text, attachments: &[] }
+    }
+}
+
 /// Result of `enqueue_turn`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EnqueueOutcome {
@@ -89,34 +106,30 @@ pub type Actor<'a> = &'a str;
 
 impl Store {
     /// Stores the user's message and queues its turn (idempotent by `client_msg_id`).
-    #[allow(clippy::too_many_arguments)]
     pub async fn enqueue_turn(
         &self,
         s: &SessionKeys,
         turn_id: &str,
-        client_msg_id: &str,
-        text: &str,
+        msg: &NewMessage<'_>,
         epoch_candidate: &str,
         opts: &[u8],
         user: Actor<'_>,
     ) -> Result<EnqueueOutcome, StoreError> {
-        self.enqueue(s, turn_id, client_msg_id, text, epoch_candidate, opts, user, false).await
+        self.enqueue(s, turn_id, msg, epoch_candidate, opts, user, false).await
     }
 
     /// [`Store::enqueue_turn`], but a session Redis does not have is not created: the answer is
     /// [`EnqueueOutcome::Missing`], so that the caller can restore it from the archive first.
-    #[allow(clippy::too_many_arguments)]
     pub async fn enqueue_turn_if_present(
         &self,
         s: &SessionKeys,
         turn_id: &str,
-        client_msg_id: &str,
-        text: &str,
+        msg: &NewMessage<'_>,
         epoch_candidate: &str,
         opts: &[u8],
         user: Actor<'_>,
     ) -> Result<EnqueueOutcome, StoreError> {
-        self.enqueue(s, turn_id, client_msg_id, text, epoch_candidate, opts, user, true).await
+        self.enqueue(s, turn_id, msg, epoch_candidate, opts, user, true).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -124,8 +137,7 @@ impl Store {
         &self,
         s: &SessionKeys,
         turn_id: &str,
-        client_msg_id: &str,
-        text: &str,
+        msg: &NewMessage<'_>,
         epoch_candidate: &str,
         opts: &[u8],
         user: Actor<'_>,
@@ -137,8 +149,8 @@ impl Store {
         let op = OpBuilder::turn("enq", &s.base, turn_id)
             .key(s.stream.clone())
             .str(turn_id)
-            .str(client_msg_id)
-            .str(text)
+            .str(msg.client_msg_id)
+            .str(msg.text)
             .str(epoch_candidate)
             .bin(opts)
             .str(&traceparent)
@@ -146,6 +158,7 @@ impl Store {
             .uint(u64::from(self.redis.is_clustered()))
             .str(user)
             .uint(u64::from(present))
+            .value(&msg.attachments)
             .build();
         let mut r = self.op(&s.base, op).instrument(span).await?;
         let status = r.string()?;

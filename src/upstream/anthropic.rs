@@ -25,7 +25,15 @@ pub fn body(u: &UpstreamSettings, req: &ModelRequest) -> Value {
     let mut messages: Vec<(&'static str, Vec<Value>)> = Vec::new();
     for m in req.messages.iter().filter(|m| m.role != Role::System) {
         let (role, mut blocks) = match m.role {
-            Role::User => ("user", text_block(&m.text)),
+            Role::User => {
+                let mut blocks = text_block(&m.text);
+                // Images and documents by URL: Anthropic fetches them itself.
+                blocks.extend(m.attachments.iter().map(|a| {
+                    let kind = if a.content_type == "application/pdf" { "document" } else { "image" };
+                    json!({"type": kind, "source": {"type": "url", "url": a.url}})
+                }));
+                ("user", blocks)
+            }
             Role::Tool => {
                 ("user", vec![json!({"type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.text})])
             }
@@ -328,5 +336,26 @@ mod tests {
         assert_eq!(msgs[0]["content"].as_array().unwrap().len(), 2, "two user messages merged");
         assert_eq!(msgs[1]["content"][0]["type"], "tool_use");
         assert_eq!(msgs[2]["content"][0]["type"], "tool_result");
+    }
+
+    #[test]
+    fn attachments_go_as_url_sources_after_the_text() {
+        let u: UpstreamSettings =
+            serde_json::from_value(json!({"kind": "anthropic", "base_url": "http://x", "model": "claude"})).unwrap();
+        let att = |url: &str, ct: &str| crate::payload::Attachment {
+            url: url.into(),
+            content_type: ct.into(),
+            size: 1,
+            name: None,
+        };
+        let mut m = ChatMessage::new(Role::User, "compare");
+        m.attachments = vec![att("https://m.test/a.png", "image/png"), att("https://m.test/b.pdf", "application/pdf")];
+        let b = body(&u, &ModelRequest::chat(vec![m]));
+        assert_eq!(
+            b["messages"][0]["content"],
+            json!([{"type": "text", "text": "compare"},
+                {"type": "image", "source": {"type": "url", "url": "https://m.test/a.png"}},
+                {"type": "document", "source": {"type": "url", "url": "https://m.test/b.pdf"}}])
+        );
     }
 }

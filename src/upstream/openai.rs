@@ -55,7 +55,13 @@ pub fn body(u: &UpstreamSettings, req: &ModelRequest) -> Value {
 fn message(m: &ChatMessage) -> Value {
     match m.role {
         Role::System => json!({"role": "system", "content": m.text}),
-        Role::User => json!({"role": "user", "content": m.text}),
+        Role::User if m.attachments.is_empty() => json!({"role": "user", "content": m.text}),
+        // Content parts: the text, then each image by URL (the upstream fetches it).
+        Role::User => {
+            let mut parts = vec![json!({"type": "text", "text": m.text})];
+            parts.extend(m.attachments.iter().map(|a| json!({"type": "image_url", "image_url": {"url": a.url}})));
+            json!({"role": "user", "content": parts})
+        }
         Role::Tool => json!({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.text}),
         Role::Assistant if m.tool_calls.is_empty() => json!({"role": "assistant", "content": m.text}),
         Role::Assistant => {

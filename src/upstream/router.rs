@@ -50,7 +50,12 @@ impl Router {
 /// Starts `req` on `u`: packed into its budget, and with the first item already read, so a
 /// failure before the first token is known before anything reaches the worker.
 async fn first_item(u: &Upstream, req: &ModelRequest) -> Result<(ModelEvent, ModelStream), ModelError> {
-    let packed = pack(&req.messages, &req.tools, &u.counter, u.settings.prompt_budget())?;
+    // Attachments this upstream cannot take by URL become text first, so they are counted.
+    let messages = match req.messages.iter().any(crate::media::has_media) {
+        true => std::borrow::Cow::Owned(crate::media::for_upstream(&req.messages, &u.settings.media)),
+        false => std::borrow::Cow::Borrowed(&req.messages),
+    };
+    let packed = pack(&messages, &req.tools, &u.counter, u.settings.prompt_budget())?;
     metrics::histogram!(m::CONTEXT_PROMPT_TOKENS, "upstream" => u.name.clone()).record(packed.tokens as f64);
     if packed.dropped > 0 {
         metrics::counter!(m::CONTEXT_DROPPED_MESSAGES, "upstream" => u.name.clone()).increment(packed.dropped as u64);

@@ -129,6 +129,12 @@ pub struct UpstreamSettings {
     pub include_usage: bool,
     #[serde(default = "d_ver")]
     pub anthropic_version: String,
+    /// Content types of attachments this upstream takes by URL (it fetches them itself):
+    /// `image/*` types for OpenAI's `image_url` parts; images and `application/pdf` for
+    /// Anthropic's URL sources. Attachments of other types reach it as a line of text naming
+    /// them. Empty (the default): every attachment is described in text.
+    #[serde(default)]
+    pub media: Vec<String>,
 }
 
 impl UpstreamSettings {
@@ -254,6 +260,13 @@ pub fn validate(
             }
             if u.model.is_empty() {
                 return bad("upstreams.*.model", "must name the model sent upstream");
+            }
+            let takes = |t: &String| match u.kind {
+                UpstreamKind::Openai => t.starts_with("image/"),
+                _ => t.starts_with("image/") || t == "application/pdf",
+            };
+            if !u.media.iter().all(takes) {
+                return bad("upstreams.*.media", "types this kind of upstream cannot take by URL");
             }
             if let (None, Some(var)) = (&u.api_key, &u.api_key_env) {
                 if key_from_env(var).is_none() {

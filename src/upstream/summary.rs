@@ -37,7 +37,9 @@ fn covered(m: &HistoryMessage, upto: Option<&str>) -> bool {
 
 fn chat(m: &HistoryMessage) -> Option<ChatMessage> {
     match m.role.as_str() {
-        "user" => Some(ChatMessage::new(Role::User, m.text.clone())),
+        "user" => {
+            Some(ChatMessage { attachments: m.attachments.clone(), ..ChatMessage::new(Role::User, m.text.clone()) })
+        }
         "assistant" if !m.text.is_empty() => Some(ChatMessage::new(Role::Assistant, m.text.clone())),
         _ => None,
     }
@@ -190,6 +192,7 @@ mod tests {
                     turn_id: tid.clone(),
                     text,
                     status: None,
+                    attachments: Vec::new(),
                 })
             })
             .collect()

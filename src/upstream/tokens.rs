@@ -18,6 +18,11 @@ use crate::model::{ChatMessage, ToolSpec};
 /// Tokens a chat format adds around each message (role markers); OpenAI's documented figure is
 /// 3, rounded up here to stay on the safe side for other templates.
 pub const MESSAGE_OVERHEAD: u64 = 4;
+
+/// Tokens kept for each attachment an upstream takes by URL. The upstream counts the media
+/// itself and the size is unknown here; OpenAI bills a high-detail image of up to 2,048 px at
+/// 1,105 tokens at most, so that is held, rounded up.
+pub const ATTACHMENT_TOKENS: u64 = 1_200;
 /// Tokens that prime the reply (`<|start|>assistant<|message|>`).
 pub const REPLY_OVERHEAD: u64 = 3;
 
@@ -73,13 +78,13 @@ impl Counter {
     /// Tokens of a message, with its overhead.
     pub fn count_message(&self, m: &ChatMessage) -> u64 {
         let calls: u64 = m.tool_calls.iter().map(|c| self.count_text(&c.name) + self.count_text(&c.arguments)).sum();
-        self.count_text(&m.text) + calls + MESSAGE_OVERHEAD
+        self.count_text(&m.text) + calls + ATTACHMENT_TOKENS * m.attachments.len() as u64 + MESSAGE_OVERHEAD
     }
 
     /// An upper bound of [`Self::count_message`] from byte lengths only.
     pub fn message_upper_bound(&self, m: &ChatMessage) -> u64 {
         let bytes = m.text.len() + m.tool_calls.iter().map(|c| c.name.len() + c.arguments.len()).sum::<usize>();
-        self.upper_bound_for_bytes(bytes) + MESSAGE_OVERHEAD
+        self.upper_bound_for_bytes(bytes) + ATTACHMENT_TOKENS * m.attachments.len() as u64 + MESSAGE_OVERHEAD
     }
 
     /// Tokens of the tool declarations (counted as the JSON they are sent as).

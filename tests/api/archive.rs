@@ -174,6 +174,40 @@ async fn after_flushall_a_session_comes_back_from_the_archive_with_its_history()
     assert_eq!(a.message_count(a.app.tenant(), &sid).await, 6);
 }
 
+#[tokio::test]
+async fn attachments_are_archived_and_come_back_with_a_restored_session() {
+    let mut s = test_settings();
+    s.media.url_prefixes = vec!["https://media.example.com/u/".into()];
+    let a = Archived::start(s).await;
+    let sid = uid("s");
+    let attachment = chatfleet::payload::Attachment {
+        url: "https://media.example.com/u/cat.png".into(),
+        content_type: "image/png".into(),
+        size: 1234,
+        name: Some("cat.png".into()),
+    };
+    let mut c = a.app.client(0, &sid).await;
+    let frame =
+        serde_json::json!({"type": "send", "client_msg_id": uid("m"), "text": "look", "attachments": [attachment]});
+    c.send_raw(frame.to_string()).await;
+    let t = c
+        .until(|e| matches!(e.body, chatfleet::protocol::EventBody::UserMessage { .. }))
+        .await
+        .body
+        .turn_id()
+        .to_string();
+    c.until_end(&t).await;
+    drop(c);
+    a.until_turns(1).await;
+
+    use fred::interfaces::ClientLike as _;
+    let _: () = a.app.raw().await.flushall(false).await.unwrap();
+    let back = a.app.client(0, &sid).await;
+    let Some(ControlMsg::Snapshot { messages, .. }) = &back.snapshot else { panic!("no snapshot") };
+    assert_eq!(messages[0].attachments, vec![attachment.clone()], "the snapshot of the restored session");
+    assert_eq!(a.app.history(&sid).await[0].attachments, vec![attachment], "the history the worker packs");
+}
+
 /// Lets every key of a session expire, as its TTL running out does (here in a millisecond), and
 /// waits until Redis no longer has any of them.
 async fn expire_session(app: &TestApp, sid: &str) {
@@ -298,6 +332,7 @@ async fn an_archiver_killed_mid_batch_loses_and_doubles_nothing() {
         base: a.app.session_keys(sid).base,
         tenant: a.app.tenant().into(),
         session_id: sid.clone(),
+        attachments: Vec::new(),
         turn_id: expected[0].1.clone(),
         outcome: "done".into(),
         user_text: expected[0].2.clone(),
@@ -501,6 +536,7 @@ async fn erasure_leaves_nothing_in_redis_or_the_archive() {
         base,
         tenant: "acme".into(),
         session_id: sid.clone(),
+        attachments: Vec::new(),
         turn_id: uid("late"),
         outcome: "done".into(),
         user_text: "erase me three".into(),

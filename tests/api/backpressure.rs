@@ -138,7 +138,8 @@ async fn a_frame_over_the_size_limit_is_refused_before_it_is_buffered() {
     let mut c = app.client(0, &sid).await;
     let refused = r#"chatfleet_gateway_rejected_total{code="too_large"}"#;
     let before = counter(&app, refused);
-    let send = ClientMsg::Send { client_msg_id: "m1".into(), text: "x".repeat(100_000), model: None };
+    let send =
+        ClientMsg::Send { client_msg_id: "m1".into(), text: "x".repeat(100_000), model: None, attachments: Vec::new() };
     let _ = c.ws.send(Message::Text(serde_json::to_string(&send).unwrap().into())).await;
     // The gateway refuses the frame from its header and closes (1009). The payload is never read,
     // so the peer may see a TCP reset instead of the close frame.

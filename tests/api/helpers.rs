@@ -234,7 +234,12 @@ impl Client {
     }
 
     pub async fn send(&mut self, client_msg_id: &str, text: &str) {
-        let m = ClientMsg::Send { client_msg_id: client_msg_id.into(), text: text.into(), model: None };
+        let m = ClientMsg::Send {
+            client_msg_id: client_msg_id.into(),
+            text: text.into(),
+            model: None,
+            attachments: Vec::new(),
+        };
         self.send_raw(serde_json::to_string(&m).unwrap()).await;
     }
 

@@ -10,6 +10,7 @@ mod e2e;
 mod edges;
 mod hostile;
 mod ingress;
+mod media;
 mod observability;
 mod procs;
 mod quota;
