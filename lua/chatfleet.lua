@@ -212,12 +212,23 @@ local function end_turn(S, tid, outcome, ev, epoch)
   return seq
 end
 
+-- Counts a lasting connection (id `conn`, '' or nil for none) as watching the session.
+local function attach(S, conn)
+  if conn and conn ~= '' then
+    redis.call('HSET', S.conns, conn, C.now)
+    redis.call('EXPIRE', S.conns, C.ttl)
+    redis.call('HDEL', S.meta, 'detached')
+  end
+end
+
 --[[ op enq: the gateway turns a client `send` into a turn.       keys: session, turn, stream
 op: tid, client_msg_id, text, epoch_candidate, opts (bytes), traceparent, wake (1: publish a
     wake-up for Cluster workers), user (the sender; '*' skips the owner check)
     [, present (1: refuse a session Redis does not have; archiving on, see `missing`),
        attachments (an array of maps {url, content_type, size[, name]}, checked by the gateway;
-       stored on the user_message event and the history message when not empty)]
+       stored on the user_message event and the history message when not empty),
+       connection id ('' = none: else a lasting connection that follows the turn from here, counted
+       as `open` counts it, until `detach`; an ingress request saves its own open this way)]
 Returns {status, turn_id, seq, epoch}; status is
   new        the message is stored and the turn queued; seq is the user_message event's seq
   missing    (present = 1) the session has no meta: nothing written; the gateway restores it from
@@ -241,6 +252,7 @@ local function op_enq(S, op)
   -- without reading the other turn's hash (a key this op does not declare).
   local existing = redis.call('HGET', S.dedupe, cmid)
   if existing then
+    attach(S, op[11])
     local otid, oseq = string.match(existing, '^(%S+) (%d+)$')
     return { 'dup', otid or existing, tonumber(oseq or 0), epoch }
   end
@@ -248,6 +260,7 @@ local function op_enq(S, op)
   if active then
     return { 'busy', active, 0, epoch }
   end
+  attach(S, op[11])
   local ev = { v = 1, type = 'user_message', turn_id = tid, client_msg_id = cmid, text = text }
   local hm = { v = 1, role = 'user', turn_id = tid, text = text }
   local att = op[10]
@@ -650,11 +663,7 @@ local function op_open(S, op)
   if refused(owner, op[7]) then
     return { 'forbidden' }
   end
-  if op[6] ~= '' then
-    redis.call('HSET', S.conns, op[6], C.now)
-    redis.call('EXPIRE', S.conns, C.ttl)
-    redis.call('HDEL', S.meta, 'detached')
-  end
+  attach(S, op[6])
   touch(S, false)
   local seq = tonumber(redis.call('HGET', S.meta, 'seq'))
   local replay_max = tonumber(op[4])

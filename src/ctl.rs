@@ -216,7 +216,7 @@ async fn dlq_replay(store: &Store, id: &str) -> anyhow::Result<Output> {
     // The operator acts for the session's owner: "*" passes the owner check.
     // The dead turn's attachments ride in its options; the replayed message carries them again.
     let attachments = crate::payload::decode_turn_opts(&opts).map(|o| o.attachments).unwrap_or_default();
-    let msg = crate::store::NewMessage { client_msg_id: &cmid, text: &text, attachments: &attachments };
+    let msg = crate::store::NewMessage { client_msg_id: &cmid, text: &text, attachments: &attachments, follower: "" };
     match store.enqueue_turn(&keys, &new_tid, &msg, &epoch, &opts, "*").await? {
         EnqueueOutcome::New { turn_id, .. } | EnqueueOutcome::Duplicate { turn_id, .. } => {
             let (_, entry) = parse_id(id)?;

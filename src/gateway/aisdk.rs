@@ -27,7 +27,7 @@ use serde_json::json;
 use super::authn::session_keys;
 use super::error::ApiError;
 use super::follow::{Ending, Piece, TurnFeed};
-use super::{commands, rest, App};
+use super::{rest, App};
 use crate::keys::is_valid_component;
 use crate::payload::TurnOpts;
 use crate::settings::ms;
@@ -93,10 +93,8 @@ pub(super) async fn chat(
         }
         let keys = session_keys(&app, &who, &body.id)?;
         let conn = app.admit("aisdk", &who, ip)?;
-        let sent = commands::send_opts(&app, &who, &keys, &last.id, &text, &TurnOpts::default()).await?;
         let cancel = app.settings.gateway.ingress.aisdk_cancel_on_close;
-        let actor = who.actor(&body.id, app.settings.session.bind_to_user);
-        let tf = TurnFeed::after(&app, conn, keys, &body.id, actor, &sent, cancel).await?;
+        let (tf, _) = TurnFeed::send(&app, conn, &who, keys, (&last.id, &text), &TurnOpts::default(), cancel).await?;
         Ok(stream(&app, tf))
     };
     run.await.unwrap_or_else(IntoResponse::into_response)

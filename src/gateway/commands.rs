@@ -45,7 +45,7 @@ pub async fn send_with(
     attachments: Vec<crate::payload::Attachment>,
 ) -> Result<ControlMsg, ApiError> {
     let opts = crate::payload::TurnOpts { model, attachments, ..Default::default() };
-    let sent = send_opts(app, who, keys, client_msg_id, text, &opts).await?;
+    let sent = send_opts(app, who, keys, client_msg_id, text, &opts, "").await?;
     Ok(ControlMsg::Ack { client_msg_id: client_msg_id.to_string(), turn_id: sent.turn_id, seq: sent.seq })
 }
 
@@ -56,10 +56,14 @@ pub struct Sent {
     pub turn_id: String,
     pub seq: u64,
     pub epoch: String,
+    /// A new turn; false for a repeat of an earlier send, whose events may already be past.
+    pub fresh: bool,
 }
 
 /// [`send`] with all of a turn's options (the OpenAI-compatible ingress passes sampling options
-/// and its request's context this way).
+/// and its request's context this way). `follower`: the id of a lasting connection that follows
+/// the turn from here and is counted as watching the session (see `NewMessage::follower`), or
+/// `""`.
 pub async fn send_opts(
     app: &App,
     who: &Identity,
@@ -67,6 +71,7 @@ pub async fn send_opts(
     client_msg_id: &str,
     text: &str,
     opts: &crate::payload::TurnOpts,
+    follower: &str,
 ) -> Result<Sent, ApiError> {
     if opts.model.as_ref().is_some_and(|m| m.is_empty() || m.len() > 128) {
         return Err(ApiError::BadRequest("model must be 1-128 characters".into()));
@@ -94,7 +99,7 @@ pub async fn send_opts(
         }
         false => opts,
     };
-    let msg = NewMessage { client_msg_id, text, attachments: &attachments };
+    let msg = NewMessage { client_msg_id, text, attachments: &attachments, follower };
     let opts = match opts == &crate::payload::TurnOpts::default() {
         true => Vec::new(),
         false => crate::payload::encode_turn_opts(opts),
@@ -150,9 +155,8 @@ pub async fn send_opts(
         }
     }
     match outcome {
-        EnqueueOutcome::New { turn_id, seq, epoch } | EnqueueOutcome::Duplicate { turn_id, seq, epoch } => {
-            Ok(Sent { turn_id, seq, epoch })
-        }
+        EnqueueOutcome::New { turn_id, seq, epoch } => Ok(Sent { turn_id, seq, epoch, fresh: true }),
+        EnqueueOutcome::Duplicate { turn_id, seq, epoch } => Ok(Sent { turn_id, seq, epoch, fresh: false }),
         EnqueueOutcome::Busy { active_turn } => Err(ApiError::Busy { active_turn }),
         EnqueueOutcome::Forbidden => Err(ApiError::Forbidden("this session belongs to another user".into())),
         EnqueueOutcome::Missing => Err(ApiError::Store(crate::store::StoreError::Reply {

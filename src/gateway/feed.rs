@@ -10,6 +10,10 @@
 //! 4. on a hub resync (subscriber reconnected, receiver lagged) the log is read after the last
 //!    sent seq, so even a lost final event reaches the client.
 //!
+//! A request that sends its own turn and answers with it (the ingresses) skips rule 2: it joins
+//! before the send, the send counts it as watching the session, and it follows from the
+//! `user_message` seq the send returned ([`Feed::following`]).
+//!
 //! Log reads (rules 3 and 4) wait for a turn from the hub (`gateway.max_concurrent_catchups`).
 //! Meanwhile live frames keep queueing in the connection's mailbox; the read covers them, and
 //! they are dropped as duplicates afterwards, so a late read loses nothing and repeats nothing.
@@ -118,8 +122,7 @@ impl Feed {
     ) -> Result<(Self, Opening), FeedError> {
         let sub = hub.join(&keys.channel()).await?;
         let candidate = uuid::Uuid::new_v4().simple().to_string();
-        // A random id per lasting connection: a resent open or detach counts it once.
-        let conn = if attach { rand::random::<u64>() | 1 } else { 0 };
+        let conn = if attach { Self::new_conn_id() } else { 0 };
         let conn_id = (conn != 0).then(|| format!("{conn:x}"));
         let opened = store.open_session(&keys, &candidate, epoch, last_seq, conn_id.as_deref(), actor).await?;
         let (epoch, seq, first, resume) = match opened {
@@ -148,6 +151,42 @@ impl Feed {
             actor: actor.into(),
         };
         Ok((feed, Opening { welcome, first }))
+    }
+
+    /// A random id for a lasting connection: a resent open, enqueue or detach counts it once.
+    pub fn new_conn_id() -> u64 {
+        rand::random::<u64>() | 1
+    }
+
+    /// Follows a session from a send made on `sub`'s behalf, for a request that answers with its
+    /// own turn (the ingresses): `sub` was joined *before* the send, so every event after the
+    /// `user_message` at `seq` of `epoch` reaches it live and no open (replay or snapshot) is
+    /// needed. `conn` was counted as watching the session by that send (`NewMessage::follower`),
+    /// and is detached when the feed is dropped. `fresh`: false for a repeated send, whose events
+    /// may all be past already, so the log after `seq` is read first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn following(
+        store: &Arc<Store>,
+        keys: SessionKeys,
+        sub: Subscription,
+        epoch: String,
+        seq: u64,
+        conn: u64,
+        actor: &str,
+        fresh: bool,
+    ) -> Self {
+        Self {
+            store: store.clone(),
+            keys,
+            sub,
+            epoch,
+            last: seq,
+            inbox: VecDeque::new(),
+            ready: Vec::new(),
+            stale: !fresh,
+            conn,
+            actor: actor.into(),
+        }
     }
 
     /// The session's keys.

@@ -1,7 +1,9 @@
 //! Following one turn on its session's feed, for the ingresses that answer a request with that
 //! turn's answer (OpenAI Chat Completions, the AI SDK's UI message stream).
 //!
-//! It reads through the same [`Feed`] as every other transport, so it gets the same ordering,
+//! The request joins the session channel before it sends, and the send counts it as watching the
+//! session, so it follows its turn without an open of its own ([`TurnFeed::send`]). It reads
+//! through the same [`Feed`] as every other transport, so it gets the same ordering,
 //! gap filling and resync rules; it only keeps the events of its turn and turns a snapshot (sent
 //! when the log cannot fill a gap, or to a resume without a seq) into the text not yet handed out.
 //!
@@ -81,25 +83,47 @@ pub struct TurnFeed {
 }
 
 impl TurnFeed {
-    /// Follows `turn_id`, whose `user_message` is `seq` of `epoch`, from that event on.
-    pub async fn after(
+    /// Sends `message` (client_msg_id, text) as a new turn of the session (see
+    /// [`commands::send_opts`]) and follows it.
+    ///
+    /// The session channel is joined before the send, and the send itself counts this request
+    /// as watching the session, so the turn's events all arrive live: no `open_session` round
+    /// trip stands between the send and the first token (protocol v1 clients opened their
+    /// session before they sent).
+    pub async fn send(
         app: &App,
         conn: ConnGuard,
+        who: &crate::auth::Identity,
         keys: SessionKeys,
-        session_id: &str,
-        actor: &str,
-        sent: &commands::Sent,
+        message: (&str, &str),
+        opts: &crate::payload::TurnOpts,
         cancel_on_drop: bool,
-    ) -> Result<Self, ApiError> {
+    ) -> Result<(Self, commands::Sent), ApiError> {
+        let (client_msg_id, text) = message;
+        let sub = app.hub.join(&keys.channel()).await.map_err(|e| feed_error(e.into()))?;
+        let conn_id = Feed::new_conn_id();
+        let follower = format!("{conn_id:x}");
+        let sent = match commands::send_opts(app, who, &keys, client_msg_id, text, opts, &follower).await {
+            Ok(sent) => sent,
+            Err(e) => {
+                // A send that failed in transit may have counted the request; uncount it so the
+                // disconnect policy does not wait for a follower that never came.
+                if matches!(e, ApiError::Store(_)) {
+                    let (store, base) = (app.store.clone(), keys.base.clone());
+                    tokio::spawn(async move { store.detach(&base, &follower).await });
+                }
+                return Err(e);
+            }
+        };
+        let actor = who.actor(keys.session_id(), app.settings.session.bind_to_user);
         let cancel = cancel_on_drop.then(|| CancelOnDrop {
             app: app.clone(),
             keys: keys.clone(),
             turn_id: sent.turn_id.clone(),
             armed: true,
         });
-        let open = Feed::open(&app.hub, &app.store, keys, session_id, Some(&sent.epoch), Some(sent.seq), true, actor);
-        let (feed, opening) = Box::pin(open).await.map_err(feed_error)?;
-        let mut tf = Self {
+        let feed = Feed::following(&app.store, keys, sub, sent.epoch.clone(), sent.seq, conn_id, actor, sent.fresh);
+        let tf = Self {
             app: app.clone(),
             feed,
             turn_id: sent.turn_id.clone(),
@@ -109,8 +133,7 @@ impl TurnFeed {
             cancel,
             _conn: conn,
         };
-        tf.take(opening.first);
-        Ok(tf)
+        Ok((tf, sent))
     }
 
     /// Follows the session's running turn from its first character, or `None` when no turn runs.

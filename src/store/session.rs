@@ -22,12 +22,16 @@ pub struct NewMessage<'a> {
     pub text: &'a str,
     /// Media references, already checked against `[media]` (see `crate::media`).
     pub attachments: &'a [payload::Attachment],
+    /// A lasting connection that follows the turn from its `user_message` on, counted as
+    /// watching the session (as `open_session` counts one) until [`Store::detach`] with the same
+    /// id; `""` for none. Lets an ingress request follow its turn without an open of its own.
+    pub follower: &'a str,
 }
 
 impl<'a> NewMessage<'a> {
     /// A message of text only.
     pub fn text(client_msg_id: &'a str, text: &'a str) -> Self {
-        Self { client_msg_id, text, attachments: &[] }
+        Self { client_msg_id, text, attachments: &[], follower: "" }
     }
 }
 
@@ -159,6 +163,7 @@ impl Store {
             .str(user)
             .uint(u64::from(present))
             .value(&msg.attachments)
+            .str(msg.follower)
             .build();
         let mut r = self.op(&s.base, op).instrument(span).await?;
         let status = r.string()?;

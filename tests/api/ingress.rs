@@ -330,6 +330,52 @@ async fn the_ui_message_stream_has_its_parts_and_resume_replays_the_running_answ
     assert_eq!(stored[1].status.as_deref(), Some("done"), "closing the POST stream did not stop the turn");
 }
 
+/// The ingress request follows its turn without an open of its own: the send counts it as
+/// watching the session. With the cancel-on-disconnect policy, an answer longer than the grace
+/// period must therefore finish while the request reads it, and stop once the request is gone.
+#[tokio::test]
+async fn an_ingress_request_counts_as_watching_its_session_until_it_goes() {
+    let mut s = test_settings();
+    s.session.on_disconnect = chatfleet::settings::OnDisconnect::Cancel;
+    s.session.disconnect_grace_ms = 200;
+    s.model.demo.max_tokens = 120;
+    s.model.demo.tokens_per_sec = 150;
+    let app = TestApp::spawn_with(s).await;
+    let chat_id = uid("c");
+    // A WebSocket client was here and left: the session is marked as watched by nobody, which
+    // only a counted follower clears.
+    drop(app.client(0, &chat_id).await);
+    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
+    let meta = format!("{}:meta", app.session_keys(&chat_id).base);
+    while !fred::interfaces::HashesInterface::hexists::<bool, _, _>(&app.raw().await, &meta, "detached").await.unwrap()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the WebSocket client was never detached");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let resp = aisdk_post(&app, &chat_id, "m1", "a long answer, read to the end").await;
+    let data = Events::of(resp).rest().await;
+    let parts: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    assert_eq!(parts.last().unwrap()["type"], "finish", "{parts:?}");
+    assert_eq!(deltas(&parts), app.expected_answer("a long answer, read to the end"));
+
+    // The same, read for a moment and then abandoned (the AI SDK route does not cancel on
+    // close): nobody watches, so the policy stops the turn after the grace period.
+    let resp = aisdk_post(&app, &chat_id, "m2", "an abandoned answer").await;
+    let mut ev = Events::of(resp);
+    while !ev.next().await.unwrap().contains("text-delta") {}
+    drop(ev);
+    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
+    let status = loop {
+        let hist = app.history(&chat_id).await;
+        if let Some(m) = hist.iter().filter(|m| m.role == "assistant").nth(1) {
+            break m.status.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the abandoned turn did not end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.as_deref(), Some("cancelled"));
+}
+
 #[tokio::test]
 async fn a_worker_tool_call_is_a_dynamic_tool_part_between_the_texts() {
     let hits = HitLog::default();

@@ -25,7 +25,7 @@ use super::request::ChatRequest;
 use crate::gateway::authn::session_keys;
 use crate::gateway::error::ApiError;
 use crate::gateway::follow::{Ending, Piece, TurnFeed};
-use crate::gateway::{commands, rest, App};
+use crate::gateway::{rest, App};
 use crate::protocol::Usage;
 use crate::settings::ms;
 
@@ -83,15 +83,14 @@ async fn run(
         None => uuid::Uuid::new_v4().simple().to_string(),
     };
     let conn = app.admit("openai", &who, ip)?;
-    let sent = commands::send_opts(&app, &who, &keys, &client_msg_id, &ask.text, &ask.opts).await?;
+    let cancel = settings.openai_cancel_on_close;
+    let (tf, sent) = TurnFeed::send(&app, conn, &who, keys, (&client_msg_id, &ask.text), &ask.opts, cancel).await?;
     let resume = [
         (SESSION_HEADER, session_id.clone()),
         ("x-chatfleet-turn", sent.turn_id.clone()),
         ("x-chatfleet-epoch", sent.epoch.clone()),
         ("x-chatfleet-seq", sent.seq.to_string()),
     ];
-    let actor = who.actor(&session_id, app.settings.session.bind_to_user);
-    let tf = TurnFeed::after(&app, conn, keys, &session_id, actor, &sent, settings.openai_cancel_on_close).await?;
     let model = req.model.clone().filter(|m| !m.is_empty());
     let model = model.or_else(|| app.settings.routing.default.first().cloned()).unwrap_or_default();
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
