@@ -6,12 +6,10 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use clap::Subcommand;
-use fred::prelude::*;
 use serde_json::{json, Value};
 
-use crate::keys::{SessionKeys, GROUP};
-use crate::queue::{entry_ms, partition_stats};
-use crate::store::{CancelOutcome, EnqueueOutcome, Store};
+use crate::keys::SessionKeys;
+use crate::store::{entry_ms, CancelOutcome, EnqueueOutcome, Store};
 
 /// `chatfleet ctl [--json] <command>`.
 #[derive(Debug, Clone, clap::Args)]
@@ -84,10 +82,10 @@ async fn status(store: &Store) -> anyhow::Result<Output> {
     // Per node (in Cluster): partitions, streams' length and pending, to spot a hot node.
     let mut per_node: std::collections::BTreeMap<String, (u32, u64, u64)> = Default::default();
     for p in 0..store.keys().partitions() {
-        let s = partition_stats(store, p).await?;
+        let s = store.partition_stats(p).await?;
         total_lag += s.lag;
         total_pending += s.pending;
-        let node = node_of(store, &store.keys().stream(p));
+        let node = store.node_of(&store.keys().stream(p));
         let n = per_node.entry(node.clone()).or_default();
         *n = (n.0 + 1, n.1 + s.length, n.2 + s.pending);
         parts_json.push(json!({"partition": p, "length": s.length, "lag": s.lag, "pending": s.pending,
@@ -104,40 +102,17 @@ async fn status(store: &Store) -> anyhow::Result<Output> {
         nodes_json.push(json!({"node": node, "partitions": parts, "length": length, "pending": pending}));
     }
     writeln!(out, "\n{:<28} {:>8} {:<34} {:<10} {:>7}", "worker", "pending", "turn", "status", "attempt")?;
-    let client = store.redis().client();
     for p in 0..store.keys().partitions() {
-        let stream = store.keys().stream(p);
-        let pending: Vec<(String, String, u64, u64)> = client.xpending(&stream, GROUP, ("-", "+", 1000)).await?;
-        for (id, consumer, _idle, _deliveries) in pending {
-            let entries: Vec<(String, HashMap<String, String>)> = client.xrange(&stream, &id, &id, None).await?;
-            let Some((_, fields)) = entries.first() else { continue };
-            let (Some(base), Some(tid)) = (fields.get("b"), fields.get("t")) else { continue };
-            let turn: HashMap<String, String> = client.hgetall(format!("{base}:turn:{tid}")).await?;
-            let get = |k: &str| turn.get(k).cloned().unwrap_or_else(|| "-".into());
-            writeln!(out, "{:<28} {:>8} {:<34} {:<10} {:>7}", consumer, p, tid, get("status"), get("attempt"))?;
-            turns_json.push(json!({"worker": consumer, "partition": p, "turn_id": tid,
+        for t in store.pending_turns(p, 1000).await? {
+            let get = |k: &str| t.fields.get(k).cloned().unwrap_or_else(|| "-".into());
+            writeln!(out, "{:<28} {:>8} {:<34} {:<10} {:>7}", t.worker, p, t.turn_id, get("status"), get("attempt"))?;
+            turns_json.push(json!({"worker": t.worker, "partition": p, "turn_id": t.turn_id,
                 "status": get("status"), "attempt": get("attempt")}));
         }
     }
     let json = json!({"partitions": parts_json, "total": {"lag": total_lag, "pending": total_pending},
         "nodes": nodes_json, "turns": turns_json});
     Ok(Output { text: out, json })
-}
-
-/// The node serving `key`: `host:port` in Cluster (from the client's routing table), else
-/// `standalone`.
-fn node_of(store: &Store, key: &str) -> String {
-    use fred::interfaces::ClusterInterface;
-    if !store.redis().is_clustered() {
-        return "standalone".into();
-    }
-    let slot = fred::util::redis_keyslot(key.as_bytes());
-    store
-        .redis()
-        .client()
-        .cached_cluster_state()
-        .and_then(|state| state.get_server(slot).map(|s| format!("{}:{}", s.host, s.port)))
-        .unwrap_or_else(|| "unknown".into())
 }
 
 fn parse_id(id: &str) -> anyhow::Result<(u16, &str)> {
@@ -148,17 +123,14 @@ fn parse_id(id: &str) -> anyhow::Result<(u16, &str)> {
 
 async fn dlq_entry(store: &Store, id: &str) -> anyhow::Result<(u16, HashMap<String, String>)> {
     let (p, entry) = parse_id(id)?;
-    let entries: Vec<(String, HashMap<String, String>)> =
-        store.redis().client().xrange(store.keys().dlq(p), entry, entry, None).await?;
-    let (_, fields) = entries.into_iter().next().ok_or_else(|| anyhow::anyhow!("no dead letter {id}"))?;
+    let fields = store.dead_letter(p, entry).await?.ok_or_else(|| anyhow::anyhow!("no dead letter {id}"))?;
     Ok((p, fields))
 }
 
 async fn dlq_list(store: &Store, count: u64) -> anyhow::Result<Output> {
     let mut rows = Vec::new();
     for p in 0..store.keys().partitions() {
-        let entries: Vec<(String, HashMap<String, String>)> =
-            store.redis().client().xrevrange(store.keys().dlq(p), "+", "-", Some(count)).await?;
+        let entries = store.dead_letters(p, count).await?;
         rows.extend(entries.into_iter().map(|(id, f)| (p, id, f)));
     }
     rows.sort_by_key(|(_, id, _)| std::cmp::Reverse(entry_ms(id).unwrap_or(0)));
@@ -185,7 +157,7 @@ async fn dlq_show(store: &Store, id: &str) -> anyhow::Result<Output> {
     }
     let mut json = json!({"id": id, "entry": fields, "turn": null});
     if let (Some(base), Some(tid)) = (fields.get("b"), fields.get("t")) {
-        let turn: HashMap<String, String> = store.redis().client().hgetall(format!("{base}:turn:{tid}")).await?;
+        let turn = store.turn_fields(base, tid).await?;
         let mut keys: Vec<_> = turn.iter().filter(|(k, _)| k.as_str() != "opts").collect();
         keys.sort();
         writeln!(out, "turn:")?;
@@ -202,12 +174,9 @@ async fn dlq_replay(store: &Store, id: &str) -> anyhow::Result<Output> {
     let (Some(base), Some(tid)) = (fields.get("b"), fields.get("t")) else {
         anyhow::bail!("dead letter {id} names no turn (its payload was lost); nothing to replay")
     };
-    let turn_key = format!("{base}:turn:{tid}");
-    let (text, opts): (Option<String>, Option<bytes::Bytes>) =
-        store.redis().client().hmget(&turn_key, vec!["text", "opts"]).await?;
+    let (text, opts) = store.turn_message(base, tid).await?;
     let text = text.ok_or_else(|| anyhow::anyhow!("turn {tid} has expired; nothing to replay"))?;
     // The dead turn's options (e.g. the model the client asked for) carry over to the replay.
-    let opts = opts.unwrap_or_default();
     let keys = SessionKeys { partition: p, base: base.clone(), stream: store.keys().stream(p) };
     let new_tid = uuid::Uuid::now_v7().simple().to_string();
     let epoch = uuid::Uuid::new_v4().simple().to_string();
@@ -220,7 +189,7 @@ async fn dlq_replay(store: &Store, id: &str) -> anyhow::Result<Output> {
     match store.enqueue_turn(&keys, &new_tid, &msg, &epoch, &opts, "*").await? {
         EnqueueOutcome::New { turn_id, .. } | EnqueueOutcome::Duplicate { turn_id, .. } => {
             let (_, entry) = parse_id(id)?;
-            let _: i64 = store.redis().client().xdel(store.keys().dlq(p), entry).await?;
+            store.delete_dead_letter(p, entry).await?;
             let json = json!({"id": id, "replayed": tid, "turn_id": turn_id});
             Ok(Output { text: format!("replayed {tid} as turn {turn_id}\n"), json })
         }
@@ -233,43 +202,21 @@ async fn dlq_replay(store: &Store, id: &str) -> anyhow::Result<Output> {
 }
 
 async fn cancel(store: &Store, turn_id: &str) -> anyhow::Result<Output> {
-    // Streams hold only waiting and running turns, so the turn's entry names its session.
-    let client = store.redis().client();
-    for p in 0..store.keys().partitions() {
-        let stream = store.keys().stream(p);
-        let mut start = "-".to_string();
-        loop {
-            let page: Vec<(String, HashMap<String, String>)> = client.xrange(&stream, &start, "+", Some(1000)).await?;
-            for (_, f) in &page {
-                if f.get("t").map(String::as_str) == Some(turn_id) {
-                    let base = f.get("b").cloned().unwrap_or_default();
-                    let keys = SessionKeys { partition: p, base, stream: stream.clone() };
-                    let (text, json) = match store.cancel_turn(&keys, turn_id).await? {
-                        CancelOutcome::Cancelled { .. } => {
-                            (format!("turn {turn_id} was queued; cancelled\n"), json!({"outcome": "cancelled"}))
-                        }
-                        CancelOutcome::Cancelling { worker } => (
-                            format!("turn {turn_id} is stopping on {worker}\n"),
-                            json!({"outcome": "stopping", "worker": worker}),
-                        ),
-                        CancelOutcome::Ended { status } => (
-                            format!("turn {turn_id} had already ended: {status}\n"),
-                            json!({"outcome": "ended", "status": status}),
-                        ),
-                        CancelOutcome::Unknown => {
-                            (format!("turn {turn_id} has expired\n"), json!({"outcome": "expired"}))
-                        }
-                    };
-                    let mut json = json;
-                    json["turn_id"] = turn_id.into();
-                    return Ok(Output { text, json });
-                }
-            }
-            match page.last() {
-                Some((id, _)) if page.len() == 1000 => start = format!("({id}"),
-                _ => break,
-            }
+    let Some(keys) = store.find_queued_turn(turn_id).await? else {
+        anyhow::bail!("no waiting or running turn {turn_id}")
+    };
+    let (text, mut json) = match store.cancel_turn(&keys, turn_id).await? {
+        CancelOutcome::Cancelled { .. } => {
+            (format!("turn {turn_id} was queued; cancelled\n"), json!({"outcome": "cancelled"}))
         }
-    }
-    anyhow::bail!("no waiting or running turn {turn_id}")
+        CancelOutcome::Cancelling { worker } => {
+            (format!("turn {turn_id} is stopping on {worker}\n"), json!({"outcome": "stopping", "worker": worker}))
+        }
+        CancelOutcome::Ended { status } => {
+            (format!("turn {turn_id} had already ended: {status}\n"), json!({"outcome": "ended", "status": status}))
+        }
+        CancelOutcome::Unknown => (format!("turn {turn_id} has expired\n"), json!({"outcome": "expired"})),
+    };
+    json["turn_id"] = turn_id.into();
+    Ok(Output { text, json })
 }

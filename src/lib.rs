@@ -46,7 +46,6 @@ pub mod metrics_catalog;
 pub mod model;
 pub mod payload;
 pub mod protocol;
-pub mod queue;
 pub mod quota;
 pub mod redis_version;
 pub mod settings;

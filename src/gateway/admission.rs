@@ -11,13 +11,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use fred::prelude::*;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::AdmissionSettings;
-use crate::keys::GROUP;
-use crate::queue::entry_ms;
 use crate::settings_base::ms;
 use crate::store::{Store, StoreError};
 
@@ -37,6 +34,12 @@ pub struct PartitionLoad {
     finished_total: u64,
     /// Smoothed turns finished per second.
     rate: f64,
+}
+
+impl From<crate::store::PartitionLoad> for PartitionLoad {
+    fn from(l: crate::store::PartitionLoad) -> Self {
+        Self { waiting: l.waiting, oldest_wait_ms: l.oldest_wait_ms, finished_total: l.finished_total, rate: 0.0 }
+    }
 }
 
 /// The admission state of one gateway.
@@ -92,11 +95,9 @@ impl Admission {
     }
 
     async fn refresh(&self, store: &Store, dt: f64) -> Result<(), StoreError> {
-        let client = store.redis().client();
-        let now: (u64, u64) = client.custom(fred::cmd!("TIME"), Vec::<String>::new()).await?;
-        let now_ms = now.0 * 1000 + now.1 / 1000;
+        let now_ms = store.server_time_ms().await?;
         let reads = futures::stream::iter(0..store.keys().partitions())
-            .map(|p| async move { read_partition(store, p, now_ms).await.map(|l| (p, l)) })
+            .map(|p| async move { store.partition_load(p, now_ms).await.map(|l| (p, PartitionLoad::from(l))) })
             .buffer_unordered(READ_CONCURRENCY)
             .collect::<Vec<_>>()
             .await;
@@ -115,31 +116,6 @@ impl Admission {
         *self.loads.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
         Ok(())
     }
-}
-
-/// Reads one partition: stream length and entries added, the group's pending count and last
-/// delivered id, and the first entry after it (the oldest waiting turn).
-async fn read_partition(store: &Store, p: u16, now_ms: u64) -> Result<PartitionLoad, StoreError> {
-    let stream = store.keys().stream(p);
-    let client = store.redis().client();
-    let info: HashMap<String, Value> = client.xinfo_stream(&stream, false, None).await?;
-    let num = |m: &HashMap<String, Value>, k: &str| m.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-    let (length, added) = (num(&info, "length"), num(&info, "entries-added"));
-    let groups: Vec<HashMap<String, Value>> = client.xinfo_groups(&stream).await?;
-    let group = groups.iter().find(|g| g.get("name").and_then(|v| v.as_string()).as_deref() == Some(GROUP));
-    let pending = group.map(|g| num(g, "pending")).unwrap_or(0);
-    let delivered = group.and_then(|g| g.get("last-delivered-id")).and_then(|v| v.as_string());
-    // Entries still in the stream are waiting or pending (ended turns are deleted), so this holds
-    // even when XINFO's `lag` is unknown, as it is after deletions.
-    let waiting = length.saturating_sub(pending);
-    let oldest_wait_ms = if waiting == 0 {
-        0
-    } else {
-        let start = delivered.map_or_else(|| "-".to_string(), |id| format!("({id}"));
-        let first: Vec<(String, HashMap<String, String>)> = client.xrange(&stream, start, "+", Some(1)).await?;
-        first.first().and_then(|(id, _)| entry_ms(id)).map_or(0, |t| now_ms.saturating_sub(t))
-    };
-    Ok(PartitionLoad { waiting, oldest_wait_ms, finished_total: added.saturating_sub(length), rate: 0.0 })
 }
 
 #[cfg(test)]

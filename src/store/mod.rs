@@ -6,12 +6,14 @@
 //!   XREADGROUP holds its connection; a subscriber connection runs only pub/sub).
 //! - [`Store`] is the typed API over `lua/chatfleet.lua`. Writes are ops that travel in group
 //!   commits (`batch`): [`session`] (what gateways do), [`turn`] (what workers do with a turn),
-//!   [`sweep`] (takeover of dead workers' turns, leader locks), [`quota`] (tenant quotas).
+//!   [`sweep`] (takeover of dead workers' turns, leader locks), [`quota`] (tenant quotas);
+//!   [`inspect`] reads queue state, pending turns and dead letters for control loops and `ctl`.
 //!   Every call is safe to resend (docs/architecture.md, "The write path").
 
 mod archive;
 mod batch;
 mod conn;
+mod inspect;
 #[cfg(test)]
 mod lost_write_tests;
 mod ops;
@@ -28,6 +30,7 @@ use serde::Serialize;
 
 pub use archive::{ArchiveEntry, Erased, FinishedTurn, ARCHIVE_GROUP};
 pub use conn::{Redis, FUNCTIONS_LIBRARY, LIBRARY_NAME};
+pub use inspect::{entry_ms, PartitionLoad, PartitionStats, PendingTurn};
 pub use quota::QuotaOutcome;
 pub use session::{Actor, CancelOutcome, EnqueueOutcome, LogRead, NewMessage, Opened};
 pub use sweep::Claimed;

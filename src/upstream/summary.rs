@@ -10,9 +10,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use fred::interfaces::KeysInterface;
-use fred::types::{Expiration, SetOptions};
-
 use super::settings::ContextSettings;
 use crate::metrics as m;
 use crate::model::{ChatMessage, Model, ModelRequest, Role};
@@ -135,12 +132,9 @@ pub async fn run(
     let started = Instant::now();
     // One summary call per session at a time: a turn that ends while one runs leaves it be (the
     // next turn's end tries again), so slow summaries never pile up.
-    let lock = format!("{base}:summarizing");
-    let hold = Expiration::PX(ctx.summary_timeout_ms as i64 + 1000);
-    let client = store.redis().client();
-    match client.set::<Option<String>, _, _>(&lock, "1", Some(hold), Some(SetOptions::NX), false).await {
-        Ok(Some(_)) => {}
-        Ok(None) => {
+    match store.try_summary_lock(&base, ctx.summary_timeout_ms + 1000).await {
+        Ok(true) => {}
+        Ok(false) => {
             metrics::counter!(m::SUMMARIES, "outcome" => "busy").increment(1);
             return;
         }
@@ -173,7 +167,7 @@ pub async fn run(
             "failed"
         }
     };
-    let _: Result<i64, _> = client.del(&lock).await;
+    let _ = store.release_summary_lock(&base).await;
     metrics::counter!(m::SUMMARIES, "outcome" => outcome).increment(1);
     metrics::histogram!(m::SUMMARY_SECONDS).record(started.elapsed().as_secs_f64());
 }

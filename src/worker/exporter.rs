@@ -11,7 +11,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use crate::metrics as m;
-use crate::queue::partition_stats;
 use crate::settings_base::ms;
 
 pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
@@ -31,7 +30,7 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             }
         }
         for p in 0..shared.store.keys().partitions() {
-            match partition_stats(&shared.store, p).await {
+            match shared.store.partition_stats(p).await {
                 Ok(s) => {
                     let label = p.to_string();
                     metrics::gauge!(m::QUEUE_LAG, "partition" => label.clone()).set(s.lag as f64);

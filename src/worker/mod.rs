@@ -28,7 +28,6 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::keys::GROUP;
 use crate::model::Model;
 use crate::settings::Settings;
 use crate::settings_base::ms;
@@ -177,16 +176,9 @@ async fn run(shared: Arc<Shared>, reader: Reader, control: control::Listener, sh
 /// Removes this consumer from each partition's group where it has nothing pending, so the group
 /// does not collect dead consumer names; a consumer with pending entries stays for reclaim.
 async fn leave_group(shared: &Shared) {
-    use fred::prelude::*;
-    let keys = shared.store.keys();
-    for p in 0..keys.partitions() {
-        let stream = keys.stream(p);
-        let client = shared.store.redis().client();
-        let pending: Result<Vec<(String, String, u64, u64)>, _> =
-            client.xpending(&stream, GROUP, ("-", "+", 1, shared.id.as_str())).await;
-        if matches!(pending, Ok(ref v) if v.is_empty()) {
-            let _: Result<Value, _> = client.xgroup_delconsumer(&stream, GROUP, shared.id.as_str()).await;
-        }
+    for p in 0..shared.store.keys().partitions() {
+        // Best effort: a consumer left behind is removed by the sweep's consumer GC.
+        let _ = shared.store.leave_group_if_idle(p, &shared.id).await;
     }
 }
 
