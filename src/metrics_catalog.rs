@@ -72,6 +72,10 @@ pub fn describe() {
     describe_counter!(m::GATEWAY_BYTES_OUT, Unit::Bytes, "Bytes written to clients.");
     describe_counter!(m::GATEWAY_REJECTED, "Client frames or requests refused, by error code.");
     describe_counter!(
+        m::GATEWAY_ATTACHMENTS,
+        "Attachments (media references) of sends, by outcome: accepted, or refused by the [media] limits."
+    );
+    describe_counter!(
         m::GATEWAY_AUTH_FAILURES,
         "Requests whose credentials were refused, by reason (missing, expired, invalid)."
     );
@@ -185,6 +189,8 @@ pub fn register_gateway() {
     AUTH_REASONS.into_iter().for_each(|r| counter_at_zero(m::GATEWAY_AUTH_FAILURES, &[("reason", r.into())]));
     POLICY_REASONS.into_iter().for_each(|r| counter_at_zero(m::GATEWAY_POLICY_CLOSES, &[("reason", r.into())]));
     REJECT_CODES.into_iter().for_each(|c| counter_at_zero(m::GATEWAY_REJECTED, &[("code", c.into())]));
+    // commands::send_opts.
+    ["accepted", "refused"].into_iter().for_each(|o| counter_at_zero(m::GATEWAY_ATTACHMENTS, &[("outcome", o.into())]));
     CATCHUP_CAUSES.into_iter().for_each(|c| counter_at_zero(m::GATEWAY_CATCHUPS, &[("cause", c.into())]));
     for name in [m::GATEWAY_FRAMES_OUT, m::GATEWAY_BYTES_OUT, m::GATEWAY_DEGRADED, m::GATEWAY_SLOW_CLOSES] {
         counter_at_zero(name, &[]);

@@ -77,10 +77,15 @@ pub async fn send_opts(
         return Err(ApiError::BadRequest("model must be 1-128 characters".into()));
     }
     // Checked before anything is stored; what is stored is the normalised reference.
-    let checked = app.settings.media.check(&opts.attachments).map_err(|e| match e {
-        crate::media::MediaError::TooLarge(m) => ApiError::TooLarge(m),
-        crate::media::MediaError::Refused(m) => ApiError::BadRequest(m),
+    let n = opts.attachments.len() as u64;
+    let checked = app.settings.media.check(&opts.attachments).map_err(|e| {
+        metrics::counter!(m::GATEWAY_ATTACHMENTS, "outcome" => "refused").increment(n);
+        match e {
+            crate::media::MediaError::TooLarge(m) => ApiError::TooLarge(m),
+            crate::media::MediaError::Refused(m) => ApiError::BadRequest(m),
+        }
     })?;
+    metrics::counter!(m::GATEWAY_ATTACHMENTS, "outcome" => "accepted").increment(n);
     let with_media;
     let opts = match checked == opts.attachments {
         true => opts,
