@@ -138,18 +138,8 @@ impl Feed {
         };
         metrics::counter!(crate::metrics::GATEWAY_RESUMES, "resume" => resume_label(resume)).increment(1);
         let welcome = ControlMsg::Welcome { session_id: session_id.to_string(), epoch: epoch.clone(), seq, resume };
-        let feed = Self {
-            store: store.clone(),
-            keys,
-            sub,
-            epoch,
-            last: seq,
-            inbox: VecDeque::new(),
-            ready: Vec::new(),
-            stale: false,
-            conn,
-            actor: actor.into(),
-        };
+        // The open's cut is consistent at `seq`: live frames after it are all that is missing.
+        let feed = Self::following(store, keys, sub, epoch, seq, conn, actor, true);
         Ok((feed, Opening { welcome, first }))
     }
 
