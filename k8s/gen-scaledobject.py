@@ -54,7 +54,7 @@ def redis_load(partitions: int, cluster: bool) -> str:
     text = f"""\
 # Redis load of the triggers (KEDA 2.20 source, pkg/scalers/redis_streams_scaler.go): every
 # pollingInterval each lag trigger sends INFO (no section: Redis builds its default sections,
-# ~4 KB, only to read redis_version) and then XINFO GROUPS; each pending trigger sends XPENDING
+# ~5 KB, only to read redis_version) and then XINFO GROUPS; each pending trigger sends XPENDING
 # (summary form). So 2 x {partitions} triggers cost {partitions} INFO + {partitions} XINFO GROUPS + {partitions} XPENDING
 # = {per_poll} commands per {POLLING_INTERVAL} s poll, {rate:.1f} commands/s ({partitions / POLLING_INTERVAL:.1f} of them INFO)."""
     if cluster:
