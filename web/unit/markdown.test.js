@@ -2,7 +2,7 @@
 // text, a streaming answer shown without flashing markers, and speech that says every word once.
 import test from "node:test";
 import assert from "node:assert/strict";
-import { closeInline, renderBlocks, safeUrl, settle, speechText, toPlain } from "../../src/gateway/static/ui/markdown.js";
+import { StreamingMarkdown, closeInline, renderBlocks, safeUrl, settle, speechText, toPlain } from "../../src/gateway/static/ui/markdown.js";
 import { Announcer } from "../../src/gateway/static/ui/announce.js";
 
 const DOC = [
@@ -122,12 +122,15 @@ function announce(pieces) {
     },
   };
   const a = new Announcer(region);
+  const md = new StreamingMarkdown();
   let text = "";
   for (const p of pieces) {
     text += p;
-    a.progress("t1", speechText(text, "streaming"), false);
+    md.blocks(text, "streaming");
+    a.progress("t1", md.speech(text, "streaming"), false);
   }
-  a.progress("t1", speechText(text, "done"), true);
+  md.blocks(text, "done");
+  a.progress("t1", md.speech(text, "done"), true);
   return said;
 }
 
@@ -152,4 +155,23 @@ test("a streaming answer only ever shows words of the finished one, in order, ho
       assert.ok(finished.startsWith(shown), `${how}: after ${JSON.stringify(text.slice(-20))} shows ${JSON.stringify(shown.slice(-30))}`);
     }
   }
+});
+
+test("incremental rendering of a stream shows and speaks what a whole parse of each prefix does", () => {
+  for (const [how, pieces] of [["by token", DOC.match(/\S+\s*/g)], ["by character", [...DOC]]]) {
+    const md = new StreamingMarkdown();
+    let text = "";
+    for (const p of pieces) {
+      text += p;
+      assert.deepEqual(md.blocks(text, "streaming"), renderBlocks(settle(text, "streaming")), `${how}: ${JSON.stringify(text.slice(-20))}`);
+      // Equal but for a line break at the end (a finished block's end, spoken a little sooner).
+      const trim = (t) => t.replace(/\n+$/, "");
+      assert.equal(trim(md.speech(text, "streaming")), trim(speechText(text, "streaming")), how);
+    }
+    assert.ok(md.html.length >= 7, `${how}: finished blocks are kept (${md.html.length})`);
+    assert.deepEqual(md.blocks(text, "done"), renderBlocks(DOC));
+  }
+  const md = new StreamingMarkdown();
+  md.blocks("# One\n\nTwo", "streaming");
+  assert.deepEqual(md.blocks("# Re", "streaming"), ["<h1>Re</h1>"], "a reset answer starts over");
 });

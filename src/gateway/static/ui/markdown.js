@@ -158,9 +158,8 @@ function unfinishedLinks(s) {
   return s;
 }
 
-/** The HTML of each top-level block of `src`, in order (each is one element). */
-export function renderBlocks(src) {
-  const tokens = md.parse(lf(src), {});
+/** The tokens of each top-level block, in order. */
+function blocksOf(tokens) {
   const out = [];
   for (let i = 0; i < tokens.length; ) {
     let j = i;
@@ -169,10 +168,63 @@ export function renderBlocks(src) {
       do depth += tokens[j++].nesting;
       while (depth > 0 && j < tokens.length);
     } else j++;
-    out.push(md.renderer.render(tokens.slice(i, j), md.options, {}).trim());
+    out.push(tokens.slice(i, j));
     i = j;
   }
   return out;
+}
+
+const html = (block) => md.renderer.render(block, md.options, {}).trim();
+
+/** The HTML of each top-level block of `src`, in order (each is one element). */
+export function renderBlocks(src) {
+  return blocksOf(md.parse(lf(src), {})).map(html);
+}
+
+/**
+ * One message's Markdown while it streams, parsed incrementally: a top-level block that another
+ * block follows is finished (appended text can only change the last block), so its HTML and
+ * words are kept, and each update parses only the text from the last block on. Same output as
+ * `renderBlocks(settle(src, state))` and `speechText(src, state)`, at a cost that does not grow
+ * with the answer. Finished answers are parsed whole (a late reference definition may change an
+ * earlier link).
+ */
+export class StreamingMarkdown {
+  constructor() {
+    this.reset();
+  }
+
+  reset() {
+    this.src = ""; // the finished blocks' source, ending with a line break
+    this.html = [];
+    this.plain = [];
+  }
+
+  /** The HTML of each top-level block of `src`, shown as `state` says (see settle). */
+  blocks(src, state) {
+    src = lf(src);
+    if (state !== "streaming") return renderBlocks(settle(src, state));
+    if (!src.startsWith(this.src)) this.reset(); // the text was replaced (a retry)
+    const tail = src.slice(this.src.length);
+    const blocks = blocksOf(md.parse(settle(tail, state), {}));
+    if (blocks.length > 1) {
+      const last = blocks[blocks.length - 1][0].map[0];
+      this.src += tail.split("\n").slice(0, last).join("\n") + "\n";
+      for (const b of blocks.slice(0, -1)) {
+        this.html.push(html(b));
+        this.plain.push(plainLines(b).join("\n"));
+      }
+      return [...this.html, html(blocks[blocks.length - 1])];
+    }
+    return [...this.html, ...blocks.map(html)];
+  }
+
+  /** What is spoken of `src` so far (see speechText); call after blocks() with the same text. */
+  speech(src, state) {
+    src = lf(src);
+    if (state !== "streaming" || !src.startsWith(this.src)) return speechText(src, state);
+    return [...this.plain, speechText(src.slice(this.src.length), state)].join("\n");
+  }
 }
 
 /** An element from renderBlocks' HTML (markdown-it escaped it: see the note at the top). */
@@ -190,9 +242,13 @@ export function blockElement(html, doc) {
  * and nothing after the last, so a growing answer's text only ever grows at the end.
  */
 export function toPlain(src) {
+  return plainLines(md.parse(lf(src), {})).join("\n");
+}
+
+function plainLines(tokens) {
   const lines = [];
   let row = null;
-  for (const t of md.parse(lf(src), {})) {
+  for (const t of tokens) {
     if (t.type === "tr_open") row = [];
     else if (t.type === "tr_close") {
       lines.push(row.filter(Boolean).join(" "));
@@ -204,7 +260,7 @@ export function toPlain(src) {
       else lines.push(text);
     }
   }
-  return lines.join("\n");
+  return lines;
 }
 
 /**

@@ -2,7 +2,7 @@
 // frame however many deltas arrive, and redrawing only what changed: a message whose rev moved,
 // and in it only the Markdown blocks whose HTML changed.
 
-import { blockElement, renderBlocks, settle, speechText } from "./markdown.js";
+import { StreamingMarkdown, blockElement, speechText } from "./markdown.js";
 
 const STATUS_TEXT = { cancelled: "Stopped", error: "The answer failed" };
 const TOOL_TEXT = { running: "Running", done: "Finished", failed: "Failed", timed_out: "Timed out" };
@@ -103,7 +103,7 @@ export class View {
       const meta = this.doc.createElement("div");
       meta.className = "meta";
       el.append(who, body, meta);
-      n = { el, body, meta, rev: -1, blocks: [], full: null };
+      n = { el, body, meta, rev: -1, blocks: [], full: null, md: new StreamingMarkdown() };
       this.nodes.set(key, n);
       if (this.quiet && m.role === "assistant") this.hooks.announcer.skip(m.turn_id, speechText(m.text, textState(m)));
     }
@@ -117,7 +117,7 @@ export class View {
     n.el.setAttribute("aria-busy", String(streaming));
     if (m.role === "user") n.body.textContent = m.text;
     else if (streaming && this.fullMode) this.placeholder(n);
-    else this.markdown(n, settle(m.text, textState(m)));
+    else this.markdown(n, n.md.blocks(m.text, textState(m)));
     this.meta(n, m);
     if (m.role === "assistant" && revChanged) this.speak(n, m, streaming);
     return n.el;
@@ -127,12 +127,11 @@ export class View {
    * Replaces only the blocks whose HTML changed, so finished text never moves or flickers and a
    * selection in it survives the stream.
    */
-  markdown(n, text) {
+  markdown(n, blocks) {
     if (n.blocks === null) {
       n.body.replaceChildren(); // leaving the full-answer placeholder
       n.blocks = [];
     }
-    const blocks = renderBlocks(text);
     blocks.forEach((html, i) => {
       if (n.blocks[i] === html) return;
       const el = blockElement(html, this.doc);
@@ -182,7 +181,7 @@ export class View {
   speak(n, m, streaming) {
     if (streaming) n.streamed = true;
     if (!n.streamed || (this.fullMode && streaming)) return;
-    this.hooks.announcer.progress(m.turn_id, speechText(m.text, textState(m)), !streaming);
+    this.hooks.announcer.progress(m.turn_id, n.md.speech(m.text, textState(m)), !streaming);
     if (!streaming) n.streamed = false;
   }
 }
