@@ -11,7 +11,8 @@
 // Streaming: an answer is cut into its top-level blocks, and the view redraws only the blocks
 // whose HTML changed. While an answer streams, `settle` shows what is settled: emphasis and code
 // opened in the last paragraph run to its end (markers never flash as text), and lines that may
-// still become a table header or a code fence wait until the next line decides.
+// still become a table header or a code fence wait until the next line decides. A block that
+// another block follows is finished, so StreamingMarkdown parses only from the last block on.
 
 import markdownit from "../vendor/markdown-it/markdown-it.esm.min.mjs";
 
