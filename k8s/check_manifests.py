@@ -11,7 +11,9 @@ What it checks, per rendered overlay:
 - every custom resource against the schema vendored in k8s/schemas/ (an unknown kind fails);
 - what no schema can see: references between objects (Services, PDBs, HPA, ScaledObject,
   ServiceMonitor, Secrets, ConfigMaps), the drain deadlines against the grace periods, the
-  ScaledObject's triggers against redis.partitions/key_prefix, security and resource settings,
+  ScaledObject's triggers against redis.partitions/key_prefix (and their scaler type against the
+  Redis the overlay targets: `redis-cluster-streams` for a --cluster-overlay, else
+  `redis-streams`), security and resource settings,
   and that the ConfigMaps carry config/production.toml and the dashboard unchanged;
 and, once: the dashboard's and the PrometheusRule's queries parse as PromQL (promql-parser) and
 select only allowed metrics.
@@ -447,13 +449,18 @@ def check_scaledobject(name, so, get, args, problems):
     parts, prefix = expected_partitions(args.config_dir, containers)
     want = {f"{prefix}:{{p{p:02}}}:turns" for p in range(parts)}
     lag, pending, names = set(), set(), []
+    # The plain scaler cannot follow a Cluster's MOVED replies, and the overlay says which Redis.
+    kind = "redis-cluster-streams" if name in args.cluster_overlay else "redis-streams"
+    wrong_type = []
     for i, t in enumerate(spec.get("triggers") or []):
         tw = f"{where} trigger {t.get('name') or i}"
         names.append(t.get("name"))
         auth = (t.get("authenticationRef") or {}).get("name")
         if auth and not get("TriggerAuthentication", auth):
             problems.add(tw, f"TriggerAuthentication {auth} is not rendered")
-        if t.get("type") != "redis-streams":
+        if t.get("type") in ("redis-streams", "redis-cluster-streams") and t.get("type") != kind:
+            wrong_type.append(t.get("name") or str(i))
+        if t.get("type") not in ("redis-streams", "redis-cluster-streams"):
             continue
         md = t.get("metadata") or {}
         modes = [k for k in ("lagCount", "pendingEntriesCount", "streamLength") if k in md]
@@ -468,9 +475,11 @@ def check_scaledobject(name, so, get, args, problems):
             problems.add(tw, "activationLagCount only applies with lagCount")
         if md.get("consumerGroup") != "workers":
             problems.add(tw, "consumerGroup must be `workers` (src/store)")
-        if not auth and "address" not in md and "addressFromEnv" not in md:
+        if not auth and not {"address", "addresses", "addressFromEnv", "addressesFromEnv"} & md.keys():
             problems.add(tw, "no Redis address (authenticationRef or metadata.address)")
         (lag if "lagCount" in md else pending).add(md.get("stream"))
+    if wrong_type:
+        problems.add(where, f"{len(wrong_type)} trigger(s) ({', '.join(wrong_type[:3])}...) must be {kind} in this overlay")
     for label, got in (("lag", lag), ("pending", pending)):
         if got != want:
             missing, extra = sorted(want - got)[:3], sorted(got - want)[:3]
@@ -511,6 +520,7 @@ def main():
     ap.add_argument("--dashboard", required=True)
     ap.add_argument("--overlay", action="append", default=[], help="NAME=RENDERED.yaml")
     ap.add_argument("--external-secret", action="append", default=[], help="OVERLAY=SECRET")
+    ap.add_argument("--cluster-overlay", action="append", default=[], help="an overlay for Redis Cluster")
     args = ap.parse_args()
     ext = {}
     for e in args.external_secret:

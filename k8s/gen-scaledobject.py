@@ -14,9 +14,16 @@ one worker should carry gives the worker count. Lag alone would scale in (and dr
 the middle of long answers once the queue is empty; pending alone never wakes a worker from zero,
 because nothing is delivered while no worker exists.
 
+Redis Cluster: KEDA's `redis-streams` scaler talks to one server and does not follow MOVED
+redirects, so against a Cluster it fails for every stream that node does not serve. `--cluster`
+writes the same triggers as `redis-cluster-streams` (a cluster client per trigger), as a patch the
+`production-cluster` overlay applies over the base ScaledObject: a strategic-merge patch replaces
+a custom resource's lists whole, so its trigger list replaces the base one.
+
 Usage:
     python3 k8s/gen-scaledobject.py            # rewrite k8s/base/worker-scaledobject.yaml
-    python3 k8s/gen-scaledobject.py --check    # exit 1 if the checked-in file is stale
+    python3 k8s/gen-scaledobject.py --cluster  # rewrite k8s/overlays/production-cluster/worker-scaledobject-cluster.yaml
+    python3 k8s/gen-scaledobject.py [--cluster] --check    # exit 1 if the checked-in file is stale
     python3 k8s/gen-scaledobject.py --partitions 128 --prefix cf2 --output -   # to stdout
 
 --partitions and --prefix default to redis.partitions and redis.key_prefix as the pods see them:
@@ -33,6 +40,34 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DEFAULT_OUTPUT = os.path.join(HERE, "base", "worker-scaledobject.yaml")
+CLUSTER_OUTPUT = os.path.join(HERE, "overlays", "production-cluster", "worker-scaledobject-cluster.yaml")
+# Seconds between KEDA's reads of the streams (the ScaledObject's pollingInterval).
+POLLING_INTERVAL = 5
+# go-redis (KEDA's Redis client) re-reads a cluster client's slot map when it is older than this.
+CLUSTER_STATE_RELOAD_SECS = 10
+
+
+def redis_load(partitions: int, cluster: bool) -> str:
+    """The comment on what the triggers cost Redis, with the arithmetic."""
+    per_poll = 3 * partitions
+    rate = per_poll / POLLING_INTERVAL
+    text = f"""\
+# Redis load of the triggers (KEDA 2.20 source, pkg/scalers/redis_streams_scaler.go): every
+# pollingInterval each lag trigger sends INFO (no section: Redis builds its default sections,
+# ~5 KB, only to read redis_version) and then XINFO GROUPS; each pending trigger sends XPENDING
+# (summary form). So 2 x {partitions} triggers cost {partitions} INFO + {partitions} XINFO GROUPS + {partitions} XPENDING
+# = {per_poll} commands per {POLLING_INTERVAL} s poll, {rate:.1f} commands/s ({partitions / POLLING_INTERVAL:.1f} of them INFO)."""
+    if cluster:
+        text += f"""
+# Cluster: every trigger has its own cluster client (go-redis), which re-reads the slot map
+# (CLUSTER SLOTS, from any node) when it is older than {CLUSTER_STATE_RELOAD_SECS} s: {2 * partitions} more per {max(POLLING_INTERVAL, CLUSTER_STATE_RELOAD_SECS)} s,
+# {2 * partitions / max(POLLING_INTERVAL, CLUSTER_STATE_RELOAD_SECS):.1f}/s, and reads the command table (COMMAND) once when it starts. XINFO GROUPS
+# and XPENDING go to the primary that serves their stream, INFO to each primary in turn."""
+    text += """
+# What that costs Redis, and why pollingInterval stays at 5 s: k8s/README.md ("Redis load of
+# the KEDA triggers")."""
+    return text
+
 
 
 def redis_settings() -> dict:
@@ -51,7 +86,8 @@ def stream_key(prefix: str, p: int) -> str:
     return f"{prefix}:{{p{p:02}}}:turns"
 
 
-def render(partitions: int, prefix: str, group: str, target: int, auth: str) -> str:
+def render(partitions: int, prefix: str, group: str, target: int, auth: str, cluster: bool = False) -> str:
+    kind = "redis-cluster-streams" if cluster else "redis-streams"
     names = []
     triggers = []
     for p in range(partitions):
@@ -66,14 +102,16 @@ def render(partitions: int, prefix: str, group: str, target: int, auth: str) -> 
             f"      consumerGroup: {group}\n"
         )
         triggers.append(
-            f"  - type: redis-streams\n"
+            f"  - type: {kind}\n"
             f"    name: {lag}\n" + common + f'      lagCount: "{target}"\n'
             f'      activationLagCount: "0"\n'
         )
         triggers.append(
-            f"  - type: redis-streams\n"
+            f"  - type: {kind}\n"
             f"    name: {pending}\n" + common + f'      pendingEntriesCount: "{target}"\n'
         )
+    if cluster:
+        return render_cluster_patch(partitions, prefix, group, target, auth) + "".join(triggers)
     # A folded block (>-) joins these lines with spaces: one expression, readable in review.
     per_line = 8
     formula = "\n        + ".join(" + ".join(names[i : i + per_line]) for i in range(0, len(names), per_line))
@@ -98,9 +136,9 @@ spec:
     kind: Deployment
     name: chatfleet-worker
   # Seconds between KEDA's reads of the streams. It bounds how long the first turn waits while
-  # there are zero workers (plus pod start), so it is short; each poll is 2 x {partitions} cheap
-  # O(1) commands (XINFO GROUPS, XPENDING summary), about {2 * partitions // 5} commands/s on Redis.
-  pollingInterval: 5
+  # there are zero workers (plus pod start), so it is short.
+{indent(redis_load(partitions, False), "  ")}
+  pollingInterval: {POLLING_INTERVAL}
   # Seconds without any turn before the last worker is removed (only matters when
   # minReplicaCount is 0). Long enough that a user reading an answer and replying does not pay a
   # cold start.
@@ -154,6 +192,33 @@ spec:
     return header + "".join(triggers)
 
 
+def indent(text: str, prefix: str) -> str:
+    return "\n".join(prefix + line for line in text.splitlines())
+
+
+def render_cluster_patch(partitions: int, prefix: str, group: str, target: int, auth: str) -> str:
+    return f"""\
+# GENERATED by k8s/gen-scaledobject.py --cluster -- do not edit by hand. bin/check-k8s fails when
+# this file differs from the generator's output. Parameters: partitions={partitions} prefix={prefix}
+# group={group} target={target} auth={auth}.
+#
+# The production-cluster overlay applies this as a patch over base/worker-scaledobject.yaml: the
+# same triggers (names, streams, targets; the base formula sums them), as `redis-cluster-streams`,
+# which follows the Cluster's slot map. KEDA's plain `redis-streams` scaler cannot read a
+# Cluster: every stream the one node it talks to does not serve answers MOVED.
+# The TriggerAuthentication's `address` parameter (KEDA also reads it as `addresses`) carries the
+# Cluster's seed nodes: one or more host:port, comma-separated (the Secret's redis-address).
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata:
+  name: chatfleet-worker
+spec:
+{indent(redis_load(partitions, True), "  ")}
+  pollingInterval: {POLLING_INTERVAL}
+  triggers:
+"""
+
+
 def main() -> int:
     redis = redis_settings()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,14 +229,18 @@ def main() -> int:
     ap.add_argument("--group", default="workers", help="consumer group (default workers)")
     ap.add_argument("--target", type=int, default=200, help="turns per worker (default 200)")
     ap.add_argument("--auth", default="chatfleet-redis", help="TriggerAuthentication name")
-    ap.add_argument("--output", default=DEFAULT_OUTPUT, help="file to write, or - for stdout")
+    ap.add_argument(
+        "--cluster", action="store_true", help="redis-cluster-streams triggers, as the production-cluster patch"
+    )
+    ap.add_argument("--output", help="file to write, or - for stdout (default: the checked-in file)")
     ap.add_argument("--check", action="store_true", help="compare with --output instead of writing")
     a = ap.parse_args()
     if not 1 <= a.partitions <= 4096:
         ap.error("--partitions must be 1..=4096, as redis.partitions (src/settings.rs)")
     if a.target < 1:
         ap.error("--target must be at least 1")
-    text = render(a.partitions, a.prefix, a.group, a.target, a.auth)
+    a.output = a.output or (CLUSTER_OUTPUT if a.cluster else DEFAULT_OUTPUT)
+    text = render(a.partitions, a.prefix, a.group, a.target, a.auth, a.cluster)
     if a.check:
         try:
             with open(a.output, encoding="utf-8") as f:
@@ -185,7 +254,8 @@ def main() -> int:
             )
             sys.stderr.writelines(list(diff)[:40])
             print(
-                f"gen-scaledobject: {os.path.relpath(a.output)} is stale; run python3 k8s/gen-scaledobject.py",
+                f"gen-scaledobject: {os.path.relpath(a.output)} is stale; run python3 k8s/gen-scaledobject.py"
+                + (" --cluster" if a.cluster else ""),
                 file=sys.stderr,
             )
             return 1

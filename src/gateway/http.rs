@@ -16,6 +16,7 @@ use super::App;
 const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
+const TEXT: &str = "text/plain; charset=utf-8";
 
 /// Every static file: URL path, content type, contents.
 const STATIC_FILES: &[(&str, &str, &str)] = &[
@@ -33,6 +34,13 @@ const STATIC_FILES: &[(&str, &str, &str)] = &[
     ("/chatfleet/persist.js", JS, include_str!("static/chatfleet/persist.js")),
     ("/chatfleet/power.js", JS, include_str!("static/chatfleet/power.js")),
     ("/chatfleet/transports.js", JS, include_str!("static/chatfleet/transports.js")),
+    // The page's Markdown renderer, as published on npm (web/vendor-markdown-it), and its licence.
+    (
+        "/vendor/markdown-it/markdown-it.esm.min.mjs",
+        JS,
+        include_str!("static/vendor/markdown-it/markdown-it.esm.min.mjs"),
+    ),
+    ("/vendor/markdown-it/LICENSE", TEXT, include_str!("static/vendor/markdown-it/LICENSE")),
 ];
 
 pub(super) fn router() -> Router<App> {
@@ -96,11 +104,13 @@ mod tests {
         served.sort();
         assert_eq!(on_disk, served);
         for (path, content_type, _) in STATIC_FILES {
-            let ext = if *path == "/" { "html" } else { path.rsplit('.').next().unwrap() };
+            let name = path.rsplit('/').next().unwrap();
+            let ext = if *path == "/" { "html" } else { name.rsplit_once('.').map_or("", |(_, ext)| ext) };
             let want = match ext {
                 "html" => "text/html",
-                "js" => "text/javascript",
+                "js" | "mjs" => "text/javascript",
                 "css" => "text/css",
+                "" if name == "LICENSE" => "text/plain",
                 other => panic!("no content type for .{other}"),
             };
             assert!(content_type.starts_with(want), "{path}: {content_type}");

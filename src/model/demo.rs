@@ -1,6 +1,6 @@
-//! The built-in demo model: deterministic Markdown text, streamed at a configured time to first
-//! token and token rate, so the whole system runs without an API key and tests know the exact
-//! answer in advance.
+//! The built-in demo model: a readable Markdown answer (a heading, a list, a code block and a
+//! table about the prompt and chatfleet), streamed at a configured time to first token and token
+//! rate, so the whole system runs without an API key and tests know the exact answer in advance.
 //!
 //! Directives in the user's message drive failure paths, for tests and demos:
 //! - `[[fail]]`: every attempt fails before the first token (an unavailable upstream);
@@ -40,60 +40,94 @@ impl DemoModel {
     }
 }
 
-const WORDS: &[&str] = &[
-    "streaming",
-    "tokens",
-    "arrive",
-    "smoothly",
-    "over",
-    "Redis",
-    "Streams",
-    "while",
-    "workers",
-    "claim",
-    "turns",
-    "and",
-    "gateways",
-    "fan",
-    "out",
-    "deltas",
-    "to",
-    "every",
-    "tab",
-    "—",
-    "résumé",
-    "naïve",
-    "café",
-    "🚀",
-    "日本語",
-    "fast",
-    "and",
-    "exact",
+/// What the demo writes about: the prompt when it has words, else chatfleet itself.
+fn topic(prompt: &str) -> String {
+    let words: Vec<&str> =
+        prompt.split_whitespace().filter(|w| !(w.starts_with("[[") && w.ends_with("]]"))).take(8).collect();
+    match words.join(" ") {
+        t if t.is_empty() => "chatfleet".into(),
+        t => t.chars().take(60).collect(),
+    }
+}
+
+/// Facts the list draws from, in the order the prompt's hash picks.
+const FACTS: [&str; 6] = [
+    "Gateways hold the sockets and fan out each delta to every tab of a session.",
+    "Workers claim turns from Redis Streams and stream the model — résumé included.",
+    "Every state change is one Redis Function call, so a takeover never duplicates text.",
+    "A client that reconnects replays the session log from its last `seq`.",
+    "Deltas are coalesced every few ms, so a fast model costs few frames 🚀.",
+    "Text is UTF-8 end to end: naïve café 日本語 arrive whole.",
 ];
 
-/// The tokens of the demo answer to `prompt`: the same prompt always gives the same answer.
-/// Tokens are words with their following space, and include multi-byte characters on purpose.
+/// Rows of the table: stage, where it runs, what bounds it.
+const ROWS: [(&str, &str, &str); 4] = [
+    ("queue", "Redis Stream per partition", "admission control"),
+    ("generation", "worker", "lease and heartbeat"),
+    ("fan-out", "gateway", "per-socket send queue"),
+    ("replay", "session log", "`session.log_max_events`"),
+];
+
+/// More sentences, for answers longer than the document.
+const MORE: [&str; 4] = [
+    "This answer is written by the built-in demo model, which needs no API key.",
+    "The same prompt always gets the same answer, so tests know it in advance.",
+    "Point `[upstreams]` at a real model to get real answers.",
+    "Stop a turn at any time: the worker drops the upstream stream at once.",
+];
+
+/// The demo answer to `prompt` as Markdown: a heading, a list, a code block and a table about
+/// the prompt and chatfleet, then more sentences as long as asked.
+fn document(prompt: &str, seed: u32, min_tokens: usize) -> String {
+    let topic = topic(prompt);
+    let mut doc = format!("## {topic}\n\nThe **Demo model** answers _{topic}_ with how chatfleet streams it:\n\n");
+    for i in 0..3 {
+        doc += &format!("- {}\n", FACTS[(seed as usize + i * 2) % FACTS.len()]);
+    }
+    let partition = seed % 64;
+    doc += &format!(
+        "\n```toml\n[redis]\npartitions = 64  # this session lives in p{partition:02}\n```\n\n| stage | where | bounded by |\n|---|---|---|\n"
+    );
+    for (stage, place, bound) in ROWS {
+        doc += &format!("| {stage} | {place} | {bound} |\n");
+    }
+    // Counted as it grows: recounting the whole document per sentence is quadratic, and tests
+    // ask for answers of 100,000 tokens.
+    let mut words = doc.split_whitespace().count();
+    let mut i = seed as usize;
+    while words < min_tokens {
+        let more = MORE[i % MORE.len()];
+        doc += &format!("\n{more}");
+        words += more.split_whitespace().count();
+        i += 1;
+    }
+    doc
+}
+
+/// Splits text into tokens: each is a run of non-space characters with the spaces and newlines
+/// after it, so the tokens concatenate back to the text.
+fn split_tokens(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut prev_space = false;
+    for c in text.chars() {
+        let space = c.is_whitespace();
+        match out.last_mut() {
+            Some(t) if space || !prev_space => t.push(c),
+            _ => out.push(c.to_string()),
+        }
+        prev_space = space;
+    }
+    out
+}
+
+/// The tokens of the demo answer to `prompt`: the same prompt always gives the same answer,
+/// exactly `max_tokens` tokens long. Tokens include multi-byte characters on purpose.
 pub fn tokens_for(prompt: &str, max_tokens: usize) -> Vec<String> {
     if max_tokens == 0 {
         return Vec::new();
     }
-    let mut seed = prompt.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
-    let echo: String = prompt.chars().take(60).collect();
-    let mut out = vec![
-        "**Demo".to_string(),
-        " model** ".to_string(),
-        "answering: ".to_string(),
-        format!("_{}_", echo.trim()),
-        "\n\n".to_string(),
-    ];
-    while out.len() < max_tokens {
-        seed ^= seed << 13;
-        seed ^= seed >> 17;
-        seed ^= seed << 5;
-        let word = WORDS[(seed as usize) % WORDS.len()];
-        let sep = if out.len() % 17 == 16 { ".\n\n" } else { " " };
-        out.push(format!("{word}{sep}"));
-    }
+    let seed = prompt.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    let mut out = split_tokens(&document(prompt, seed, max_tokens));
     out.truncate(max_tokens);
     out
 }
@@ -169,6 +203,19 @@ mod tests {
         assert_ne!(answer_for("hi", 50), answer_for("ho", 50));
         assert_eq!(tokens_for("hi", 50).len(), 50);
         assert!(tokens_for("hi", 0).is_empty());
+        assert_eq!(tokens_for("hi", 500).len(), 500, "longer answers keep going");
+        assert_eq!(tokens_for("flood", 100_000).len(), 100_000, "as long as the slow-client test asks");
+    }
+
+    #[test]
+    fn the_answer_is_markdown_with_a_heading_a_list_a_code_block_and_a_table() {
+        let a = answer_for("How do leases work?", 120);
+        assert!(a.starts_with("## How do leases work?\n\n"), "{a}");
+        assert_eq!(a.lines().filter(|l| l.starts_with("- ")).count(), 3, "{a}");
+        assert_eq!(a.matches("```").count(), 2, "{a}");
+        assert_eq!(a.lines().filter(|l| l.starts_with('|')).count(), 6, "{a}");
+        assert_eq!(tokens_for("How do leases work?", 120).concat(), a);
+        assert!(answer_for("", 120).starts_with("## chatfleet\n"));
     }
 
     #[tokio::test(start_paused = true)]

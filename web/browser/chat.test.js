@@ -24,6 +24,9 @@ test("an answer streams in and shows exactly the text the server streamed", asyn
   assert.equal(words(shown), visible(text));
   assert.equal(await page.locator("li.msg.user .body").innerText(), "How does chatfleet stream answers?");
   assert.equal(await lastAnswer(page).locator("strong").innerText(), "Demo model", "Markdown is rendered");
+  assert.equal(await lastAnswer(page).locator(".body > h2").innerText(), "How does chatfleet stream answers?");
+  assert.equal(await lastAnswer(page).locator(".body > ul > li").count(), 3);
+  assert.match(await lastAnswer(page).locator(".body > pre > code").textContent(), /^\[redis\]\npartitions = 64/);
   assert.equal(await page.locator("#sessions button[aria-current]").innerText(), "How does chatfleet stream answers?");
   assert.deepEqual(rec.errors, []);
   await screenshot(page, "chat");

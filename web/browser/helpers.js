@@ -99,17 +99,26 @@ export function streamedAnswer(frames, end = "done") {
   return { turn, text, deltas: deltas.length };
 }
 
-/** What a reader sees of the demo model's Markdown: emphasis markers (* and _), list bullets
- * and code fences are rendered, not shown. */
-export const visible = (md) =>
-  words(
-    md
-      .split("\n")
-      .filter((l) => !l.startsWith("```"))
-      .map((l) => l.replace(/^- /, ""))
+/**
+ * What a reader sees of the demo model's Markdown: heading markers, list bullets, code fences,
+ * backticks and emphasis markers (* and a _ not inside a word) are rendered, not shown; so are a
+ * table's borders and delimiter row, once there is a table (an answer cut short after the
+ * header row has none: its pipes are text).
+ */
+export const visible = (md) => {
+  const lines = md.split("\n");
+  const delimiter = (l) => /^\|[-:| ]+\|$/.test(l);
+  const table = lines.some(delimiter);
+  return words(
+    lines
+      .filter((l) => !l.startsWith("```") && !delimiter(l))
+      .map((l) => l.replace(/^(#{1,6}|-) /, ""))
+      .map((l) => (table && l.startsWith("|") ? l.replace(/\|/g, " ") : l))
       .join("\n")
-      .replace(/[*_]/g, ""),
+      .replace(/[*`]/g, "")
+      .replace(/(^|[^\p{L}\p{N}])_|_(?![\p{L}\p{N}])/gu, "$1"),
   );
+};
 export const words = (s) => s.split(/\s+/).filter(Boolean).join(" ");
 
 export async function screenshot(page, name) {

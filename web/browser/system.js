@@ -96,9 +96,10 @@ export function redisCommand(port, command) {
 /**
  * `config`: TOML layered over the defaults for the gateways (`--config`), e.g. allowed origins.
  * `archive`: also a private PostgreSQL as the archive (the worker runs the archiver).
- * @param {{gateways?: number, model?: {ttft_ms:number, tokens_per_sec:number, max_tokens:number}, name?: string, config?: string, archive?: boolean}} o
+ * `env`: more settings for every process, as CHATFLEET__… variables (e.g. an upstream).
+ * @param {{gateways?: number, model?: {ttft_ms:number, tokens_per_sec:number, max_tokens:number}, name?: string, config?: string, archive?: boolean, env?: Record<string, string>}} o
  */
-export async function startSystem({ gateways = 2, model = { ttft_ms: 100, tokens_per_sec: 25, max_tokens: 80 }, name = "system", config, archive = false } = {}) {
+export async function startSystem({ gateways = 2, model = { ttft_ms: 100, tokens_per_sec: 25, max_tokens: 80 }, name = "system", config, archive = false, env: extraEnv = {} } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "chatfleet-web-"));
   const logDir = join(ARTIFACTS, "logs", name);
   mkdirSync(logDir, { recursive: true });
@@ -116,6 +117,7 @@ export async function startSystem({ gateways = 2, model = { ttft_ms: 100, tokens
       CHATFLEET__MODEL__DEMO__TTFT_MS: String(model.ttft_ms),
       CHATFLEET__MODEL__DEMO__TOKENS_PER_SEC: String(model.tokens_per_sec),
       CHATFLEET__MODEL__DEMO__MAX_TOKENS: String(model.max_tokens),
+      ...extraEnv,
     };
     if (archive) {
       env.CHATFLEET__ARCHIVE__URL = await startPostgres(logDir, procs);

@@ -1,218 +1,286 @@
-// A small, safe Markdown subset for model output: paragraphs, **strong**, *em*/_em_, `code`,
-// fenced code blocks, lists, and links to http(s) only. Everything becomes DOM nodes whose text is
-// set with textContent: model text is never parsed as HTML, so `<script>` shows as text.
+// Model answers as Markdown, rendered by markdown-it (CommonMark plus GitHub tables and
+// strikethrough), vendored in /vendor/markdown-it/ at the version web/vendor-markdown-it pins
+// (15.0.3; run that script to refresh it).
 //
-// Streaming stability: text is split into blocks, and a renderer redraws only blocks whose source
-// changed (normally the last one). In the last block of a streaming answer an opened `**`, `_` or
-// backtick is treated as running to the end, so markers do not flash as text and then vanish.
+// Safety: raw HTML in the model's text is off (`html: false`), so `<script>` or `<img onerror>`
+// is escaped and shows as text; markdown-it's renderer escapes every text and attribute, which is
+// why its output may be parsed as HTML here. Links are http(s) and mailto only and open in a new
+// tab without access to this page. Images are off: a model (or a prompt injection) could
+// otherwise make the browser fetch any URL, with chat content in its query, just by answering.
+//
+// Streaming: an answer is cut into its top-level blocks, and the view redraws only the blocks
+// whose HTML changed. While an answer streams, `settle` shows what is settled: emphasis and code
+// opened in the last paragraph run to its end (markers never flash as text), and lines that may
+// still become a table header or a code fence wait until the next line decides. A block that
+// another block follows is finished, so StreamingMarkdown parses only from the last block on.
 
-const FENCE = /^\s{0,3}(```+|~~~+)\s*([\w+.-]*)\s*$/;
-const ITEM = /^(\s*)([-*+]|\d{1,9}[.)])\s+(.*)$/;
+import markdownit from "../vendor/markdown-it/markdown-it.esm.min.mjs";
 
-/** Splits Markdown into blocks: {type: "p", text} | {type: "code", lang, text, closed} | {type: "list", ordered, start, items}. */
-export function parseBlocks(src) {
-  const lines = src.replace(/\r\n?/g, "\n").split("\n");
-  const blocks = [];
-  let cur = null;
-  const end = () => (cur = null);
-  for (const line of lines) {
-    if (cur?.type === "code") {
-      if (line.trim().startsWith(cur.fence) && line.trim().replace(/[`~]/g, "") === "") {
-        cur.closed = true;
-        end();
-      } else cur.lines.push(line);
-      continue;
-    }
-    const fence = FENCE.exec(line);
-    if (fence) {
-      cur = { type: "code", fence: fence[1], lang: fence[2], lines: [], closed: false };
-      blocks.push(cur);
-      continue;
-    }
-    if (line.trim() === "") {
-      end();
-      continue;
-    }
-    const item = ITEM.exec(line);
-    if (item) {
-      const ordered = /\d/.test(item[2]);
-      if (cur?.type !== "list" || cur.ordered !== ordered) {
-        cur = { type: "list", ordered, start: ordered ? parseInt(item[2], 10) : 1, items: [] };
-        blocks.push(cur);
-      }
-      cur.items.push(item[3]);
-      continue;
-    }
-    if (cur?.type === "list") {
-      cur.items[cur.items.length - 1] += "\n" + line.trim(); // continuation of the last item
-    } else if (cur?.type === "p") {
-      cur.text += "\n" + line;
-    } else {
-      cur = { type: "p", text: line };
-      blocks.push(cur);
-    }
-  }
-  return blocks.map((b) => (b.type === "code" ? { type: "code", lang: b.lang, text: b.lines.join("\n"), closed: b.closed } : b));
-}
+const md = markdownit("default", { html: false, linkify: true, typographer: false });
+// Only text with a scheme becomes a link: "README.md" or "node.js" stay words.
+md.linkify.set({ fuzzyLink: false, fuzzyEmail: false, fuzzyIP: false });
+md.disable("image");
+md.validateLink = (url) => safeUrl(url) !== null;
+md.renderer.rules.link_open = (tokens, idx, options, env, self) => {
+  tokens[idx].attrSet("target", "_blank");
+  tokens[idx].attrSet("rel", "noopener noreferrer nofollow ugc");
+  return self.renderToken(tokens, idx, options);
+};
 
-/** http(s) URLs only, normalised; anything else (javascript:, data:, relative) gives null. */
+/** http(s) and mailto URLs only; anything else (javascript:, data:, relative) gives null. */
 export function safeUrl(raw) {
   try {
     const u = new URL(raw);
-    return u.protocol === "http:" || u.protocol === "https:" ? u.href : null;
+    return ["http:", "https:", "mailto:"].includes(u.protocol) ? u.href : null;
   } catch {
     return null;
   }
 }
 
-const alnum = (c) => c !== undefined && /[\p{L}\p{N}]/u.test(c);
-const LINK = /^\[([^\]\n]+)\]\(([^()\s]+)\)/;
-const AUTOLINK = /^https?:\/\/[^\s<>]*[^\s<>.,;:!?)\]'"]/;
+const lf = (src) => src.replace(/\r\n?/g, "\n");
 
 /**
- * Inline nodes: {t: "text", v} | {t: "code", v} | {t: "strong"|"em", c: nodes} | {t: "a", href, c} | {t: "br"}.
- * With open=true, an emphasis or code span that is not closed yet runs to the end of the text.
+ * How an answer's text is shown, by how it ended: "done" as written; "ended" (stopped or
+ * failed midway) with open emphasis and code closed; "streaming" also holds back the lines the
+ * next line may still turn into a table header or a fence.
  */
-export function parseInline(s, open = false) {
-  const out = [];
-  let text = "";
-  const flush = () => {
-    if (text) out.push({ t: "text", v: text });
-    text = "";
-  };
+export function settle(src, state = "done") {
+  src = lf(src);
+  if (state === "done") return src;
+  let lines = src.split("\n");
+  if (state === "streaming") {
+    // Markers alone (a list item, quote, heading, rule, fence or underline begun) wait for the
+    // text that tells which.
+    if (MARKERS_ONLY.test(lines[lines.length - 1])) lines.pop();
+    // A paragraph's trailing "|" lines are a table header until a delimiter row says otherwise.
+    const last = lastInline(md.parse(lines.join("\n"), {}));
+    if (last?.paragraph) {
+      const complete = lines[lines.length - 1] === ""; // the text ends with one line break
+      let cut = lines.length - (complete ? 1 : 0);
+      while (cut > last.line && /^[\s>]*\|/.test(lines[cut - 1])) cut--;
+      if (cut < lines.length - (complete ? 1 : 0)) lines = lines.slice(0, cut);
+    }
+  }
+  const text = lines.join("\n");
+  const last = lastInline(md.parse(text, {}));
+  if (!last) return text;
+  const head = lines.slice(0, last.line).join("\n");
+  return head + (last.line > 0 ? "\n" : "") + closeInline(lines.slice(last.line).join("\n"));
+}
+
+const MARKERS_ONLY = /^(?=.*\S)\s*(?:[-*+>#=_~`\s]+|\d{1,9}[.)]?\s*)$/;
+
+/** The source line where the last inline run (paragraph, heading, cell) starts, if text ends in one. */
+function lastInline(tokens) {
+  let i = tokens.length - 1;
+  while (i >= 0 && tokens[i].nesting === -1) i--;
+  if (i < 0 || tokens[i].type !== "inline") return null; // ends in a code block, a rule, or nothing
+  const paragraph = tokens[i - 1]?.type === "paragraph_open";
+  for (let j = i; j >= 0; j--) if (tokens[j].map) return { line: tokens[j].map[0], paragraph };
+  return null;
+}
+
+const alnum = (c) => c !== undefined && /[\p{L}\p{N}]/u.test(c);
+const space = (c) => c === undefined || /\s/.test(c);
+
+/**
+ * Closes the emphasis, strikethrough and code spans still open at the end of `s` (right after
+ * its last character, where a closer counts), drops an opener that nothing follows yet, and shows
+ * a link still being written as its text alone.
+ */
+export function closeInline(s) {
+  s = unfinishedLinks(s);
+  const stack = []; // open delimiters: {run, end}
+  let code = null; // the open code span's backtick run and where its content starts
+  let idle = null; // where the last delimiter run starts, when it neither opened nor closed
   for (let i = 0; i < s.length; ) {
     const c = s[i];
-    const rest = s.slice(i);
+    let n = 1;
+    while (s[i + n] === c && (c === "`" || c === "*" || c === "_" || c === "~")) n++;
+    const run = s.slice(i, i + n);
     if (c === "`") {
-      const run = /^`+/.exec(rest)[0];
-      const close = s.indexOf(run, i + run.length);
-      if (close > 0 || open) {
-        flush();
-        out.push({ t: "code", v: s.slice(i + run.length, close > 0 ? close : s.length) });
-        i = close > 0 ? close + run.length : s.length;
-        continue;
-      }
-      text += run;
-      i += run.length;
-      continue;
+      if (!code) code = { run, end: i + n };
+      else if (code.run === run) code = null;
+    } else if (code) {
+      // inside a code span everything is literal
+    } else if (c === "\\") {
+      n = 2; // an escaped character is literal
+    } else if ((c === "*" || c === "_" || (c === "~" && n === 2)) && n <= 3) {
+      const before = s[i - 1];
+      const after = s[i + n];
+      const inWord = c === "_" && alnum(before) && alnum(after); // snake_case
+      const top = stack[stack.length - 1];
+      idle = null;
+      if (!inWord && !space(before) && top?.run === run) stack.pop();
+      else if (!inWord && !space(after)) stack.push({ run, end: i + n });
+      else idle = i;
     }
-    if (c === "*" || c === "_") {
-      const d = s[i + 1] === c ? c + c : c;
-      const after = s[i + d.length];
-      // An opener touches the following word and, for "_", does not sit inside one (snake_case).
-      const canOpen = after !== undefined && !/\s/.test(after) && !(c === "_" && alnum(s[i - 1]));
-      const close = canOpen ? findCloser(s, i + d.length, d) : -1;
-      if (close > 0 || (canOpen && open && !s.slice(i + d.length).includes(d))) {
-        flush();
-        const inner = s.slice(i + d.length, close > 0 ? close : s.length);
-        out.push({ t: d.length === 2 ? "strong" : "em", c: parseInline(inner, open && close < 0) });
-        i = close > 0 ? close + d.length : s.length;
-        continue;
-      }
-      text += d;
-      i += d.length;
-      continue;
-    }
-    if (c === "[") {
-      const m = LINK.exec(rest);
-      const href = m && safeUrl(m[2]);
-      if (href) {
-        flush();
-        out.push({ t: "a", href, c: parseInline(m[1]) });
-        i += m[0].length;
-        continue;
-      }
-    }
-    if (c === "h" && !alnum(s[i - 1])) {
-      const m = AUTOLINK.exec(rest);
-      const href = m && safeUrl(m[0]);
-      if (href) {
-        flush();
-        out.push({ t: "a", href, c: [{ t: "text", v: m[0] }] });
-        i += m[0].length;
-        continue;
-      }
-    }
-    if (c === "\n") {
-      flush();
-      out.push({ t: "br" });
-      i++;
-      continue;
-    }
-    text += c;
-    i++;
+    i += n;
   }
-  flush();
+  // A run at the very end that neither opened nor closed (half a closer, or an opener with
+  // nothing after it yet) waits for the next character.
+  let body = s.trimEnd();
+  const tail = s.slice(body.length);
+  if (idle !== null && /^[*_~]+$/.test(body.slice(idle))) body = body.slice(0, idle).trimEnd();
+  const close = ({ run, end }) => {
+    body = end >= body.length ? body.slice(0, end - run.length).trimEnd() : body + run;
+  };
+  if (code) close(code);
+  while (stack.length) close(stack.pop());
+  return body + tail;
+}
+
+/** `s` without the brackets of links not finished yet, nor the part of their URL written so far. */
+function unfinishedLinks(s) {
+  const open = []; // where each "[" not closed yet is
+  let code = null;
+  for (let i = 0; i < s.length; ) {
+    const c = s[i];
+    let n = 1;
+    if (c === "`") {
+      while (s[i + n] === "`") n++;
+      const run = s.slice(i, i + n);
+      if (!code) code = run;
+      else if (code === run) code = null;
+    } else if (code) {
+      // literal
+    } else if (c === "\\") {
+      n = 2;
+    } else if (c === "[") {
+      open.push(i);
+    } else if (c === "]" && open.length) {
+      const start = open.pop();
+      const pending = s[i + 1] === "(" ? !s.includes(")", i + 2) : i + 1 === s.trimEnd().length;
+      if (pending) return unfinishedLinks(s.slice(0, start) + s.slice(start + 1, i));
+    }
+    i += n;
+  }
+  for (const k of open.reverse()) s = s.slice(0, k) + s.slice(k + 1);
+  return s;
+}
+
+/** The tokens of each top-level block, in order. */
+function blocksOf(tokens) {
+  const out = [];
+  for (let i = 0; i < tokens.length; ) {
+    let j = i;
+    if (tokens[i].nesting === 1) {
+      let depth = 0;
+      do depth += tokens[j++].nesting;
+      while (depth > 0 && j < tokens.length);
+    } else j++;
+    out.push(tokens.slice(i, j));
+    i = j;
+  }
   return out;
 }
 
-/** The closing delimiter `d` after `from`: not preceded by a space, and "_" not inside a word. */
-function findCloser(s, from, d) {
-  for (let j = s.indexOf(d, from + 1); j > 0; j = s.indexOf(d, j + 1)) {
-    if (/\s/.test(s[j - 1])) continue;
-    if (d[0] === "_" && alnum(s[j + d.length])) continue;
-    if (d.length === 1 && s[j + 1] === d) {
-      j++; // part of a "**" run: not a single closer
-      continue;
-    }
-    return j;
-  }
-  return -1;
+const html = (block) => md.renderer.render(block, md.options, {}).trim();
+
+/** The HTML of each top-level block of `src`, in order (each is one element). */
+export function renderBlocks(src) {
+  return blocksOf(md.parse(lf(src), {})).map(html);
 }
 
-/** DOM for inline nodes, built with createElement and textContent only. */
-export function inlineToDom(nodes, doc) {
-  const frag = doc.createDocumentFragment();
-  for (const n of nodes) {
-    if (n.t === "text") frag.append(doc.createTextNode(n.v));
-    else if (n.t === "br") frag.append(doc.createElement("br"));
-    else if (n.t === "code") {
-      const el = doc.createElement("code");
-      el.textContent = n.v;
-      frag.append(el);
-    } else {
-      const el = doc.createElement(n.t);
-      if (n.t === "a") {
-        el.href = n.href;
-        el.rel = "noopener noreferrer nofollow ugc";
-        el.target = "_blank";
+/**
+ * One message's Markdown while it streams, parsed incrementally: a top-level block that another
+ * block follows is finished (appended text can only change the last block), so its HTML and
+ * words are kept, and each update parses only the text from the last block on. Same output as
+ * `renderBlocks(settle(src, state))` and `speechText(src, state)`, at a cost that does not grow
+ * with the answer. Finished answers are parsed whole (a late reference definition may change an
+ * earlier link).
+ */
+export class StreamingMarkdown {
+  constructor() {
+    this.reset();
+  }
+
+  reset() {
+    this.src = ""; // the finished blocks' source, ending with a line break
+    this.html = [];
+    this.plain = [];
+  }
+
+  /** The HTML of each top-level block of `src`, shown as `state` says (see settle). */
+  blocks(src, state) {
+    src = lf(src);
+    if (state !== "streaming") return renderBlocks(settle(src, state));
+    if (!src.startsWith(this.src)) this.reset(); // the text was replaced (a retry)
+    const tail = src.slice(this.src.length);
+    const blocks = blocksOf(md.parse(settle(tail, state), {}));
+    if (blocks.length > 1) {
+      const last = blocks[blocks.length - 1][0].map[0];
+      this.src += tail.split("\n").slice(0, last).join("\n") + "\n";
+      for (const b of blocks.slice(0, -1)) {
+        this.html.push(html(b));
+        this.plain.push(plainLines(b).join("\n"));
       }
-      el.append(inlineToDom(n.c, doc));
-      frag.append(el);
+      return [...this.html, html(blocks[blocks.length - 1])];
+    }
+    return [...this.html, ...blocks.map(html)];
+  }
+
+  /** What is spoken of `src` so far (see speechText); call after blocks() with the same text. */
+  speech(src, state) {
+    src = lf(src);
+    if (state !== "streaming" || !src.startsWith(this.src)) return speechText(src, state);
+    return [...this.plain, speechText(src.slice(this.src.length), state)].join("\n");
+  }
+}
+
+/** An element from renderBlocks' HTML (markdown-it escaped it: see the note at the top). */
+export function blockElement(html, doc) {
+  const t = doc.createElement("template");
+  t.innerHTML = html;
+  if (t.content.childElementCount === 1) return t.content.firstElementChild;
+  const div = doc.createElement("div");
+  div.append(t.content);
+  return div;
+}
+
+/**
+ * The words a reader sees, for speech: one line per paragraph, heading, table row or code block,
+ * and nothing after the last, so a growing answer's text only ever grows at the end.
+ */
+export function toPlain(src) {
+  return plainLines(md.parse(lf(src), {})).join("\n");
+}
+
+function plainLines(tokens) {
+  const lines = [];
+  let row = null;
+  for (const t of tokens) {
+    if (t.type === "tr_open") row = [];
+    else if (t.type === "tr_close") {
+      lines.push(row.filter(Boolean).join(" "));
+      row = null;
+    } else if (t.type === "fence" || t.type === "code_block") lines.push(t.content.replace(/\n$/, ""));
+    else if (t.type === "inline") {
+      const text = t.children.map((c) => (c.type === "softbreak" || c.type === "hardbreak" ? "\n" : c.type === "text" || c.type === "code_inline" ? c.content : "")).join("");
+      if (row) row.push(text.trim());
+      else lines.push(text);
     }
   }
-  return frag;
+  return lines;
 }
 
-/** One block's element. `open` marks the still-growing last block of a streaming answer. */
-export function blockToDom(b, doc, open = false) {
-  if (b.type === "code") {
-    const pre = doc.createElement("pre");
-    const code = doc.createElement("code");
-    if (b.lang) code.dataset.lang = b.lang;
-    code.textContent = b.text;
-    pre.append(code);
-    return pre;
+/**
+ * What is spoken of an answer so far. While it streams, the line being written counts only when
+ * it is prose that the next line cannot restructure (no table, fence or underline in the making),
+ * so what has been spoken stays a prefix of what is spoken later.
+ */
+export function speechText(src, state = "done") {
+  src = lf(src);
+  if (state === "streaming") {
+    const nl = src.lastIndexOf("\n");
+    const line = src.slice(nl + 1);
+    if (!SAFE_LINE.test(line) || line.includes("|")) src = src.slice(0, nl + 1);
   }
-  if (b.type === "list") {
-    const el = doc.createElement(b.ordered ? "ol" : "ul");
-    if (b.ordered && b.start !== 1) el.start = b.start;
-    b.items.forEach((item, k) => {
-      const li = doc.createElement("li");
-      li.append(inlineToDom(parseInline(item, open && k === b.items.length - 1), doc));
-      el.append(li);
-    });
-    return el;
-  }
-  const p = doc.createElement("p");
-  p.append(inlineToDom(parseInline(b.text, open), doc));
-  return p;
+  return toPlain(settle(src, state));
 }
 
-/** Plain text of Markdown, for speech: the markers go, the words stay. */
-export function toPlain(src) {
-  const flat = (nodes) => nodes.map((n) => (n.t === "br" ? "\n" : n.v ?? flat(n.c))).join("");
-  return parseBlocks(src)
-    .map((b) => (b.type === "code" ? b.text : b.type === "list" ? b.items.map((i) => flat(parseInline(i))).join("\n") : flat(parseInline(b.text))))
-    .join("\n\n");
-}
+/**
+ * List, quote and heading markers, then a word, emphasis, code or a bracket; a number only once
+ * it is clearly not an ordered list's marker being typed.
+ */
+const SAFE_LINE = /^\s{0,3}(?:(?:[-*+]|\d{1,9}[.)]|>|#{1,6})\s+)*(?:[\p{L}*_"'([]|\p{N}+(?=[^\p{N}.)])|`(?!`))/u;

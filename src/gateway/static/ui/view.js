@@ -1,8 +1,8 @@
 // Renders a conversation (chatfleet.js's model) into the transcript, at most once per animation
 // frame however many deltas arrive, and redrawing only what changed: a message whose rev moved,
-// and in it only the Markdown blocks whose source changed.
+// and in it only the Markdown blocks whose HTML changed.
 
-import { blockToDom, parseBlocks, toPlain } from "./markdown.js";
+import { StreamingMarkdown, blockElement, speechText } from "./markdown.js";
 
 const STATUS_TEXT = { cancelled: "Stopped", error: "The answer failed" };
 const TOOL_TEXT = { running: "Running", done: "Finished", failed: "Failed", timed_out: "Timed out" };
@@ -103,9 +103,9 @@ export class View {
       const meta = this.doc.createElement("div");
       meta.className = "meta";
       el.append(who, body, meta);
-      n = { el, body, meta, rev: -1, blocks: [], full: null };
+      n = { el, body, meta, rev: -1, blocks: [], full: null, md: new StreamingMarkdown() };
       this.nodes.set(key, n);
-      if (this.quiet && m.role === "assistant") this.hooks.announcer.skip(m.turn_id, toPlain(m.text));
+      if (this.quiet && m.role === "assistant") this.hooks.announcer.skip(m.turn_id, speechText(m.text, textState(m)));
     }
     if (n.rev === m.rev && n.full === this.fullMode) return n.el;
     const revChanged = n.rev !== m.rev;
@@ -117,28 +117,28 @@ export class View {
     n.el.setAttribute("aria-busy", String(streaming));
     if (m.role === "user") n.body.textContent = m.text;
     else if (streaming && this.fullMode) this.placeholder(n);
-    else this.markdown(n, m.text, streaming);
+    else this.markdown(n, n.md.blocks(m.text, textState(m)));
     this.meta(n, m);
     if (m.role === "assistant" && revChanged) this.speak(n, m, streaming);
     return n.el;
   }
 
-  /** Replaces only the blocks whose source changed, so finished text never moves or flickers. */
-  markdown(n, text, streaming) {
+  /**
+   * Replaces only the blocks whose HTML changed, so finished text never moves or flickers and a
+   * selection in it survives the stream.
+   */
+  markdown(n, blocks) {
     if (n.blocks === null) {
       n.body.replaceChildren(); // leaving the full-answer placeholder
       n.blocks = [];
     }
-    const blocks = parseBlocks(text);
-    blocks.forEach((b, i) => {
-      const open = streaming && i === blocks.length - 1;
-      const key = `${open}|${JSON.stringify(b)}`;
-      if (n.blocks[i] === key) return;
-      const el = blockToDom(b, this.doc, open);
+    blocks.forEach((html, i) => {
+      if (n.blocks[i] === html) return;
+      const el = blockElement(html, this.doc);
       const old = n.body.children[i];
       if (old) old.replaceWith(el);
       else n.body.append(el);
-      n.blocks[i] = key;
+      n.blocks[i] = html;
     });
     while (n.body.children.length > blocks.length) n.body.lastElementChild.remove();
     n.blocks.length = blocks.length;
@@ -181,9 +181,15 @@ export class View {
   speak(n, m, streaming) {
     if (streaming) n.streamed = true;
     if (!n.streamed || (this.fullMode && streaming)) return;
-    this.hooks.announcer.progress(m.turn_id, toPlain(m.text), !streaming);
+    this.hooks.announcer.progress(m.turn_id, n.md.speech(m.text, textState(m)), !streaming);
     if (!streaming) n.streamed = false;
   }
+}
+
+/** How far an answer's text got (markdown.js's settle): still coming, cut short, or whole. */
+function textState(m) {
+  if (m.status === "streaming") return "streaming";
+  return m.status === "cancelled" || m.status === "error" ? "ended" : "done";
 }
 
 function text(doc, s, cls = "") {
