@@ -952,31 +952,46 @@ end
 
 --[[ cf2_read_log: events after a seq, for a gateway catching a connection up after a pub/sub gap.
 KEYS: meta, log of the session
-ARGV: after seq, count, epoch the connection is on
-Returns {status, top seq, {{seq, event}, ...}}: 'ok'; 'epoch' when the session's epoch changed
-(the connection must resync with a snapshot); 'trimmed' when after+1 is no longer in the log;
-'behind' when the session's top seq is below `after` (Redis lost writes the connection saw, e.g.
-a failover to a lagging replica: the connection must resync with a snapshot).
+ARGV: after seq, count, epoch the connection is on [, anchor ('1': also return the event at
+      `after` itself, so the caller can check it is the one it holds)]
+Returns {status, top seq, {{seq, event}, ...}, anchor event ('' when not asked)}: 'ok'; 'epoch'
+when the session's epoch changed (the connection must resync with a snapshot); 'trimmed' when
+after+1 (or the anchor) is no longer in the log; 'behind' when the session's top seq is below
+`after` (Redis lost writes the connection saw, e.g. a failover to a lagging replica: the
+connection must resync with a snapshot).
+The anchor catches the other face of lost writes: by the time the connection reads, new writes
+may already have reused the lost seqs, so the top is no longer below `after` but the event at
+`after` is not the one the connection saw.
 ]]
 local function read_log(keys, args)
   local m = redis.call('HMGET', keys[1], 'epoch', 'seq')
   if m[1] ~= args[3] then
-    return { 'epoch', 0, {} }
+    return { 'epoch', 0, {}, '' }
   end
   local top = tonumber(m[2] or 0)
   local after = tonumber(args[1])
   if top < after then
-    return { 'behind', top, {} }
+    return { 'behind', top, {}, '' }
   end
-  local entries = redis.call('XRANGE', keys[2], (after + 1) .. '-0', '+', 'COUNT', args[2])
+  local anchored = args[4] == '1' and after > 0
+  local from = anchored and after or after + 1
+  local entries = redis.call('XRANGE', keys[2], from .. '-0', '+', 'COUNT', tonumber(args[2]) + (anchored and 1 or 0))
+  local anchor = ''
+  if anchored then
+    if #entries == 0 or entries[1][1] ~= after .. '-0' then
+      return { 'trimmed', top, {}, '' }
+    end
+    anchor = entries[1][2][2]
+    table.remove(entries, 1)
+  end
   if #entries > 0 and entries[1][1] ~= (after + 1) .. '-0' then
-    return { 'trimmed', top, {} }
+    return { 'trimmed', top, {}, '' }
   end
   local out = {}
   for i, e in ipairs(entries) do
     out[i] = { tonumber(string.match(e[1], '^(%d+)')), e[2][2] }
   end
-  return { 'ok', top, out }
+  return { 'ok', top, out, anchor }
 end
 
 --[[ cf2_lead: take or keep a leader lock (e.g. the one queue-metrics exporter).

@@ -73,6 +73,10 @@ pub struct Feed {
     epoch: String,
     /// The last seq taken into `ready` (or handed to the transport).
     last: u64,
+    /// The frame at `last`, when the feed has it (not after a snapshot): a catch-up read checks
+    /// that the log still holds it there, which is how writes Redis lost and then reused the
+    /// seqs of are found (see `cf2_read_log`).
+    held: Option<Arc<Frame>>,
     /// Live frames taken from the hub and not yet judged, oldest first.
     inbox: VecDeque<Arc<Frame>>,
     /// Frames in seq order, ready for the transport.
@@ -128,7 +132,7 @@ impl Feed {
         let (epoch, seq, first, resume) = match opened {
             Opened::Forbidden => return Err(FeedError::Forbidden),
             Opened::Replay { epoch, seq, events } => {
-                let frames = events.into_iter().map(|(s, e)| Frame::new(s, e.into())).collect();
+                let frames: Vec<_> = events.into_iter().map(|(s, e)| Frame::new(s, e.into())).collect();
                 (epoch, seq, Item::Frames(frames), ResumeKind::Replay)
             }
             Opened::Snapshot { epoch, seq, history, active_turn, partial, reason } => {
@@ -139,7 +143,10 @@ impl Feed {
         metrics::counter!(crate::metrics::GATEWAY_RESUMES, "resume" => resume_label(resume)).increment(1);
         let welcome = ControlMsg::Welcome { session_id: session_id.to_string(), epoch: epoch.clone(), seq, resume };
         // The open's cut is consistent at `seq`: live frames after it are all that is missing.
-        let feed = Self::following(store, keys, sub, epoch, seq, conn, actor, true);
+        let mut feed = Self::following(store, keys, sub, epoch, seq, conn, actor, true);
+        if let Item::Frames(frames) = &first {
+            feed.held = frames.last().filter(|f| f.seq == seq).cloned();
+        }
         Ok((feed, Opening { welcome, first }))
     }
 
@@ -171,6 +178,7 @@ impl Feed {
             sub,
             epoch,
             last: seq,
+            held: None,
             inbox: VecDeque::new(),
             ready: Vec::new(),
             stale: !fresh,
@@ -259,6 +267,7 @@ impl Feed {
                 continue;
             }
             self.last = f.seq;
+            self.held = Some(f.clone());
             self.ready.push(f);
         }
         Ok(None)
@@ -269,9 +278,18 @@ impl Feed {
     /// what it read. Frames read this way are not in the hub's byte accounting.
     async fn read_after(&mut self) -> Result<Option<Item>, FeedError> {
         let _turn = self.sub.log_read_turn().await?;
+        let mut anchored = self.held.is_some();
         loop {
-            let read = self.store.read_log(&self.keys.base, self.last, CATCHUP_BATCH, &self.epoch).await?;
+            let read = self.store.read_log(&self.keys.base, self.last, CATCHUP_BATCH, &self.epoch, anchored).await?;
+            anchored = false;
             match read {
+                // The log holds another event where this connection's last one was: Redis lost
+                // writes it saw, and new writes took their seqs. Same remedy as `Behind`.
+                LogRead::Events { anchor: Some(a), .. }
+                    if self.held.as_ref().is_some_and(|h| h.body != a.clone().into()) =>
+                {
+                    return Ok(Some(self.snapshot_now().await?));
+                }
                 LogRead::Events { events, .. }
                     if events.is_empty() && self.inbox.front().is_some_and(|f| f.seq > self.last + 1) =>
                 {
@@ -282,8 +300,10 @@ impl Feed {
                 LogRead::Events { events, .. } => {
                     let n = events.len() as u64;
                     for (seq, ev) in events {
+                        let f = Frame::new(seq, ev.into());
                         self.last = seq;
-                        self.ready.push(Frame::new(seq, ev.into()));
+                        self.held = Some(f.clone());
+                        self.ready.push(f);
                     }
                     if n < CATCHUP_BATCH {
                         return Ok(None);
@@ -313,6 +333,7 @@ impl Feed {
             Opened::Snapshot { epoch, seq, history, active_turn, partial, reason } => {
                 self.epoch = epoch.clone();
                 self.last = seq;
+                self.held = None;
                 // The snapshot supersedes what was collected. Every frame in the inbox was
                 // published before this snapshot was cut (or belongs to the lost epoch), so
                 // dropping them loses nothing.
@@ -411,6 +432,9 @@ pub fn merge_deltas(frames: Vec<Arc<Frame>>) -> Vec<Arc<Frame>> {
 
 #[cfg(test)]
 mod cancel_tests;
+
+#[cfg(test)]
+mod lost_write_tests;
 
 #[cfg(test)]
 mod tests {

@@ -511,6 +511,10 @@ async fn watch_reconnects(hub: Hub, sub: SubscriberClient, check: Duration, shut
             continue;
         }
         known = now;
+        // Before anything arrives on the new subscription: a connection must judge what the
+        // log holds (Redis may have lost writes it saw) before it takes new live frames, or a
+        // frame that reuses a lost seq would pass for one it already has.
+        hub.request_resync(cause);
         let (done, resubscribed) = oneshot::channel();
         if hub.inner.commands.send(Command::Resubscribe(done)).await.is_err() {
             break;

@@ -74,7 +74,7 @@ async fn deltas_lost_by_a_failover_are_resent_and_the_stored_answer_is_whole() {
     assert_eq!(partial().await, "Hel", "the failover lost two deltas");
     assert!(matches!(w.emit("ld", 0, None).await.unwrap(), WriteOutcome::Written { .. }));
     assert_eq!(partial().await, "Hello world");
-    match store.read_log(&base, 0, 100, "epoch1").await.unwrap() {
+    match store.read_log(&base, 0, 100, "epoch1", false).await.unwrap() {
         LogRead::Events { events, .. } => {
             let deltas: Vec<String> = events
                 .into_iter()

@@ -92,8 +92,9 @@ pub enum Opened {
 /// Result of `read_log`.
 #[derive(Debug, Clone)]
 pub enum LogRead {
-    /// Events after the requested seq, and the session's top seq.
-    Events { events: Vec<(u64, StoredEvent)>, top: u64 },
+    /// Events after the requested seq, and the session's top seq; with an anchored read, the
+    /// event the log holds at the requested seq itself.
+    Events { events: Vec<(u64, StoredEvent)>, top: u64, anchor: Option<StoredEvent> },
     /// The session's epoch changed: the connection must take a snapshot.
     EpochChanged,
     /// The requested seq is no longer in the log.
@@ -267,21 +268,38 @@ impl Store {
     }
 
     /// Events after `after`, at most `count`, if the session is still on `epoch`.
-    pub async fn read_log(&self, base: &str, after: u64, count: u64, epoch: &str) -> Result<LogRead, StoreError> {
+    /// Events after seq `after` of `epoch`, at most `count`. `anchored`: also return the event at
+    /// `after` itself, for a caller that holds it to check that Redis still has that one (lost
+    /// writes may have been followed by new ones that reused their seqs).
+    pub async fn read_log(
+        &self,
+        base: &str,
+        after: u64,
+        count: u64,
+        epoch: &str,
+        anchored: bool,
+    ) -> Result<LogRead, StoreError> {
         let v: Value = self
             .redis
             .client()
             .fcall_ro(
                 "cf2_read_log",
                 vec![keys::meta_key(base), keys::log_key(base)],
-                vec![after.to_string(), count.to_string(), epoch.to_string()],
+                vec![after.to_string(), count.to_string(), epoch.to_string(), u8::from(anchored).to_string()],
             )
             .await?;
         let mut r = Reply::new("cf2_read_log", v)?;
         let status = r.string()?;
         let top = r.int()?.max(0) as u64;
         match status.as_str() {
-            "ok" => Ok(LogRead::Events { events: events(r.array()?)?, top }),
+            "ok" => {
+                let events = events(r.array()?)?;
+                let anchor = match r.bytes()? {
+                    b if b.is_empty() => None,
+                    b => Some(payload::decode_event(&b).map_err(|e| r.bad(e.to_string()))?),
+                };
+                Ok(LogRead::Events { events, top, anchor })
+            }
             "epoch" => Ok(LogRead::EpochChanged),
             "trimmed" => Ok(LogRead::Trimmed),
             "behind" => Ok(LogRead::Behind { top }),
