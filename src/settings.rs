@@ -48,6 +48,9 @@ pub struct Settings {
     /// The PostgreSQL archive of finished turns (off unless `archive.url` is set).
     #[serde(default)]
     pub archive: crate::archive::ArchiveSettings,
+    /// Output guardrails: redaction and moderation (`[guard]`, docs/guardrails.md).
+    #[serde(default)]
+    pub guard: crate::guard::GuardSettings,
     /// Per-tenant overrides, by tenant name (`[tenants.acme]`).
     #[serde(default)]
     pub tenants: std::collections::HashMap<String, TenantSettings>,
@@ -67,6 +70,9 @@ pub enum OnDisconnect {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct TenantSettings {
     pub on_disconnect: Option<OnDisconnect>,
+    /// Guardrail overrides (`[tenants.<name>.guard]`); unset fields take `[guard]`'s.
+    #[serde(default)]
+    pub guard: Option<crate::guard::GuardOverride>,
 }
 
 /// Redis connection and key layout.
@@ -440,6 +446,7 @@ impl Settings {
         )?;
         crate::tools::settings::validate(&self.tools)?;
         self.archive.validate()?;
+        crate::guard::validate(self)?;
         check(
             ["pretty", "json"].contains(&self.telemetry.format.as_str()),
             "telemetry.format",
@@ -462,7 +469,10 @@ mod tests {
     fn a_tenant_can_override_the_disconnect_policy() {
         let mut s = Settings::defaults();
         assert_eq!(s.abandon_ms("any"), 0, "keep generating by default");
-        s.tenants.insert("frugal".into(), TenantSettings { on_disconnect: Some(OnDisconnect::Cancel) });
+        s.tenants.insert(
+            "frugal".into(),
+            TenantSettings { on_disconnect: Some(OnDisconnect::Cancel), ..Default::default() },
+        );
         assert_eq!(s.abandon_ms("frugal"), s.session.disconnect_grace_ms);
         assert_eq!(s.abandon_ms("other"), 0);
     }
