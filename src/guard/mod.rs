@@ -96,3 +96,36 @@ pub fn validate(settings: &Settings) -> Result<(), crate::settings_base::Setting
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::TenantSettings;
+
+    fn with_tenant(o: GuardOverride) -> Settings {
+        let mut s = Settings::defaults();
+        s.tenants.insert("acme".into(), TenantSettings { guard: Some(o), ..Default::default() });
+        s
+    }
+
+    #[test]
+    fn both_guards_are_off_by_default_and_a_tenant_can_turn_redaction_on_for_itself() {
+        let g = Guard::new(&Settings::defaults());
+        assert!(!g.turn("any").redacts());
+        assert!(g.turn("any").screen("hi").is_none());
+        let g = Guard::new(&with_tenant(GuardOverride { redact: Some(true), ..Default::default() }));
+        assert!(g.turn("acme").redacts());
+        assert!(!g.turn("other").redacts());
+    }
+
+    #[test]
+    fn a_bad_pattern_and_moderation_without_an_endpoint_are_refused_at_start_up() {
+        let bad = RedactPattern { name: "x".into(), regex: "(".into() };
+        let s = with_tenant(GuardOverride { redact_patterns: Some(vec![bad]), ..Default::default() });
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("tenants.<name>.guard") && err.contains("\"x\""), "{err}");
+        let mut s = Settings::defaults();
+        s.guard.moderation = true;
+        assert!(s.validate().unwrap_err().to_string().contains("moderation_url"));
+    }
+}
