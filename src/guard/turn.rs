@@ -91,9 +91,10 @@ impl TurnGuard {
         self.redactor.is_some()
     }
 
-    /// The check of the user's message before the model is called, when moderation is on.
+    /// The check of the user's message before the model is called, when moderation is on (and
+    /// there is a message).
     pub fn screen(&self, message: &str) -> Option<BoxFuture<'static, Option<Cut>>> {
-        let p = self.moderation.clone()?;
+        let p = self.moderation.clone().filter(|_| !message.trim().is_empty())?;
         let message = message.to_string();
         Some(Box::pin(async move {
             let r = p.moderator.check(&message, &p.model, "input").await;

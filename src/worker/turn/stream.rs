@@ -147,6 +147,7 @@ pub(in crate::worker) async fn run(
         Some(check) => Phase::Screening(check),
         None => Phase::Model(crate::model::tracked(shared.model.stream(conv.request.clone()))),
     };
+    let mut model_began = began;
     let mut retries = 0;
     let mut first_token = false;
     let mut round_output = false;
@@ -175,7 +176,11 @@ pub(in crate::worker) async fn run(
                 Next::Screened(Some(Cut { code, message })) => {
                     return Ending::Failed { code, message, dead_letter: false };
                 }
-                Next::Screened(None) => phase = Phase::Model(crate::model::tracked(shared.model.stream(conv.request.clone()))),
+                Next::Screened(None) => {
+                    // The model's time to first token starts now, not with the screening.
+                    model_began = Instant::now();
+                    phase = Phase::Model(crate::model::tracked(shared.model.stream(conv.request.clone())));
+                }
                 Next::RetryDue => phase = Phase::Model(crate::model::tracked(shared.model.stream(conv.request.clone()))),
                 Next::Model(Some(Ok(ModelEvent::Answering { upstream, model }))) => {
                     // Recorded by the round's next write, not by a round trip of its own.
@@ -185,7 +190,7 @@ pub(in crate::worker) async fn run(
                 Next::Model(Some(Ok(ModelEvent::Text(text)))) => {
                     if !first_token {
                         first_token = true;
-                        model_ttft = began.elapsed();
+                        model_ttft = model_began.elapsed();
                         metrics::histogram!(m::TURN_MODEL_TTFT_SECONDS).record(model_ttft.as_secs_f64());
                     }
                     round_output = true;
