@@ -15,6 +15,7 @@
 //! - [`model`]: the model trait and the built-in demo model.
 //! - [`upstream`]: real model upstreams (OpenAI-compatible, Anthropic), routing, fallback,
 //!   context packing and summaries; [`tools`]: the tools a model may call.
+//! - [`guard`]: output guardrails (a streaming redaction filter, a moderation hook).
 //! - [`archive`]: finished turns in PostgreSQL (conversations that outlive Redis), the
 //!   archiver, retention; [`local_postgres`]: a private PostgreSQL for `dev` and tests.
 //! - [`app`]: assembles the roles (`gateway`, `worker`, `dev`) for the binary.
@@ -36,6 +37,7 @@ pub mod auth;
 pub mod bench;
 pub mod ctl;
 pub mod gateway;
+pub mod guard;
 pub mod keys;
 pub mod local_cluster;
 pub mod local_postgres;

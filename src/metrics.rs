@@ -146,6 +146,16 @@ pub const ARCHIVE_RESTORES: &str = "chatfleet_archive_restores_total";
 /// Counter: conversations deleted by the retention job.
 pub const ARCHIVE_RETENTION_DELETED: &str = "chatfleet_archive_retention_deleted_total";
 
+/// Counter: matches the redaction filter replaced, by `kind` (email, phone, card, pattern).
+pub const GUARD_REDACTIONS: &str = "chatfleet_guard_redactions_total";
+/// Histogram (s): one moderation call, by `stage` (input: the user's message; output: an answer
+/// phrase), whatever its outcome.
+pub const GUARD_MODERATION_SECONDS: &str = "chatfleet_guard_moderation_seconds";
+/// Counter: texts the moderation endpoint flagged, by `stage`.
+pub const GUARD_MODERATION_FLAGGED: &str = "chatfleet_guard_moderation_flagged_total";
+/// Counter: moderation calls that failed or timed out, by `stage`.
+pub const GUARD_MODERATION_ERRORS: &str = "chatfleet_guard_moderation_errors_total";
+
 /// Installs the global recorder and returns the handle that renders `/metrics`. Idempotent: a
 /// second call (tests, `dev` running several roles) returns a handle to the first recorder.
 pub fn install() -> PrometheusHandle {

@@ -62,6 +62,11 @@ const RESTORE_RESULTS: [&str; 4] = ["restored", "raced", "missing", "failed"];
 /// Summary outcomes (upstream/summary.rs).
 const SUMMARY_OUTCOMES: [&str; 5] = ["stored", "stale", "empty", "failed", "busy"];
 
+/// Redaction kinds (guard/redact.rs).
+const REDACTION_KINDS: [&str; 4] = ["email", "phone", "card", "pattern"];
+/// Moderation stages (guard/turn.rs).
+const MODERATION_STAGES: [&str; 2] = ["input", "output"];
+
 /// HELP text (and unit) of every metric. Called on the recorder by [`crate::metrics::install`].
 pub fn describe() {
     describe_gauge!(m::BUILD_INFO, "Always 1; labels carry the version of the running build.");
@@ -160,6 +165,17 @@ pub fn describe() {
         "Sessions Redis lost, looked up in the archive on open, by result (restored, raced, missing, failed)."
     );
     describe_counter!(m::ARCHIVE_RETENTION_DELETED, "Conversations deleted by the archive's retention job.");
+    describe_counter!(
+        m::GUARD_REDACTIONS,
+        "Matches the redaction filter replaced, by kind (email, phone, card, pattern)."
+    );
+    describe_histogram!(
+        m::GUARD_MODERATION_SECONDS,
+        Unit::Seconds,
+        "One moderation call, by stage (input: the user's message, output: an answer phrase)."
+    );
+    describe_counter!(m::GUARD_MODERATION_FLAGGED, "Texts the moderation endpoint flagged, by stage.");
+    describe_counter!(m::GUARD_MODERATION_ERRORS, "Moderation calls that failed or timed out, by stage.");
 }
 
 /// `chatfleet_build_info{version, role}` = 1.
@@ -245,4 +261,9 @@ pub fn register_worker(settings: &Settings) {
             .for_each(|s| counter_at_zero(m::TOOL_CALLS, &[("tool", tool.clone()), ("state", s.into())]));
     }
     SUMMARY_OUTCOMES.into_iter().for_each(|o| counter_at_zero(m::SUMMARIES, &[("outcome", o.into())]));
+    REDACTION_KINDS.into_iter().for_each(|k| counter_at_zero(m::GUARD_REDACTIONS, &[("kind", k.into())]));
+    for s in MODERATION_STAGES {
+        counter_at_zero(m::GUARD_MODERATION_FLAGGED, &[("stage", s.into())]);
+        counter_at_zero(m::GUARD_MODERATION_ERRORS, &[("stage", s.into())]);
+    }
 }

@@ -52,6 +52,9 @@ pub struct Settings {
     /// `media.url_prefixes` names the product's storage).
     #[serde(default)]
     pub media: crate::media::MediaSettings,
+    /// Output guardrails: redaction and moderation (`[guard]`, docs/guardrails.md).
+    #[serde(default)]
+    pub guard: crate::guard::GuardSettings,
     /// Per-tenant overrides, by tenant name (`[tenants.acme]`).
     #[serde(default)]
     pub tenants: std::collections::HashMap<String, TenantSettings>,
@@ -71,6 +74,9 @@ pub enum OnDisconnect {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct TenantSettings {
     pub on_disconnect: Option<OnDisconnect>,
+    /// Guardrail overrides (`[tenants.<name>.guard]`); unset fields take `[guard]`'s.
+    #[serde(default)]
+    pub guard: Option<crate::guard::GuardOverride>,
 }
 
 /// Redis connection and key layout.
@@ -445,6 +451,7 @@ impl Settings {
         crate::tools::settings::validate(&self.tools)?;
         self.archive.validate()?;
         self.media.validate()?;
+        crate::guard::validate(self)?;
         check(
             ["pretty", "json"].contains(&self.telemetry.format.as_str()),
             "telemetry.format",
@@ -467,7 +474,10 @@ mod tests {
     fn a_tenant_can_override_the_disconnect_policy() {
         let mut s = Settings::defaults();
         assert_eq!(s.abandon_ms("any"), 0, "keep generating by default");
-        s.tenants.insert("frugal".into(), TenantSettings { on_disconnect: Some(OnDisconnect::Cancel) });
+        s.tenants.insert(
+            "frugal".into(),
+            TenantSettings { on_disconnect: Some(OnDisconnect::Cancel), ..Default::default() },
+        );
         assert_eq!(s.abandon_ms("frugal"), s.session.disconnect_grace_ms);
         assert_eq!(s.abandon_ms("other"), 0);
     }

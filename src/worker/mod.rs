@@ -70,6 +70,8 @@ struct Shared {
     model: Arc<dyn Model>,
     /// Tools the model may call (`[tools]`).
     tools: Arc<crate::tools::ToolBox>,
+    /// Redaction and moderation policies by tenant (`[guard]`).
+    guard: crate::guard::Guard,
     /// Frees an ended turn's quota slot (the tenant's quota, `[quota]`).
     quotas: crate::quota::Quotas,
     permits: Arc<Semaphore>,
@@ -111,6 +113,7 @@ impl Worker {
         let shared = Arc::new(Shared {
             id: id.clone(),
             tools,
+            guard: crate::guard::Guard::new(&settings),
             quotas: crate::quota::Quotas::new(settings.quota.clone()),
             permits: Arc::new(Semaphore::new(settings.worker.max_concurrent_turns)),
             settings,

@@ -8,6 +8,7 @@ mod backpressure;
 mod cluster;
 mod e2e;
 mod edges;
+mod guard;
 mod hostile;
 mod ingress;
 mod media;

@@ -166,6 +166,9 @@ async fn a_fresh_worker_shows_every_series_with_help_and_at_zero_before_any_turn
         (r#"chatfleet_upstream_timeouts_total{upstream="demo",kind="upstream_first_token_timeout"}"#.into(), 0.0),
         (r#"chatfleet_upstream_usage_estimated_total{upstream="demo"}"#.into(), 0.0),
         ("chatfleet_worker_active_turns".into(), 0.0),
+        (r#"chatfleet_guard_redactions_total{kind="card"}"#.into(), 0.0),
+        (r#"chatfleet_guard_moderation_flagged_total{stage="output"}"#.into(), 0.0),
+        (r#"chatfleet_guard_moderation_errors_total{stage="input"}"#.into(), 0.0),
     ] {
         assert_eq!(value(&text, &series), Some(want), "{series} in:\n{text}");
     }

@@ -15,6 +15,7 @@ use tokio::time::{sleep_until, Instant};
 
 use super::round::Conversation;
 use super::{cancelled, full_jitter, tenant_of, Ending, Stats};
+use crate::guard::{Cut, TurnGuard};
 use crate::metrics as m;
 use crate::model::{ModelError, ModelEvent, ModelRequest, ModelStream, ModelUsage, RouteHints};
 use crate::payload;
@@ -39,6 +40,8 @@ type ToolFuture<'a> = BoxFuture<'a, (usize, ToolOutcome)>;
 
 /// What the turn is waiting for.
 enum Phase<'a> {
+    /// The user's message is with the moderation endpoint; the model is called once it passes.
+    Screening(BoxFuture<'static, Option<Cut>>),
     /// A model round is streaming.
     Model(ModelStream),
     /// Waiting to retry an upstream that failed before the round's first output.
@@ -51,6 +54,7 @@ enum Phase<'a> {
 
 /// What the phase produced.
 enum Next {
+    Screened(Option<Cut>),
     Model(Option<Result<ModelEvent, ModelError>>),
     RetryDue,
     Tool(usize, ToolOutcome),
@@ -59,6 +63,7 @@ enum Next {
 impl Phase<'_> {
     async fn next(&mut self) -> Next {
         match self {
+            Phase::Screening(check) => Next::Screened(check.await),
             Phase::Model(s) => Next::Model(s.next().await),
             Phase::Retry(at) => {
                 sleep_until(*at).await;
@@ -135,7 +140,14 @@ pub(in crate::worker) async fn run(
     // The session is loaded and the context packed: the last stage before the model.
     metrics::histogram!(m::TURN_SESSION_LOAD_SECONDS).record(stats.load_started.elapsed().as_secs_f64());
     let mut model_ttft = std::time::Duration::ZERO;
-    let mut phase = Phase::Model(crate::model::tracked(shared.model.stream(conv.request.clone())));
+    // The guard (redaction, moderation) sits between the model and every write of the answer.
+    let mut guard = shared.guard.turn(tenant_of(&d.base));
+    let message = history.last().filter(|m| m.role == "user").map_or("", |m| m.text.as_str());
+    let mut phase = match guard.screen(message) {
+        Some(check) => Phase::Screening(check),
+        None => Phase::Model(crate::model::tracked(shared.model.stream(conv.request.clone()))),
+    };
+    let mut model_began = began;
     let mut retries = 0;
     let mut first_token = false;
     let mut round_output = false;
@@ -148,10 +160,27 @@ pub(in crate::worker) async fn run(
         let due = co.deadline();
         tokio::select! {
             biased;
-            _ = signals.cancel.cancelled() => return cancelled(signals, phase),
+            _ = signals.cancel.cancelled() => {
+                let ending = cancelled(signals, phase);
+                flush_on_stop(writer, &mut guard, &mut co, abandon_ms, stats).await;
+                return ending;
+            }
             _ = shared.release.cancelled() => return Ending::Released,
             _ = sleep_until(due.unwrap_or(turn_deadline)), if due.is_some() => {}
+            cut = guard.next_cut(), if guard.checks_pending() => if let Some(Cut { code, message }) = cut {
+                // The answer is cut: the model stops, what it generated so far is flushed.
+                failed = Some(Ending::Failed { code, message, dead_letter: false });
+                phase = Phase::RoundEnd;
+            },
             next = phase.next() => match next {
+                Next::Screened(Some(Cut { code, message })) => {
+                    return Ending::Failed { code, message, dead_letter: false };
+                }
+                Next::Screened(None) => {
+                    // The model's time to first token starts now, not with the screening.
+                    model_began = Instant::now();
+                    phase = Phase::Model(crate::model::tracked(shared.model.stream(conv.request.clone())));
+                }
                 Next::RetryDue => phase = Phase::Model(crate::model::tracked(shared.model.stream(conv.request.clone()))),
                 Next::Model(Some(Ok(ModelEvent::Answering { upstream, model }))) => {
                     // Recorded by the round's next write, not by a round trip of its own.
@@ -161,11 +190,12 @@ pub(in crate::worker) async fn run(
                 Next::Model(Some(Ok(ModelEvent::Text(text)))) => {
                     if !first_token {
                         first_token = true;
-                        model_ttft = began.elapsed();
+                        model_ttft = model_began.elapsed();
                         metrics::histogram!(m::TURN_MODEL_TTFT_SECONDS).record(model_ttft.as_secs_f64());
                     }
                     round_output = true;
-                    co.push_str(&text, Instant::now());
+                    co.push_str(&guard.text(&text), Instant::now());
+                    // The model's own text (unredacted) goes back to it in a tool round.
                     conv.push_text(&text);
                 }
                 Next::Model(Some(Ok(ModelEvent::ToolCall(call)))) => {
@@ -225,7 +255,9 @@ pub(in crate::worker) async fn run(
                     Ok(None) => return Ending::Fenced,
                     Ok(Some(true)) => {
                         signals.mark_cancel_requested();
-                        return cancelled(signals, phase);
+                        let ending = cancelled(signals, phase);
+                        flush_on_stop(writer, &mut guard, &mut co, abandon_ms, stats).await;
+                        return ending;
                     }
                     Ok(Some(false)) => {}
                     Err(e) => return Ending::Abandoned(e),
@@ -240,6 +272,10 @@ pub(in crate::worker) async fn run(
         // round's tool statuses, in the order the model wrote them).
         let round_end = matches!(phase, Phase::RoundEnd);
         let now = Instant::now();
+        if round_end {
+            // The round's text ended: what the filter held is decided and goes out with it.
+            co.push_str(&guard.end_round(), now);
+        }
         while co.ready(now) || (round_end && co.deadline().is_some()) {
             let Some(text) = (if round_end { co.finish() } else { co.take(now) }) else { break };
             let audit = stats.audit.take();
@@ -254,7 +290,11 @@ pub(in crate::worker) async fn run(
                             .record(ttft.saturating_sub(model_ttft).as_secs_f64());
                     }
                 }
-                Verdict::End(Ending::Cancelled) => return cancelled(signals, phase),
+                Verdict::End(Ending::Cancelled) => {
+                    let ending = cancelled(signals, phase);
+                    flush_on_stop(writer, &mut guard, &mut co, abandon_ms, stats).await;
+                    return ending;
+                }
                 Verdict::End(e) => return e,
             }
         }
@@ -265,6 +305,10 @@ pub(in crate::worker) async fn run(
             continue;
         }
         if conv.calls().is_empty() {
+            if guard.checks_pending() {
+                // The answer is complete but not yet checked: `done` waits for the last checks.
+                continue;
+            }
             return Ending::Done(usage);
         }
         if conv.rounds >= tools.max_rounds() {
@@ -295,6 +339,22 @@ pub(in crate::worker) async fn run(
             Ok(p) => phase = p,
             Err(Ending::Cancelled) => return cancelled(signals, phase),
             Err(e) => return e,
+        }
+    }
+}
+
+/// On a stop with redaction on, the text the filter held (decided now: a match is redacted, safe
+/// text released) and the coalescer's text go out in one last delta, so a stopped answer loses
+/// nothing safe and leaks nothing held.
+async fn flush_on_stop(w: &TurnWriter, guard: &mut TurnGuard, co: &mut Coalescer, abandon_ms: u64, stats: &mut Stats) {
+    if !guard.redacts() {
+        return;
+    }
+    co.push_str(&guard.end_round(), Instant::now());
+    if let Some(text) = co.finish() {
+        let audit = stats.audit.take();
+        if let Err(e) = w.emit(&text, abandon_ms, audit.as_ref()).await {
+            tracing::debug!(error = %e, "the stopped turn's last delta was not written");
         }
     }
 }
