@@ -17,6 +17,7 @@
 //!   context packing and summaries; [`tools`]: the tools a model may call.
 //! - [`archive`]: finished turns in PostgreSQL (conversations that outlive Redis), the
 //!   archiver, retention; [`local_postgres`]: a private PostgreSQL for `dev` and tests.
+//! - [`retrieval`]: knowledge collections in the archive's PostgreSQL, searched at packing time.
 //! - [`app`]: assembles the roles (`gateway`, `worker`, `dev`) for the binary.
 //! - [`ctl`], [`queue`]: the operator tool and per-partition queue statistics.
 //! - [`redis_version`]: Redis 7 or newer, checked at start.
@@ -48,6 +49,7 @@ pub mod protocol;
 pub mod queue;
 pub mod quota;
 pub mod redis_version;
+pub mod retrieval;
 pub mod settings;
 pub mod settings_base;
 pub mod shutdown;

@@ -60,6 +60,10 @@ pub enum StoredEvent {
         /// The worker counted the tokens itself (the upstream reported none).
         #[serde(default)]
         usage_estimated: bool,
+        /// Chunks of reference material the answer's prompt held (retrieval). Absent in events
+        /// written before retrieval existed, and when none were packed.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        citations: Vec<StoredCitation>,
     },
     Error {
         v: u8,
@@ -71,6 +75,15 @@ pub enum StoredEvent {
         v: u8,
         turn_id: String,
     },
+}
+
+/// A citation as stored in a `done` event (a map `{document, chunk, title?}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCitation {
+    pub document: String,
+    pub chunk: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
 }
 
 impl StoredEvent {

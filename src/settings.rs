@@ -48,6 +48,9 @@ pub struct Settings {
     /// The PostgreSQL archive of finished turns (off unless `archive.url` is set).
     #[serde(default)]
     pub archive: crate::archive::ArchiveSettings,
+    /// Knowledge collections searched at packing time (needs the archive).
+    #[serde(default)]
+    pub retrieval: crate::retrieval::RetrievalSettings,
     /// Per-tenant overrides, by tenant name (`[tenants.acme]`).
     #[serde(default)]
     pub tenants: std::collections::HashMap<String, TenantSettings>,
@@ -437,9 +440,11 @@ impl Settings {
             &self.routing,
             &self.context,
             self.session.max_message_bytes,
+            self.retrieval.pinned_bytes(self.context.approx_bytes_per_token),
         )?;
         crate::tools::settings::validate(&self.tools)?;
         self.archive.validate()?;
+        self.retrieval.validate()?;
         check(
             ["pretty", "json"].contains(&self.telemetry.format.as_str()),
             "telemetry.format",

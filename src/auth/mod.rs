@@ -28,6 +28,8 @@ pub struct Identity {
     pub sessions: Option<Vec<String>>,
     /// Token expiry (Unix seconds); `None` in dev mode.
     pub expires_at: Option<u64>,
+    /// The token's scopes (its `scope` claim, space-separated); none in dev mode.
+    pub scopes: Vec<String>,
 }
 
 impl Identity {
@@ -103,9 +105,13 @@ impl Authenticator {
     /// key the gateway does not know yet and the JWKS is fetched again.
     pub async fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthError> {
         match self.mode {
-            AuthMode::Dev => {
-                Ok(Identity { tenant: self.dev_tenant.clone(), user: "dev".into(), sessions: None, expires_at: None })
-            }
+            AuthMode::Dev => Ok(Identity {
+                tenant: self.dev_tenant.clone(),
+                user: "dev".into(),
+                sessions: None,
+                expires_at: None,
+                scopes: Vec::new(),
+            }),
             AuthMode::Jwt => self.verifier.verify(token.ok_or(AuthError::Missing)?).await,
         }
     }
