@@ -37,5 +37,11 @@ CREATE TABLE knowledge_chunks (
         REFERENCES knowledge_documents (tenant, collection, doc_id) ON DELETE CASCADE
 );
 
--- Full-text matches (`tsv @@ query`); the tenant and collection filter the matches.
-CREATE INDEX knowledge_chunks_tsv ON knowledge_chunks USING GIN (tsv);
+-- Full-text matches (`tsv @@ query`); the tenant and collection filter the matches. No fast
+-- update: a search would otherwise scan the index's pending list of recent inserts linearly
+-- until a vacuum merged it (tens of ms after a bulk ingest); ingest pays instead.
+CREATE INDEX knowledge_chunks_tsv ON knowledge_chunks USING GIN (tsv) WITH (fastupdate = off);
+
+-- OR of tsqueries as an aggregate (`||` over rows), to build a search's queries from the words of
+-- a question in one statement (src/retrieval/store.rs, `search`).
+CREATE AGGREGATE knowledge_any (tsquery) (SFUNC = tsquery_or, STYPE = tsquery);

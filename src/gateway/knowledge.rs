@@ -208,7 +208,7 @@ async fn search(
         let r = &app.settings.retrieval;
         let query = crate::retrieval::cut(&q.q, r.max_query_bytes);
         let hits = knowledge
-            .search(&who.tenant, &collection, query, r.top_k)
+            .search(&who.tenant, &collection, query, r.top_k, r.max_candidates)
             .await
             .map_err(|e| ApiError::Archive(e.into()))?;
         let hits: Vec<SearchHit> = hits

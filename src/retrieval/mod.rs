@@ -86,7 +86,8 @@ impl Retriever {
     pub async fn retrieve(&self, tenant: &str, collection: &str, question: &str) -> Outcome {
         let began = Instant::now();
         let query = cut(question, self.settings.max_query_bytes);
-        let search = self.knowledge.search(tenant, collection, query, self.settings.top_k);
+        let search =
+            self.knowledge.search(tenant, collection, query, self.settings.top_k, self.settings.max_candidates);
         let outcome = match tokio::time::timeout(Duration::from_millis(self.settings.timeout_ms), search).await {
             Ok(Ok(hits)) => match pack::pack(&hits, self.settings.budget_tokens, self.bytes_per_token) {
                 Some(r) => Outcome::Packed(r),

@@ -22,6 +22,9 @@ pub struct RetrievalSettings {
     pub budget_tokens: u64,
     /// Best-ranked chunks fetched per turn; those that fit `budget_tokens` are packed.
     pub top_k: u32,
+    /// Most chunks a search ranks (those holding two of the question's words, else one): bounds
+    /// its cost, since ranking reads each; past it, an arbitrary subset of the matches is ranked.
+    pub max_candidates: u32,
     /// Largest chunk, in tokens (same count): documents are cut at paragraph, else sentence,
     /// else word boundaries to stay under it.
     pub chunk_tokens: u64,
@@ -49,6 +52,7 @@ impl Default for RetrievalSettings {
             timeout_ms: 300,
             budget_tokens: 1500,
             top_k: 8,
+            max_candidates: 1000,
             chunk_tokens: 200,
             chunk_overlap_tokens: 40,
             max_document_bytes: 1 << 20,
@@ -98,6 +102,7 @@ impl RetrievalSettings {
         check((1..=10_000).contains(&self.timeout_ms), "retrieval.timeout_ms", "must be 1..=10000")?;
         check(self.budget_tokens >= 64, "retrieval.budget_tokens", "must be at least 64")?;
         check((1..=100).contains(&self.top_k), "retrieval.top_k", "must be 1..=100")?;
+        check(self.max_candidates >= self.top_k, "retrieval.max_candidates", "must be at least retrieval.top_k")?;
         check(
             (16..=self.budget_tokens).contains(&self.chunk_tokens),
             "retrieval.chunk_tokens",
