@@ -270,6 +270,37 @@ mod tests {
     }
 
     #[test]
+    fn a_done_event_decodes_with_and_without_citations() {
+        // As a build before retrieval stored it: no `citations` key.
+        #[derive(Serialize)]
+        struct OldDone<'a> {
+            v: u8,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            turn_id: &'a str,
+            prompt_tokens: u64,
+            completion_tokens: u64,
+        }
+        let old = OldDone { v: 1, kind: "done", turn_id: "t", prompt_tokens: 3, completion_tokens: 4 };
+        let Ok(StoredEvent::Done { citations, completion_tokens: 4, .. }) =
+            decode_event(&rmp_serde::to_vec_named(&old).unwrap())
+        else {
+            panic!("an old done event must decode")
+        };
+        assert!(citations.is_empty());
+        let cited = StoredCitation { document: "refunds".into(), chunk: 2, title: None };
+        let ev = StoredEvent::Done {
+            v: 1,
+            turn_id: "t".into(),
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            usage_estimated: false,
+            citations: vec![cited],
+        };
+        assert_eq!(decode_event(&rmp_serde::to_vec_named(&ev).unwrap()).unwrap(), ev);
+    }
+
+    #[test]
     fn an_unknown_version_is_refused() {
         let ev = StoredEvent::Cancelled { v: 9, turn_id: "t".into() };
         let bytes = rmp_serde::to_vec_named(&ev).unwrap();
