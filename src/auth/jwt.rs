@@ -190,8 +190,8 @@ impl Verifier {
                 return Err(AuthError::Invalid("sessions claim: too many, or an invalid session id"));
             }
         }
-        let scopes = c.scope.as_deref().unwrap_or_default().split_whitespace().map(String::from).collect();
-        Ok(Identity { tenant: c.tenant, user: c.sub, sessions: c.sessions, expires_at: Some(c.exp), scopes })
+        let scope = c.scope.map(String::into_boxed_str);
+        Ok(Identity { tenant: c.tenant, user: c.sub, sessions: c.sessions, expires_at: Some(c.exp), scope })
     }
 }
 

@@ -28,11 +28,17 @@ pub struct Identity {
     pub sessions: Option<Vec<String>>,
     /// Token expiry (Unix seconds); `None` in dev mode.
     pub expires_at: Option<u64>,
-    /// The token's scopes (its `scope` claim, space-separated); none in dev mode.
-    pub scopes: Vec<String>,
+    /// The token's `scope` claim (space-separated scopes), kept as sent: every open socket
+    /// holds an identity, so it stays one pointer. None in dev mode.
+    pub scope: Option<Box<str>>,
 }
 
 impl Identity {
+    /// True when the token's `scope` claim holds `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scope.as_deref().is_some_and(|all| all.split_whitespace().any(|s| s == scope))
+    }
+
     /// True when the token allows opening `session`.
     pub fn may_open(&self, session: &str) -> bool {
         self.sessions.as_ref().map_or(true, |list| list.iter().any(|s| s == session))
@@ -110,7 +116,7 @@ impl Authenticator {
                 user: "dev".into(),
                 sessions: None,
                 expires_at: None,
-                scopes: Vec::new(),
+                scope: None,
             }),
             AuthMode::Jwt => self.verifier.verify(token.ok_or(AuthError::Missing)?).await,
         }

@@ -48,7 +48,7 @@ async fn open(app: &App, headers: &HeaderMap, collection: &str) -> Result<(Ident
     let archive =
         app.archive.as_ref().ok_or_else(|| ApiError::NotFound("no archive is configured on this server".into()))?;
     let scope = &app.settings.retrieval.manage_scope;
-    if app.auth.mode() == AuthMode::Jwt && !who.scopes.iter().any(|s| s == scope) {
+    if app.auth.mode() == AuthMode::Jwt && !who.has_scope(scope) {
         return Err(ApiError::Forbidden(format!("the knowledge API needs the `{scope}` scope")));
     }
     if !is_valid_component(collection) {
