@@ -89,12 +89,10 @@ async fn run_inner(shared: &Arc<Shared>, d: Delivery) {
     if let Ok(mut map) = shared.running.lock() {
         map.remove(&d.turn_id);
     }
-    let outcome = finish(shared, &d, &writer, ending, stats.audit.as_ref()).await;
+    let citations = (!stats.citations.is_empty()).then(|| serde_json::to_string(&stats.citations).unwrap_or_default());
+    let outcome = finish(shared, &d, &writer, ending, stats.audit.as_ref(), citations.as_deref()).await;
     metrics::counter!(m::TURNS, "outcome" => outcome).increment(1);
     metrics::counter!(m::VARIANT_TURNS, "variant" => stats.variant.clone(), "outcome" => outcome).increment(1);
-    if !stats.citations.is_empty() {
-        tracing::info!(cited = stats.citations.len(), "answered with reference material");
-    }
     metrics::histogram!(m::TURN_DURATION_SECONDS, "outcome" => outcome).record(began.elapsed().as_secs_f64());
     metrics::histogram!(m::TURN_DELTAS).record(stats.deltas as f64);
 }
@@ -164,6 +162,7 @@ async fn finish(
     writer: &TurnWriter,
     ending: Ending,
     audit: Option<&TurnAudit>,
+    citations: Option<&str>,
 ) -> &'static str {
     let mut args = FinishArgs {
         outcome: "done",
@@ -174,6 +173,7 @@ async fn finish(
         error_message: "",
         dead_letter: false,
         audit,
+        citations,
     };
     let message;
     match ending {

@@ -4,6 +4,7 @@
 //! isolation, the API's refusals, and that a slow or failed search never stops the answer.
 
 use chatfleet::local_postgres::LocalPostgres;
+use chatfleet::protocol::{Citation, EventBody};
 use chatfleet::retrieval::pack::{END, OPEN, PREAMBLE};
 use chatfleet::retrieval::RetrievalRule;
 use chatfleet::settings::Settings;
@@ -117,7 +118,11 @@ async fn a_question_gets_the_chunk_that_answers_it_inside_a_block_it_cannot_esca
     let ids: Vec<&str> = list["documents"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["hours", "refunds", "shipping"]);
 
-    let (_, prompt, audit) = k.ask("acme", "How long do I have to get a refund on an annual plan?").await;
+    let (events, prompt, audit) = k.ask("acme", "How long do I have to get a refund on an annual plan?").await;
+    let EventBody::Done { citations, .. } = &events.last().unwrap().body else { panic!("{events:?}") };
+    let first = Citation { document: "refunds".into(), chunk: 0, title: Some("Refund policy".into()) };
+    assert_eq!(citations.first(), Some(&first), "{citations:?}");
+    assert!(citations.iter().all(|c| c.document == "refunds"), "only what was packed: {citations:?}");
     assert!(prompt.contains(&format!("{OPEN} id=\"refunds\" chunk=0 title=\"Refund policy\">>>")), "{prompt}");
     assert!(prompt.contains("Annual plans can be refunded in full within 30 days of purchase."), "{prompt}");
     assert!(!prompt.contains("An old draft"), "the replaced version is gone: {prompt}");
@@ -136,7 +141,8 @@ async fn a_question_gets_the_chunk_that_answers_it_inside_a_block_it_cannot_esca
     assert!(!block.contains(&format!("{OPEN} id=\"fake\"")), "{block}");
 
     // Another tenant's sessions search their own (empty) collection: nothing of acme's.
-    let (_, prompt, audit) = k.ask("globex", "How long do I have to get a refund on an annual plan?").await;
+    let (events, prompt, audit) = k.ask("globex", "How long do I have to get a refund on an annual plan?").await;
+    assert!(matches!(&events.last().unwrap().body, EventBody::Done { citations, .. } if citations.is_empty()));
     assert!(!prompt.contains("Annual plans") && !prompt.contains(OPEN), "{prompt}");
     assert_eq!(audit, "v1;retrieval=empty");
     let globex = admin("globex");
