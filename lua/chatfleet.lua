@@ -501,7 +501,8 @@ end
 op: tid, attempt, write index, outcome (done|error|cancelled), entry id, prompt_tokens,
     completion_tokens, error code, error message, dead (1 = dead-letter it), usage source
     (reported|estimated), plen (the answer's length in bytes, as the worker emitted it)
-    [, upstream, model, template]
+    [, upstream, model, template [, citations] ] (citations: a JSON array of {document, chunk,
+    title?}, the reference material the answer's prompt held; it goes into the `done` event)
 Returns {'ok', seq} or {'fenced'}, or {'behind', have} when the partial text is not plen long
 (see emit): the worker emits what Redis lost, then finishes again.
 Atomic so that the final event, the history entry, the active flag and the ack happen exactly once
@@ -523,6 +524,9 @@ local function op_finish(S, op)
   if outcome == 'done' then
     ev.prompt_tokens = op[6]
     ev.completion_tokens = op[7]
+    if op[16] and op[16] ~= '' then
+      ev.citations = cjson.decode(op[16])
+    end
     if op[11] == 'estimated' then
       ev.usage_estimated = true
     end

@@ -289,6 +289,10 @@ pub async fn run_local_postgres(shutdown: CancellationToken) -> anyhow::Result<(
 /// Runs one `ctl` command and prints its output.
 #[allow(clippy::print_stdout)] // the operator tool's output
 pub async fn run_ctl(settings: Settings, args: crate::ctl::CtlArgs) -> anyhow::Result<()> {
+    if let crate::ctl::CtlCommand::Routes { tenant, session } = &args.command {
+        print!("{}", crate::ctl::routes(&settings, tenant, session.as_deref(), args.json)?);
+        return Ok(());
+    }
     let redis = Redis::connect(&settings.redis)
         .await
         .with_context(|| format!("cannot connect to Redis (redis.url = {})", redact(&settings.redis.url)))?;

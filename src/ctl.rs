@@ -1,6 +1,9 @@
 //! `chatfleet ctl`: the operator's tool. Queue state per partition, workers and their turns, dead
-//! letters (list, show, replay), and stopping a turn by id. Every command prints a table for
-//! people or, with `--json`, one JSON document for scripts ([`run_json`]).
+//! letters (list, show, replay), stopping a turn by id, and the routing rules with their canary
+//! splits ([`routes`], from settings, no Redis). Every command prints a table for people or, with
+//! `--json`, one JSON document for scripts ([`run_json`]).
+
+mod routes;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -31,6 +34,15 @@ pub enum CtlCommand {
     Dlq(DlqCommand),
     /// Stop a turn (queued or running) by its id.
     Cancel { turn_id: String },
+    /// The routing rules and each rule's canary split, and the retrieval rules, as the settings
+    /// given read them (no Redis needed). With `--session`, which side that session is on.
+    Routes {
+        /// Tenant of `--session`.
+        #[arg(long, default_value = "")]
+        tenant: String,
+        #[arg(long)]
+        session: Option<String>,
+    },
 }
 
 /// Dead-letter commands. Entries are named `<partition>/<entry id>`.
@@ -53,6 +65,22 @@ struct Output {
     json: Value,
 }
 
+/// `chatfleet ctl routes`: what to print, as text or JSON.
+pub fn routes(
+    settings: &crate::settings::Settings,
+    tenant: &str,
+    session: Option<&str>,
+    json: bool,
+) -> anyhow::Result<String> {
+    let (mut text, mut doc) = routes::routes(settings)?;
+    if let Some(sid) = session {
+        let side = routes::session_variant(settings, tenant, sid);
+        writeln!(text, "\nsession {sid} (tenant `{tenant}`): {side}")?;
+        doc["session"] = json!({"session_id": sid, "tenant": tenant, "route": side});
+    }
+    Ok(if json { format!("{doc}\n") } else { text })
+}
+
 /// Runs a ctl command and returns what to print.
 pub async fn run(store: &Store, cmd: CtlCommand) -> anyhow::Result<String> {
     Ok(exec(store, cmd).await?.text)
@@ -70,6 +98,7 @@ async fn exec(store: &Store, cmd: CtlCommand) -> anyhow::Result<Output> {
         CtlCommand::Dlq(DlqCommand::Show { id }) => dlq_show(store, &id).await,
         CtlCommand::Dlq(DlqCommand::Replay { id }) => dlq_replay(store, &id).await,
         CtlCommand::Cancel { turn_id } => cancel(store, &turn_id).await,
+        CtlCommand::Routes { .. } => anyhow::bail!("`routes` reads settings, not Redis: use ctl::routes"),
     }
 }
 

@@ -20,7 +20,7 @@ pub fn is_valid_component(s: &str) -> bool {
 
 /// FNV-1a, 64 bit. Chosen because it is tiny and fully specified: the partition of a session
 /// must never change across versions, so the hash must not depend on a library's internals.
-fn fnv1a(parts: &[&[u8]]) -> u64 {
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for &b in *part {

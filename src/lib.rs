@@ -18,6 +18,7 @@
 //! - [`guard`]: output guardrails (a streaming redaction filter, a moderation hook).
 //! - [`archive`]: finished turns in PostgreSQL (conversations that outlive Redis), the
 //!   archiver, retention; [`local_postgres`]: a private PostgreSQL for `dev` and tests.
+//! - [`retrieval`]: knowledge collections in the archive's PostgreSQL, searched at packing time.
 //! - [`app`]: assembles the roles (`gateway`, `worker`, `dev`) for the binary.
 //! - [`ctl`], [`queue`]: the operator tool and per-partition queue statistics.
 //! - [`redis_version`]: Redis 7 or newer, checked at start.
@@ -50,6 +51,7 @@ pub mod payload;
 pub mod protocol;
 pub mod quota;
 pub mod redis_version;
+pub mod retrieval;
 pub mod settings;
 pub mod settings_base;
 pub mod shutdown;

@@ -50,6 +50,15 @@ pub const TURN_QUEUE_WAIT_SECONDS: &str = "chatfleet_turn_queue_wait_seconds";
 pub const TURN_MODEL_TTFT_SECONDS: &str = "chatfleet_turn_model_ttft_seconds";
 /// Histogram (s): session load and context packing (start_turn, context read, packing).
 pub const TURN_SESSION_LOAD_SECONDS: &str = "chatfleet_turn_session_load_seconds";
+/// Histogram (s): the retrieval stage of a turn's TTFT (search and packing of reference
+/// material, turns with a retrieval rule only).
+pub const TURN_RETRIEVAL_SECONDS: &str = "chatfleet_turn_retrieval_seconds";
+/// Counter: retrieval searches by `outcome` (packed, empty, timeout, failed).
+pub const RETRIEVALS: &str = "chatfleet_retrievals_total";
+/// Counter: turns ended, by canary `variant` (a canary's name, or `control`) and `outcome`.
+pub const VARIANT_TURNS: &str = "chatfleet_variant_turns_total";
+/// Histogram (s): turn enqueued to its first delta stored, by canary `variant`.
+pub const VARIANT_TTFT_SECONDS: &str = "chatfleet_variant_ttft_seconds";
 /// Histogram (s): what the fleet adds to the model's own TTFT: enqueue to first delta stored,
 /// minus the upstream's time to first token.
 pub const TURN_FLEET_OVERHEAD_SECONDS: &str = "chatfleet_turn_fleet_overhead_seconds";

@@ -100,6 +100,14 @@ pub fn describe() {
     describe_histogram!(m::TURN_MODEL_TTFT_SECONDS, Unit::Seconds, "Turn started to the model's first token.");
     describe_histogram!(m::TURN_SESSION_LOAD_SECONDS, Unit::Seconds, "Session load and context packing of a turn.");
     describe_histogram!(
+        m::TURN_RETRIEVAL_SECONDS,
+        Unit::Seconds,
+        "Retrieval stage of a turn: search and packing of reference material."
+    );
+    describe_counter!(m::RETRIEVALS, "Retrieval searches, by outcome (packed, empty, timeout, failed).");
+    describe_counter!(m::VARIANT_TURNS, "Turns ended, by canary variant (its name, or control) and outcome.");
+    describe_histogram!(m::VARIANT_TTFT_SECONDS, Unit::Seconds, "Turn enqueued to its first delta, by canary variant.");
+    describe_histogram!(
         m::TURN_FLEET_OVERHEAD_SECONDS,
         Unit::Seconds,
         "Enqueue to first delta stored, minus the upstream's own time to first token."
@@ -265,5 +273,17 @@ pub fn register_worker(settings: &Settings) {
     for s in MODERATION_STAGES {
         counter_at_zero(m::GUARD_MODERATION_FLAGGED, &[("stage", s.into())]);
         counter_at_zero(m::GUARD_MODERATION_ERRORS, &[("stage", s.into())]);
+    }
+    if settings.archive.enabled() && !settings.retrieval.rules.is_empty() {
+        crate::retrieval::OUTCOMES.into_iter().for_each(|o| counter_at_zero(m::RETRIEVALS, &[("outcome", o.into())]));
+    }
+    // Canary variants come from settings, so the label's values are bounded by them.
+    let canaries = settings.routing.rules.iter().filter_map(|r| r.canary.as_ref().map(|c| c.name.clone()));
+    let variants: std::collections::BTreeSet<String> =
+        canaries.chain([crate::upstream::canary::CONTROL.to_string()]).collect();
+    for v in variants {
+        for o in TURN_OUTCOMES {
+            counter_at_zero(m::VARIANT_TURNS, &[("variant", v.clone()), ("outcome", o.into())]);
+        }
     }
 }

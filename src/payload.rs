@@ -63,6 +63,10 @@ pub enum StoredEvent {
         /// The worker counted the tokens itself (the upstream reported none).
         #[serde(default)]
         usage_estimated: bool,
+        /// Chunks of reference material the answer's prompt held (retrieval). Absent in events
+        /// written before retrieval existed, and when none were packed.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        citations: Vec<StoredCitation>,
     },
     Error {
         v: u8,
@@ -74,6 +78,15 @@ pub enum StoredEvent {
         v: u8,
         turn_id: String,
     },
+}
+
+/// A citation as stored in a `done` event (a map `{document, chunk, title?}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCitation {
+    pub document: String,
+    pub chunk: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
 }
 
 impl StoredEvent {
@@ -281,6 +294,37 @@ mod tests {
         let ev = StoredEvent::Delta { v: 1, turn_id: "t".into(), text: "héllo".into() };
         let bytes = rmp_serde::to_vec_named(&ev).unwrap();
         assert_eq!(decode_event(&bytes).unwrap(), ev);
+    }
+
+    #[test]
+    fn a_done_event_decodes_with_and_without_citations() {
+        // As a build before retrieval stored it: no `citations` key.
+        #[derive(Serialize)]
+        struct OldDone<'a> {
+            v: u8,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            turn_id: &'a str,
+            prompt_tokens: u64,
+            completion_tokens: u64,
+        }
+        let old = OldDone { v: 1, kind: "done", turn_id: "t", prompt_tokens: 3, completion_tokens: 4 };
+        let Ok(StoredEvent::Done { citations, completion_tokens: 4, .. }) =
+            decode_event(&rmp_serde::to_vec_named(&old).unwrap())
+        else {
+            panic!("an old done event must decode")
+        };
+        assert!(citations.is_empty());
+        let cited = StoredCitation { document: "refunds".into(), chunk: 2, title: None };
+        let ev = StoredEvent::Done {
+            v: 1,
+            turn_id: "t".into(),
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            usage_estimated: false,
+            citations: vec![cited],
+        };
+        assert_eq!(decode_event(&rmp_serde::to_vec_named(&ev).unwrap()).unwrap(), ev);
     }
 
     #[test]

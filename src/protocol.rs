@@ -140,6 +140,16 @@ pub struct Usage {
     pub estimated: bool,
 }
 
+/// A chunk of reference material an answer's prompt held: the document's id, the chunk's index
+/// in it (from 0), and the document's title when it has one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Citation {
+    pub document: String,
+    pub chunk: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
+
 /// A conversation event, as the client sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -184,6 +194,10 @@ pub enum EventBody {
     Done {
         turn_id: String,
         usage: Usage,
+        /// The reference material the answer's prompt held (retrieval), in packing order;
+        /// omitted when there was none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        citations: Vec<Citation>,
     },
     Error {
         turn_id: String,
@@ -225,8 +239,13 @@ impl From<StoredEvent> for EventBody {
             StoredEvent::Delta { turn_id, text, .. } => Self::Delta { turn_id, text },
             StoredEvent::ToolStatus { turn_id, name, state, .. } => Self::ToolStatus { turn_id, name, state },
             StoredEvent::Reset { turn_id, attempt, .. } => Self::Reset { turn_id, attempt },
-            StoredEvent::Done { turn_id, prompt_tokens, completion_tokens, usage_estimated, .. } => {
-                Self::Done { turn_id, usage: Usage { prompt_tokens, completion_tokens, estimated: usage_estimated } }
+            StoredEvent::Done { turn_id, prompt_tokens, completion_tokens, usage_estimated, citations, .. } => {
+                let usage = Usage { prompt_tokens, completion_tokens, estimated: usage_estimated };
+                let citations = citations
+                    .into_iter()
+                    .map(|c| Citation { document: c.document, chunk: c.chunk, title: c.title })
+                    .collect();
+                Self::Done { turn_id, usage, citations }
             }
             StoredEvent::Error { turn_id, code, message, .. } => Self::Error { turn_id, code, message },
             StoredEvent::Cancelled { turn_id, .. } => Self::Cancelled { turn_id },

@@ -55,6 +55,9 @@ pub struct Settings {
     /// Output guardrails: redaction and moderation (`[guard]`, docs/guardrails.md).
     #[serde(default)]
     pub guard: crate::guard::GuardSettings,
+    /// Knowledge collections searched at packing time (needs the archive).
+    #[serde(default)]
+    pub retrieval: crate::retrieval::RetrievalSettings,
     /// Per-tenant overrides, by tenant name (`[tenants.acme]`).
     #[serde(default)]
     pub tenants: std::collections::HashMap<String, TenantSettings>,
@@ -447,11 +450,13 @@ impl Settings {
             &self.routing,
             &self.context,
             self.session.max_message_bytes,
+            self.retrieval.pinned_bytes(self.context.approx_bytes_per_token),
         )?;
         crate::tools::settings::validate(&self.tools)?;
         self.archive.validate()?;
         self.media.validate()?;
         crate::guard::validate(self)?;
+        self.retrieval.validate()?;
         check(
             ["pretty", "json"].contains(&self.telemetry.format.as_str()),
             "telemetry.format",

@@ -48,6 +48,9 @@ struct Claims {
     /// When present, the only sessions this token may open.
     #[serde(default)]
     sessions: Option<Vec<String>>,
+    /// Space-separated scopes (OAuth 2), e.g. `knowledge:write` for the knowledge API.
+    #[serde(default)]
+    scope: Option<String>,
 }
 
 /// One verifying key: its algorithm is fixed, whatever a token's header says.
@@ -187,7 +190,8 @@ impl Verifier {
                 return Err(AuthError::Invalid("sessions claim: too many, or an invalid session id"));
             }
         }
-        Ok(Identity { tenant: c.tenant, user: c.sub, sessions: c.sessions, expires_at: Some(c.exp) })
+        let scope = c.scope.map(String::into_boxed_str);
+        Ok(Identity { tenant: c.tenant, user: c.sub, sessions: c.sessions, expires_at: Some(c.exp), scope })
     }
 }
 

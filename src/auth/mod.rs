@@ -28,9 +28,17 @@ pub struct Identity {
     pub sessions: Option<Vec<String>>,
     /// Token expiry (Unix seconds); `None` in dev mode.
     pub expires_at: Option<u64>,
+    /// The token's `scope` claim (space-separated scopes), kept as sent: every open socket
+    /// holds an identity, so it stays one pointer. None in dev mode.
+    pub scope: Option<Box<str>>,
 }
 
 impl Identity {
+    /// True when the token's `scope` claim holds `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scope.as_deref().is_some_and(|all| all.split_whitespace().any(|s| s == scope))
+    }
+
     /// True when the token allows opening `session`.
     pub fn may_open(&self, session: &str) -> bool {
         self.sessions.as_ref().map_or(true, |list| list.iter().any(|s| s == session))
@@ -103,9 +111,13 @@ impl Authenticator {
     /// key the gateway does not know yet and the JWKS is fetched again.
     pub async fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthError> {
         match self.mode {
-            AuthMode::Dev => {
-                Ok(Identity { tenant: self.dev_tenant.clone(), user: "dev".into(), sessions: None, expires_at: None })
-            }
+            AuthMode::Dev => Ok(Identity {
+                tenant: self.dev_tenant.clone(),
+                user: "dev".into(),
+                sessions: None,
+                expires_at: None,
+                scope: None,
+            }),
             AuthMode::Jwt => self.verifier.verify(token.ok_or(AuthError::Missing)?).await,
         }
     }

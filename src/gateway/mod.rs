@@ -17,6 +17,7 @@ mod follow;
 mod http;
 pub mod hub;
 mod ingress;
+mod knowledge;
 mod limits;
 mod linger;
 mod listener;
@@ -232,6 +233,7 @@ impl Gateway {
             .route("/v1/sessions/{id}/turns/{turn_id}/cancel", post(rest::cancel))
             .merge(http::router())
             .merge(ingress::router(&self.app.settings.gateway.ingress))
+            .merge(knowledge::router(&self.app.settings.retrieval))
             .layer(DefaultBodyLimit::max(self.app.settings.gateway.max_frame_bytes))
             .layer(axum::middleware::from_fn_with_state(self.app.clone(), origin::check))
             .layer(self.app.origins.cors())

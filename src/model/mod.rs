@@ -81,6 +81,8 @@ pub struct ToolSpec {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RouteHints {
     pub tenant: String,
+    /// The session's id: canary splits hash it, so a conversation keeps its variant.
+    pub session_id: String,
     /// Flags of the session (`<base>:flags`, set by operators or the application backend).
     pub flags: Vec<String>,
     /// The model the client asked for in its `send`, if any.

@@ -42,6 +42,7 @@ fn done() -> FinishArgs<'static> {
         error_message: "",
         dead_letter: false,
         audit: None,
+        citations: None,
     }
 }
 

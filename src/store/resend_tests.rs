@@ -113,6 +113,7 @@ async fn every_turn_write_sent_twice_is_applied_once() {
         error_message: "",
         dead_letter: false,
         audit: None,
+        citations: None,
     };
     let end = w.finish(&args).await.unwrap();
     assert!(end.is_some());
@@ -194,6 +195,7 @@ fn finish_args() -> FinishArgs<'static> {
         error_message: "",
         dead_letter: false,
         audit: None,
+        citations: None,
     }
 }
 

@@ -112,6 +112,8 @@ pub struct FinishArgs<'a> {
     pub dead_letter: bool,
     /// Who answered, when no earlier write of the round recorded it.
     pub audit: Option<&'a TurnAudit>,
+    /// The `done` event's citations, as a JSON array of `{document, chunk, title?}`.
+    pub citations: Option<&'a str>,
 }
 
 impl Store {
@@ -346,7 +348,12 @@ impl TurnWriter {
                     .uint(u64::from(f.dead_letter))
                     .str(f.usage_source.as_str())
                     .uint(plen);
-                with_audit(b, f.audit)
+                match (f.citations, f.audit) {
+                    (None, _) => with_audit(b, f.audit),
+                    (Some(c), Some(_)) => with_audit(b, f.audit).str(c),
+                    // An empty upstream says "no audit" to the function; the citations follow.
+                    (Some(c), None) => b.str("").str("").str("").str(c),
+                }
             })
             .await?;
         match r.string()?.as_str() {

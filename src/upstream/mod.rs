@@ -3,6 +3,7 @@
 //!
 //! - [`settings`]: `[upstreams.<name>]`, `[routing]`, `[context]`;
 //! - [`router`]: the [`crate::model::Model`] the worker uses: rules, fallback chain, packing;
+//! - [`canary`]: the stable split of a rule's sessions between its chain and a variant;
 //! - [`client`]: one upstream: HTTP client, key, concurrency slots, timeouts;
 //! - [`http`]: sending, error mapping (status, `retry-after`), SSE driving under timeouts;
 //! - [`openai`], [`anthropic`]: the two wire formats;
@@ -11,6 +12,7 @@
 //! - [`summary`]: the conversation sent to the model, and summaries of older history.
 
 pub mod anthropic;
+pub mod canary;
 pub mod client;
 pub mod http;
 pub mod openai;

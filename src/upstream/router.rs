@@ -1,4 +1,5 @@
-//! The router: picks an upstream chain per turn by the `[routing]` rules, packs the conversation
+//! The router: picks an upstream chain per turn by the `[routing]` rules (and their canary
+//! splits, [`super::canary`]), packs the conversation
 //! into each upstream's budget, and falls back along the chain while an upstream fails before
 //! its first token. It is the [`Model`] the worker talks to.
 
@@ -37,9 +38,10 @@ impl Router {
         Self { upstreams, routing: s.routing.clone(), summary_upstream }
     }
 
-    /// The chain of upstream names for a turn: the first rule that matches, else the default.
+    /// The chain of upstream names for a turn: the first rule that matches (or its canary
+    /// variant's chain, for the sessions on the variant's side), else the default.
     pub fn chain(&self, h: &RouteHints) -> &[String] {
-        self.routing.rules.iter().find(|r| r.matches(h)).map(|r| r.chain.as_slice()).unwrap_or(&self.routing.default)
+        self.routing.route(h).chain
     }
 
     fn upstreams_for(&self, h: &RouteHints) -> Vec<Arc<Upstream>> {

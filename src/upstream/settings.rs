@@ -172,6 +172,34 @@ pub struct RouteRule {
     pub model: Option<String>,
     /// Upstreams to try, in order.
     pub chain: Vec<String>,
+    /// A canary: a share of the sessions this rule matches goes to a variant
+    /// (`[routing.rules.canary]`, see [`super::canary`]).
+    #[serde(default)]
+    pub canary: Option<Canary>,
+}
+
+/// A variant of a routing rule that a stable share of its sessions gets: another upstream chain,
+/// another system prompt, or both. Rollback is `percent = 0`; a session keeps its side of the
+/// split for its whole life, since the choice is a fixed hash of the session id.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    /// The variant's name: the `variant` label of its metrics, the audit's template suffix and
+    /// what `chatfleet ctl routes` shows (1-32 characters of `[a-z0-9_-]`, not `control`).
+    pub name: String,
+    /// Share of the rule's sessions that get the variant, 0.0..=100.0 in steps of 0.01
+    /// (0 = rolled back, every session gets the rule's own chain and prompt).
+    pub percent: f64,
+    /// Upstreams the variant's sessions try, in order; empty keeps the rule's `chain`.
+    #[serde(default)]
+    pub chain: Vec<String>,
+    /// The variant's system prompt, in place of `context.system_prompt`; absent keeps it.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    /// Template version recorded on the variant's turns (the audit's `template`); absent
+    /// records `context.template_version` followed by `+<name>`.
+    #[serde(default)]
+    pub template_version: Option<String>,
 }
 
 impl RouteRule {
@@ -240,11 +268,14 @@ fn invalid(key: &'static str, reason: String) -> SettingsError {
 
 /// Checks the upstreams, routing and context sections (called by
 /// [`crate::settings::Settings::validate`] with those sections and `session.max_message_bytes`).
+/// `extra_pinned`: the bytes of another pinned system message every turn may carry (retrieval's
+/// reference block), which must fit beside the system prompt and the longest message.
 pub fn validate(
     upstreams: &UpstreamMap,
     routing: &RoutingSettings,
     context: &ContextSettings,
     max_message_bytes: usize,
+    extra_pinned: Option<usize>,
 ) -> Result<(), SettingsError> {
     if upstreams.is_empty() {
         return Err(invalid("upstreams", "at least one upstream must be declared".into()));
@@ -295,7 +326,12 @@ pub fn validate(
             0 => 0,
             _ => counter.upper_bound_for_bytes(context.summary_max_bytes + 64) + super::tokens::MESSAGE_OVERHEAD,
         };
-        let pinned = counter.count_text(&context.system_prompt)
+        // The longest system prompt a turn may get: the context's or a canary's.
+        let prompts = routing.rules.iter().filter_map(|r| r.canary.as_ref()?.system_prompt.as_deref());
+        let prompt =
+            prompts.chain([context.system_prompt.as_str()]).map(|p| counter.count_text(p)).max().unwrap_or_default();
+        let pinned = prompt
+            + extra_pinned.map_or(0, |bytes| counter.upper_bound_for_bytes(bytes) + super::tokens::MESSAGE_OVERHEAD)
             + counter.upper_bound_for_bytes(max_message_bytes)
             + 2 * super::tokens::MESSAGE_OVERHEAD
             + super::tokens::REPLY_OVERHEAD
@@ -305,7 +341,8 @@ pub fn validate(
                 "upstreams.*.context_tokens",
                 &format!(
                     "context_tokens - max_output_tokens = {} cannot hold the system prompt and a \
-                     message of session.max_message_bytes (and a summary) ({pinned} tokens at most); \
+                     message of session.max_message_bytes (and a summary, and retrieval's budget) \
+                     ({pinned} tokens at most); \
                      raise it or lower session.max_message_bytes",
                     u.prompt_budget()
                 ),
@@ -324,6 +361,12 @@ pub fn validate(
     known(&routing.default, "routing.default")?;
     for rule in &routing.rules {
         known(&rule.chain, "routing.rules.chain")?;
+        if let Some(c) = &rule.canary {
+            super::canary::validate(c)?;
+            if !c.chain.is_empty() {
+                known(&c.chain, "routing.rules.canary.chain")?;
+            }
+        }
     }
     let c = context;
     if !c.summary_upstream.is_empty() && !upstreams.contains_key(&c.summary_upstream) {

@@ -74,6 +74,8 @@ struct Shared {
     guard: crate::guard::Guard,
     /// Frees an ended turn's quota slot (the tenant's quota, `[quota]`).
     quotas: crate::quota::Quotas,
+    /// Searches knowledge collections at packing time (`[retrieval]`, with an archive).
+    retrieval: Option<crate::retrieval::Retriever>,
     permits: Arc<Semaphore>,
     /// Running turns by turn id. A std mutex: never held across an await.
     running: Mutex<HashMap<String, TurnSignals>>,
@@ -110,10 +112,16 @@ impl Worker {
         let control = control::Listener::connect(&store, &id).await?;
         metrics::gauge!(crate::metrics::WORKER_CAPACITY).set(settings.worker.max_concurrent_turns as f64);
         let tools = Arc::new(crate::tools::ToolBox::new(&settings.tools));
+        // The archive URL was validated at start; a pool connects on first use.
+        let retrieval = crate::retrieval::Retriever::new(&settings).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "retrieval is off: cannot set up its pool");
+            None
+        });
         let shared = Arc::new(Shared {
             id: id.clone(),
             tools,
             guard: crate::guard::Guard::new(&settings),
+            retrieval,
             quotas: crate::quota::Quotas::new(settings.quota.clone()),
             permits: Arc::new(Semaphore::new(settings.worker.max_concurrent_turns)),
             settings,

@@ -1,9 +1,11 @@
 //! Running one turn: start (fenced attempt), stream the model, coalesce, emit, run tool rounds,
 //! finish, and, after a finished turn, start a background summary when one is due.
 //!
+//! - [`request`]: the first round's request: conversation, canary variant, retrieval;
 //! - [`stream`]: the streaming loop (stop, heartbeats, retries, coalescing, tool rounds);
 //! - [`round`]: the conversation across tool rounds, and the tool calls of a round.
 
+mod request;
 mod round;
 mod stream;
 
@@ -69,7 +71,14 @@ async fn run_inner(shared: &Arc<Shared>, d: Delivery) {
     }
     metrics::gauge!(m::WORKER_ACTIVE_TURNS).increment(1.0);
     let began = Instant::now();
-    let mut stats = Stats { deltas: 0, queue_wait, load_started, audit: None };
+    let mut stats = Stats {
+        deltas: 0,
+        queue_wait,
+        load_started,
+        audit: None,
+        variant: crate::upstream::canary::CONTROL.into(),
+        citations: Vec::new(),
+    };
     let writer = store.writer(&d.base, &d.turn_id, &d.entry_id, attempt);
     let turn = stream::Turn { shared, d: &d, w: &writer, signals: &signals, ctx: &ctx };
     let ending = stream::run(turn, &history, &opts, &mut stats).await;
@@ -80,8 +89,10 @@ async fn run_inner(shared: &Arc<Shared>, d: Delivery) {
     if let Ok(mut map) = shared.running.lock() {
         map.remove(&d.turn_id);
     }
-    let outcome = finish(shared, &d, &writer, ending, stats.audit.as_ref()).await;
+    let citations = (!stats.citations.is_empty()).then(|| serde_json::to_string(&stats.citations).unwrap_or_default());
+    let outcome = finish(shared, &d, &writer, ending, stats.audit.as_ref(), citations.as_deref()).await;
     metrics::counter!(m::TURNS, "outcome" => outcome).increment(1);
+    metrics::counter!(m::VARIANT_TURNS, "variant" => stats.variant.clone(), "outcome" => outcome).increment(1);
     metrics::histogram!(m::TURN_DURATION_SECONDS, "outcome" => outcome).record(began.elapsed().as_secs_f64());
     metrics::histogram!(m::TURN_DELTAS).record(stats.deltas as f64);
 }
@@ -93,6 +104,10 @@ pub(super) struct Stats {
     load_started: Instant,
     /// Who answered the current round, until a write records it (see [`TurnAudit`]).
     audit: Option<TurnAudit>,
+    /// The canary variant (`variant` label of the turn's metrics).
+    variant: String,
+    /// Chunks of reference material packed into the prompt.
+    citations: Vec<crate::retrieval::pack::Cited>,
 }
 
 use crate::keys::tenant_of;
@@ -147,6 +162,7 @@ async fn finish(
     writer: &TurnWriter,
     ending: Ending,
     audit: Option<&TurnAudit>,
+    citations: Option<&str>,
 ) -> &'static str {
     let mut args = FinishArgs {
         outcome: "done",
@@ -157,6 +173,7 @@ async fn finish(
         error_message: "",
         dead_letter: false,
         audit,
+        citations,
     };
     let message;
     match ending {

@@ -5,6 +5,7 @@ mod helpers;
 
 mod archive;
 mod backpressure;
+mod canary;
 mod cluster;
 mod e2e;
 mod edges;
@@ -18,6 +19,7 @@ mod quota;
 mod redis_faults;
 mod redis_stalls;
 mod resume;
+mod retrieval;
 mod tenancy;
 mod tls;
 mod transports;

@@ -15,7 +15,7 @@ use crate::helpers::*;
 
 const KEY: &str = "sk-test-SECRET-0123456789";
 
-fn upstream(kind: &str, base: String, model: &str, extra: Value) -> UpstreamSettings {
+pub(crate) fn upstream(kind: &str, base: String, model: &str, extra: Value) -> UpstreamSettings {
     let mut v = json!({"kind": kind, "base_url": base, "model": model, "api_key": KEY});
     for (k, x) in extra.as_object().cloned().unwrap_or_default() {
         v[k] = x;
@@ -23,7 +23,7 @@ fn upstream(kind: &str, base: String, model: &str, extra: Value) -> UpstreamSett
     serde_json::from_value(v).unwrap()
 }
 
-fn openai(f: &Fake, model: &str, extra: Value) -> UpstreamSettings {
+pub(crate) fn openai(f: &Fake, model: &str, extra: Value) -> UpstreamSettings {
     upstream("openai", f.base_v1(), model, extra)
 }
 
@@ -32,7 +32,7 @@ fn anthropic(f: &Fake, model: &str, extra: Value) -> UpstreamSettings {
 }
 
 /// Test settings with these upstreams, `default` as the default chain, and no retries.
-fn with_upstreams(ups: Vec<(&str, UpstreamSettings)>, default: &[&str]) -> Settings {
+pub(crate) fn with_upstreams(ups: Vec<(&str, UpstreamSettings)>, default: &[&str]) -> Settings {
     let mut s = test_settings();
     s.upstreams = ups.into_iter().map(|(n, u)| (n.to_string(), u)).collect();
     s.routing.default = default.iter().map(|d| d.to_string()).collect();
@@ -40,7 +40,7 @@ fn with_upstreams(ups: Vec<(&str, UpstreamSettings)>, default: &[&str]) -> Setti
     s
 }
 
-async fn spawn(s: Settings) -> TestApp {
+pub(crate) async fn spawn(s: Settings) -> TestApp {
     s.validate().expect("test settings are valid");
     TestApp::spawn_with(s).await
 }
@@ -86,7 +86,7 @@ fn tool_states(events: &[Event]) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn turn_hash(app: &TestApp, sid: &str, turn: &str) -> HashMap<String, String> {
+pub(crate) async fn turn_hash(app: &TestApp, sid: &str, turn: &str) -> HashMap<String, String> {
     let raw = app.raw().await;
     raw.hgetall(format!("{}:turn:{turn}", app.session_keys(sid).base)).await.unwrap()
 }

@@ -17,12 +17,11 @@ use super::round::Conversation;
 use super::{cancelled, full_jitter, tenant_of, Ending, Stats};
 use crate::guard::{Cut, TurnGuard};
 use crate::metrics as m;
-use crate::model::{ModelError, ModelEvent, ModelRequest, ModelStream, ModelUsage, RouteHints};
+use crate::model::{ModelError, ModelEvent, ModelStream, ModelUsage};
 use crate::payload;
 use crate::settings_base::ms;
 use crate::store::{StoreError, TurnAudit, TurnContext, TurnWriter, WriteOutcome};
 use crate::tools::{ToolOutcome, ToolState};
-use crate::upstream::summary;
 use crate::worker::coalesce::Coalescer;
 use crate::worker::{Delivery, Shared, TurnSignals};
 
@@ -78,32 +77,6 @@ impl Phase<'_> {
     }
 }
 
-/// The request of a turn's first round.
-fn first_request(t: &Turn<'_>, history: &[payload::HistoryMessage], opts: &Bytes) -> ModelRequest {
-    let s = &t.shared.settings;
-    let opts = payload::decode_turn_opts(opts).unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "ignoring undecodable turn options");
-        payload::TurnOpts::default()
-    });
-    let messages = summary::conversation(&s.context, history, t.ctx.summary.as_ref());
-    let messages = summary::with_context(messages, &opts.context);
-    let message_chars = history.last().map(|m| m.text.chars().count()).unwrap_or(0);
-    ModelRequest {
-        messages,
-        tools: t.shared.tools.specs(),
-        tools_exhausted: false,
-        route: RouteHints {
-            tenant: tenant_of(&t.d.base).to_string(),
-            flags: t.ctx.flags.clone(),
-            model: opts.model,
-            message_chars,
-            max_tokens: opts.max_tokens,
-            temperature: opts.temperature,
-            user: opts.user,
-        },
-    }
-}
-
 /// A fenced write's verdict for the loop: go on, or end the turn.
 enum Verdict {
     Go,
@@ -136,9 +109,11 @@ pub(in crate::worker) async fn run(
     let heartbeat = ms(w.heartbeat_ms);
     let mut next_heartbeat = began + heartbeat;
     let abandon_ms = shared.settings.abandon_ms(tenant_of(&d.base));
-    let mut conv = Conversation::new(first_request(&t, history, opts), &t.ctx.tool_records);
-    // The session is loaded and the context packed: the last stage before the model.
-    metrics::histogram!(m::TURN_SESSION_LOAD_SECONDS).record(stats.load_started.elapsed().as_secs_f64());
+    let prepared = super::request::prepare(&t, history, opts, stats.load_started).await;
+    let template = prepared.template;
+    stats.variant = prepared.variant;
+    stats.citations = prepared.citations;
+    let mut conv = Conversation::new(prepared.request, &t.ctx.tool_records);
     let mut model_ttft = std::time::Duration::ZERO;
     // The guard (redaction, moderation) sits between the model and every write of the answer.
     let mut guard = shared.guard.turn(tenant_of(&d.base));
@@ -184,8 +159,7 @@ pub(in crate::worker) async fn run(
                 Next::RetryDue => phase = Phase::Model(crate::model::tracked(shared.model.stream(conv.request.clone()))),
                 Next::Model(Some(Ok(ModelEvent::Answering { upstream, model }))) => {
                     // Recorded by the round's next write, not by a round trip of its own.
-                    let template = shared.settings.context.template_version.clone();
-                    stats.audit = Some(TurnAudit { upstream, model, template });
+                    stats.audit = Some(TurnAudit { upstream, model, template: template.clone() });
                 }
                 Next::Model(Some(Ok(ModelEvent::Text(text)))) => {
                     if !first_token {
@@ -286,6 +260,8 @@ pub(in crate::worker) async fn run(
                     if stats.deltas == 1 {
                         let ttft = stats.queue_wait + stats.load_started.elapsed();
                         metrics::histogram!(m::TURN_TTFT_SECONDS).record(ttft.as_secs_f64());
+                        metrics::histogram!(m::VARIANT_TTFT_SECONDS, "variant" => stats.variant.clone())
+                            .record(ttft.as_secs_f64());
                         metrics::histogram!(m::TURN_FLEET_OVERHEAD_SECONDS)
                             .record(ttft.saturating_sub(model_ttft).as_secs_f64());
                     }
