@@ -70,7 +70,8 @@ pub struct Feed {
     store: Arc<Store>,
     keys: SessionKeys,
     sub: Subscription,
-    epoch: String,
+    /// Boxed: every idle connection holds a feed, and the capacity is never used.
+    epoch: Box<str>,
     /// The last seq taken into `ready` (or handed to the transport).
     last: u64,
     /// The frame at `last`, when the feed has it (not after a snapshot): a catch-up read checks
@@ -176,7 +177,7 @@ impl Feed {
             store: store.clone(),
             keys,
             sub,
-            epoch,
+            epoch: epoch.into(),
             last: seq,
             held: None,
             inbox: VecDeque::new(),
@@ -252,7 +253,7 @@ impl Feed {
     /// judged again (the fill covers it, so it is dropped as already seen).
     async fn judge_inbox(&mut self) -> Result<Option<Item>, FeedError> {
         while let Some(f) = self.inbox.front() {
-            if f.epoch.as_deref().is_some_and(|e| e != self.epoch) {
+            if f.epoch.as_deref().is_some_and(|e| e != &*self.epoch) {
                 // The session was lost and recreated under us: seqs restarted, so nothing
                 // collected so far is comparable. Start over from a snapshot.
                 return Ok(Some(Box::pin(self.resnapshot()).await?));
@@ -331,7 +332,7 @@ impl Feed {
         match self.store.open_session(&self.keys, &candidate, None, None, None, &self.actor).await? {
             Opened::Forbidden => Err(FeedError::Forbidden),
             Opened::Snapshot { epoch, seq, history, active_turn, partial, reason } => {
-                self.epoch = epoch.clone();
+                self.epoch = epoch.as_str().into();
                 self.last = seq;
                 self.held = None;
                 // The snapshot supersedes what was collected. Every frame in the inbox was
