@@ -175,7 +175,8 @@ async fn after_flushall_a_session_comes_back_from_the_archive_with_its_history()
 }
 
 #[tokio::test]
-async fn attachments_are_archived_and_come_back_with_a_restored_session() {
+// Named for FLUSHALL so the Cluster pass of bin/test skips it: it would wipe the shared cluster.
+async fn attachments_are_archived_and_come_back_after_flushall() {
     let mut s = test_settings();
     s.media.url_prefixes = vec!["https://media.example.com/u/".into()];
     let a = Archived::start(s).await;
