@@ -438,6 +438,9 @@ mod cancel_tests;
 mod lost_write_tests;
 
 #[cfg(test)]
+mod fixture;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

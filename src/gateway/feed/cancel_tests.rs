@@ -8,14 +8,10 @@ use std::task::Poll;
 use std::time::Duration;
 
 use fred::prelude::*;
-use tokio_util::sync::CancellationToken;
 
+use super::fixture::Fixture;
 use super::*;
-use crate::gateway::hub::HubLimits;
-use crate::local_redis::LocalRedis;
 use crate::payload::StoredEvent;
-use crate::settings::Settings;
-use crate::store::Redis;
 
 /// Events in the session.
 const EVENTS: u64 = 600;
@@ -53,26 +49,11 @@ fn dropped(seq: u64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_feed_cancelled_at_any_await_hands_out_every_event_once_in_order() {
-    let redis = LocalRedis::start(&[]).await.expect("redis-server starts");
-    let mut settings = Settings::defaults();
-    settings.redis.url = redis.url();
-    let conn = Redis::connect(&settings.redis).await.expect("connects");
-    conn.load_functions().await.expect("functions load");
-    let writer = conn.dedicated().await.expect("writer client");
-    let store = std::sync::Arc::new(Store::new(conn.clone(), &settings));
-    let shutdown = CancellationToken::new();
     // One log read at a time: cancelling a feed that waits for its turn must lose nothing either.
-    let limits = HubLimits {
-        queue_events: 10_000,
-        queue_bytes: 64 << 20,
-        log_reads: 1,
-        subscribe_timeout: Duration::from_secs(5),
-        cluster_check: Duration::from_secs(1),
-    };
-    let hub = Hub::start(conn.subscriber().await.expect("subscriber"), limits, shutdown.clone());
-    let keys = store.keys().session("tenant", "s1");
+    let f = Fixture::start().await;
+    let (store, hub, writer, keys) = (&f.store, &f.hub, f.writer.clone(), f.keys.clone());
 
-    let (mut feed, opening) = Feed::open(&hub, &store, keys.clone(), "s1", None, None, false, "").await.expect("opens");
+    let (mut feed, opening) = Feed::open(hub, store, keys.clone(), "s1", None, None, false, "").await.expect("opens");
     let ControlMsg::Welcome { epoch, seq: 0, .. } = opening.welcome else { panic!("a new session starts at seq 0") };
 
     let producer = tokio::spawn({
@@ -112,5 +93,4 @@ async fn a_feed_cancelled_at_any_await_hands_out_every_event_once_in_order() {
     producer.await.expect("producer");
     assert_eq!(seen, (1..=EVENTS).collect::<Vec<_>>(), "every event once, in order");
     assert!(cancelled > 0, "the test must cancel some calls to mean anything");
-    shutdown.cancel();
 }

@@ -9,14 +9,10 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use fred::prelude::*;
-use tokio_util::sync::CancellationToken;
 
+use super::fixture::Fixture;
 use super::*;
-use crate::gateway::hub::HubLimits;
-use crate::local_redis::LocalRedis;
 use crate::payload::StoredEvent;
-use crate::settings::Settings;
-use crate::store::Redis;
 
 fn delta(text: &str) -> Vec<u8> {
     let ev = StoredEvent::Delta { v: 1, turn_id: "t1".into(), text: text.into() };
@@ -54,24 +50,9 @@ fn texts(item: &Item) -> Vec<String> {
 
 #[tokio::test]
 async fn writes_that_reuse_lost_seqs_end_in_a_snapshot_not_a_hole() {
-    let redis = LocalRedis::start(&[]).await.expect("redis-server starts");
-    let mut settings = Settings::defaults();
-    settings.redis.url = redis.url();
-    let conn = Redis::connect(&settings.redis).await.expect("connects");
-    conn.load_functions().await.expect("functions load");
-    let writer = conn.dedicated().await.expect("writer client");
-    let store = std::sync::Arc::new(Store::new(conn.clone(), &settings));
-    let shutdown = CancellationToken::new();
-    let limits = HubLimits {
-        queue_events: 1000,
-        queue_bytes: 1 << 20,
-        log_reads: 1,
-        subscribe_timeout: Duration::from_secs(5),
-        cluster_check: Duration::from_secs(1),
-    };
-    let hub = Hub::start(conn.subscriber().await.expect("subscriber"), limits, shutdown.clone());
-    let keys = store.keys().session("tenant", "s1");
-    let (mut feed, opening) = Feed::open(&hub, &store, keys.clone(), "s1", None, None, false, "").await.expect("opens");
+    let f = Fixture::start().await;
+    let (store, hub, writer, keys) = (&f.store, &f.hub, f.writer.clone(), f.keys.clone());
+    let (mut feed, opening) = Feed::open(hub, store, keys.clone(), "s1", None, None, false, "").await.expect("opens");
     let ControlMsg::Welcome { epoch, .. } = opening.welcome else { panic!("welcome") };
 
     let (meta, log) = (format!("{}:meta", keys.base), format!("{}:log", keys.base));
@@ -105,5 +86,4 @@ async fn writes_that_reuse_lost_seqs_end_in_a_snapshot_not_a_hole() {
         panic!("the connection had \"He llo wo rl\"; the log now says \"He llo lo wor ld!\": got {:?}", texts(&item))
     };
     assert_eq!(seq, 6, "the snapshot is what Redis holds now");
-    shutdown.cancel();
 }
