@@ -81,6 +81,13 @@ local function session_keys(keys, k)
   }
 end
 
+-- The *delta layout* of `emitc`: only the keys a delta writes (meta, log, partial text, turn).
+-- Every declared key costs the call, and deltas are most of the calls. Keys it lacks are nil, so
+-- an op that needs them fails loudly instead of writing elsewhere.
+local function delta_keys(keys, k)
+  return { meta = keys[k], log = keys[k + 1], partial = keys[k + 2], turn = keys[k + 3] }
+end
+
 -- The channel of a session, from its meta key.
 local function channel(S)
   return string.sub(S.meta, 1, -6) .. ':ch'
@@ -88,9 +95,9 @@ end
 
 -- Appends one client-visible event: next seq, log entry, live publish. Returns the seq.
 local function append_event(S, ev, epoch)
-  local seq = redis.call('HINCRBY', S.meta, 'seq', 1)
+  local seq = redis.call('HINCRBY', S.meta, 'seq', '1')
   local body = cmsgpack.pack(ev)
-  redis.call('XADD', S.log, 'MAXLEN', '~', C.log_max, seq .. '-0', 'e', body)
+  redis.call('XADD', S.log, 'MAXLEN', '~', C.log_max_s, seq .. '-0', 'e', body)
   -- The epoch rides along so a live connection notices a lost-and-recreated session at once.
   redis.call('SPUBLISH', channel(S), cmsgpack.pack({ seq, body, epoch }))
   return seq
@@ -339,7 +346,7 @@ local function op_start(S, op)
   local attempt = tonumber(st[2]) + 1
   redis.call('HSET', S.turn, 'status', 'running', 'worker', worker, 'attempt', attempt,
     'lease', C.now + C.lease_ms, 'started', C.now, 'started_us', C.now_us, 'sreq', sreq, 'wi', 0,
-    'tt', C.now)
+    'tt', C.now, 'plen', 0)
   redis.call('HDEL', S.turn, 'wr')
   append_event(S, { v = 1, type = 'turn_started', turn_id = tid, attempt = attempt }, epoch)
   st[8] = C.now_us
@@ -356,7 +363,7 @@ been attached to for abandon_ms gets its running turn's cancel flag set here.
 ]]
 local function fence(S, op, abandon_ms)
   local attempt, widx = tostring(op[2]), tonumber(op[3])
-  local st = redis.call('HMGET', S.turn, 'status', 'attempt', 'cancel', 'epoch', 'wi', 'wr', 'lease', 'tt')
+  local st = redis.call('HMGET', S.turn, 'status', 'attempt', 'cancel', 'epoch', 'wi', 'wr', 'lease', 'tt', 'plen')
   if st[2] == attempt and st[5] and widx <= tonumber(st[5]) then
     if widx == tonumber(st[5]) and st[6] then
       return 'dup', cjson.decode(st[6])
@@ -380,14 +387,16 @@ local function fence(S, op, abandon_ms)
 end
 
 -- Records a worker write as applied (its index and reply), extends the lease once half of it is
--- used, and refreshes the session's TTL every ttl/4 of a long turn. `extra`: more turn fields.
+-- used, and refreshes the session's TTL every ttl/4 of a long turn (when the op declared the whole
+-- session; a delta in the delta layout leaves it to the next op that does, which the worker sends
+-- every ttl/8 by its own clock). `extra`: more turn fields.
 local function applied(S, op, st, reply, extra)
   local fields = { 'wi', op[3], 'wr', cjson.encode(reply) }
   if tonumber(st[7] or 0) - C.now < C.lease_ms / 2 then
     fields[#fields + 1] = 'lease'
     fields[#fields + 1] = C.now + C.lease_ms
   end
-  if C.now - tonumber(st[8] or 0) >= C.ttl * 250 then
+  if S.hist and C.now - tonumber(st[8] or 0) >= C.ttl * 250 then
     touch(S, true)
     fields[#fields + 1] = 'tt'
     fields[#fields + 1] = C.now
@@ -408,9 +417,12 @@ local function audit_fields(op, i)
 end
 
 -- The partial text's length when it is not `plen` (what the worker's deltas add up to): Redis
--- lost acknowledged writes. nil when they agree (or the op carries no plen).
-local function behind(S, plen)
-  local have = redis.call('STRLEN', S.partial)
+-- lost acknowledged writes. nil when they agree (or the op carries no plen). The turn hash keeps
+-- the length (`plen`, written with every APPEND in the same call, so a Redis that lost writes
+-- lost both alike), which saves a STRLEN per delta; a turn started before that field existed is
+-- measured.
+local function behind(S, plen, st)
+  local have = tonumber(st[9]) or redis.call('STRLEN', S.partial)
   if have ~= tonumber(plen or have) then
     return have
   end
@@ -418,6 +430,8 @@ local function behind(S, plen)
 end
 
 --[[ op emit: a worker appends a delta of the running turn.               keys: session, turn
+    op emitc is the same write with only the keys it touches: meta, log, partial, turn (see
+    delta_keys); the worker sends it, and `emit` every ttl/8 so the session's TTL is refreshed.
 op: tid, attempt, write index, text, abandon_ms (0 = keep generating when nobody watches),
     plen (the bytes of partial text the worker's earlier deltas add up to)
     [, upstream, model, template]  who answered this round, recorded with the delta
@@ -434,16 +448,20 @@ local function op_emit(S, op)
   elseif verdict == 'fenced' then
     return { 0, 0 }
   end
-  local have = behind(S, op[6])
+  local have = behind(S, op[6], st)
   if have then
     return { -1, cancel == '1' and 1 or 0, have }
   end
   local text = op[4]
   local seq = append_event(S, { v = 1, type = 'delta', turn_id = op[1], text = text }, epoch)
-  if redis.call('APPEND', S.partial, text) == #text then
+  local len = redis.call('APPEND', S.partial, text)
+  if len == #text then
     redis.call('EXPIRE', S.partial, C.ttl)
   end
-  return applied(S, op, st, { seq, cancel == '1' and 1 or 0 }, audit_fields(op, 7))
+  local extra = audit_fields(op, 7) or {}
+  extra[#extra + 1] = 'plen'
+  extra[#extra + 1] = len
+  return applied(S, op, st, { seq, cancel == '1' and 1 or 0 }, extra)
 end
 
 --[[ op tool: a worker reports a tool call's state to the client (fenced like emit).
@@ -515,7 +533,7 @@ local function op_finish(S, op)
   elseif verdict == 'fenced' then
     return { 'fenced' }
   end
-  local have = behind(S, op[12])
+  local have = behind(S, op[12], st)
   if have then
     return { 'behind', have }
   end
@@ -857,7 +875,12 @@ local OPS = {
   enq = op_enq, start = op_start, emit = op_emit, tool = op_tool, hb = op_hb, audit = op_audit,
   finish = op_finish, release = op_release, cancel = op_cancel, reclaim = op_reclaim, open = op_open,
   detach = op_detach, summary = op_summary, restore = op_restore, erase = op_erase,
+  -- emit in the delta layout (see delta_keys)
+  emitc = op_emit,
 }
+
+-- Ops whose keys are not the session block (plus turn block and extras).
+local LAYOUTS = { emitc = delta_keys }
 
 --[[ cf2_batch: a group of ops, applied in order.
 KEYS: the keys of every op, each op's block starting at its key index
@@ -872,6 +895,8 @@ local function batch(keys, args)
   local cfg = cmsgpack.unpack(args[1])
   C = cfg
   C.now, C.now_us = clock()
+  -- Lua formats a number argument of redis.call with printf on every call: format it once.
+  C.log_max_s = tostring(C.log_max)
   local out = {}
   for i = 2, #args do
     local op = cmsgpack.unpack(args[i])
@@ -884,7 +909,7 @@ local function batch(keys, args)
     if not f then
       out[#out + 1] = { 'err', 'unknown op ' .. tostring(kind) }
     else
-      local ok, reply = pcall(f, session_keys(keys, k), fields, keys, k)
+      local ok, reply = pcall(f, (LAYOUTS[kind] or session_keys)(keys, k), fields, keys, k)
       if ok then
         out[#out + 1] = reply
       else

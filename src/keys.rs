@@ -135,6 +135,12 @@ pub fn session_block(base: &str) -> [String; SESSION_BLOCK] {
     ["meta", "log", "hist", "dedupe", "dq", "conns", "partial", "flags", "summary"].map(|k| format!("{base}:{k}"))
 }
 
+/// The keys a delta writes, in the order of `emitc`'s *delta layout* (`lua/chatfleet.lua`): meta,
+/// log, partial text, turn hash. Deltas are most of the calls, and every declared key costs one.
+pub fn delta_block(base: &str, turn_id: &str) -> [String; 4] {
+    [format!("{base}:meta"), format!("{base}:log"), format!("{base}:partial"), turn_key(base, turn_id)]
+}
+
 /// A turn's keys (after the session block): its hash and its tool records.
 pub fn turn_block(base: &str, turn_id: &str) -> [String; 2] {
     let turn = turn_key(base, turn_id);

@@ -111,10 +111,15 @@ pub struct RedisSettings {
     /// carries. A batch is whatever queued while the lane's previous call was in flight, so an
     /// idle process sends each op at once.
     pub batch_max_ops: usize,
+    /// The same for control lanes (enqueue, start, finish, open, detach, cancel…), which are
+    /// kept apart from the stream of deltas so a user's ack or `turn_started` never waits behind
+    /// a call carrying many deltas. Small, so one control call stays short.
+    pub batch_control_max_ops: usize,
     /// Ops that may wait for one lane's next call; a caller past this waits (backpressure).
     pub batch_queue: usize,
-    /// Lanes (calls in flight at once) of a process on a standalone Redis. In Cluster every
-    /// partition has its own lane, since a call may touch one slot only.
+    /// Lanes per class (stream, control) of a process on a standalone Redis: calls in flight
+    /// at once are twice this. In Cluster every partition has a lane of each class, since a call
+    /// may touch one slot only.
     pub batch_lanes: usize,
 }
 
@@ -379,6 +384,11 @@ impl Settings {
         check(r.broadcast_capacity >= 16, "redis.broadcast_capacity", "must be at least 16")?;
         check((1..=10).contains(&r.max_command_attempts), "redis.max_command_attempts", "must be 1..=10")?;
         check((1..=4096).contains(&r.batch_max_ops), "redis.batch_max_ops", "must be 1..=4096")?;
+        check(
+            (1..=r.batch_max_ops).contains(&r.batch_control_max_ops),
+            "redis.batch_control_max_ops",
+            "must be 1..=redis.batch_max_ops",
+        )?;
         check(r.batch_queue >= r.batch_max_ops, "redis.batch_queue", "must be at least redis.batch_max_ops")?;
         check((1..=256).contains(&r.batch_lanes), "redis.batch_lanes", "must be 1..=256")?;
         let s = &self.session;

@@ -5,6 +5,13 @@
 //! in flight, so an idle system sends each op at once and a busy one amortises the function call
 //! over up to `redis.batch_max_ops` ops. Every op is idempotent (lua/chatfleet.lua, I5), so the
 //! client's resend of a call whose reply was lost applies nothing twice.
+//!
+//! Lanes come in two classes. Stream ops (a running turn's deltas, tool states, heartbeats,
+//! audits) are many and cheap to delay by a few milliseconds; every other op (enqueue, start,
+//! finish, open, detach, cancel…) is on a user's wait for an ack, a `turn_started` or the next
+//! send. Each class has its own lanes, so a start never queues behind a call carrying a hundred
+//! deltas, and control calls carry at most `redis.batch_control_max_ops` ops. Ops of one turn
+//! never race across the classes: every caller awaits a write's reply before its next one.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -34,9 +41,17 @@ struct Inner {
     redis: Redis,
     /// ARGV[1] of every call: the deployment's settings the ops need.
     settings: Bytes,
+    /// Stream lanes first (`per_class` of them), then as many control lanes.
     lanes: Vec<OnceLock<mpsc::Sender<Pending>>>,
+    per_class: usize,
     max_ops: usize,
+    control_max_ops: usize,
     queue: usize,
+}
+
+/// The ops of a running turn's stream (see the module doc); every other kind is a control op.
+fn is_stream_op(kind: &str) -> bool {
+    matches!(kind, "emit" | "emitc" | "tool" | "hb" | "audit")
 }
 
 impl Batcher {
@@ -44,16 +59,21 @@ impl Batcher {
         let s = redis.settings();
         let clustered = redis.is_clustered();
         // In Cluster a call may only touch one slot, and every partition has its own.
-        let lanes = if clustered { partitions as usize } else { s.batch_lanes.max(1) };
+        let per_class = if clustered { partitions as usize } else { s.batch_lanes.max(1) };
+        let lanes = (0..2 * per_class).map(|_| OnceLock::new()).collect();
         let (max_ops, queue) = (s.batch_max_ops.max(1), s.batch_queue.max(1));
-        Self(Arc::new(Inner { redis, settings, lanes: (0..lanes).map(|_| OnceLock::new()).collect(), max_ops, queue }))
+        let control_max_ops = s.batch_control_max_ops.clamp(1, max_ops);
+        Self(Arc::new(Inner { redis, settings, lanes, per_class, max_ops, control_max_ops, queue }))
     }
 
     /// Sends `op` with the next batch of partition `p`'s lane; returns its reply.
     pub async fn call(&self, p: u16, op: Op) -> Result<Value, StoreError> {
         let kind = op.kind;
-        // In Cluster there is a lane per partition (p < lanes); in standalone partitions share lanes.
-        let tx = self.0.lanes[p as usize % self.0.lanes.len()].get_or_init(|| self.spawn_lane());
+        // In Cluster there is a lane per partition and class; in standalone partitions share lanes.
+        let stream = is_stream_op(kind);
+        let i = p as usize % self.0.per_class + if stream { 0 } else { self.0.per_class };
+        let max_ops = if stream { self.0.max_ops } else { self.0.control_max_ops };
+        let tx = self.0.lanes[i].get_or_init(|| self.spawn_lane(max_ops));
         let (reply, rx) = oneshot::channel();
         // A full lane makes the caller wait: the queue is bounded (`redis.batch_queue`).
         tx.send(Pending { op, reply }).await.map_err(|_| lane_gone(kind))?;
@@ -61,10 +81,10 @@ impl Batcher {
         check_op_error(kind, v)
     }
 
-    fn spawn_lane(&self) -> mpsc::Sender<Pending> {
+    fn spawn_lane(&self, max_ops: usize) -> mpsc::Sender<Pending> {
         let (tx, rx) = mpsc::channel(self.0.queue);
         // The lane ends when every sender (every clone of the store) is gone.
-        tokio::spawn(run_lane(self.0.redis.clone(), self.0.settings.clone(), rx, self.0.max_ops));
+        tokio::spawn(run_lane(self.0.redis.clone(), self.0.settings.clone(), rx, max_ops));
         tx
     }
 }

@@ -94,6 +94,10 @@ pub struct Store {
     write_retry: std::time::Duration,
     /// MAXLEN of the archive streams when archiving is on (`archive.url` set), else 0.
     archive_max: u64,
+    /// How often a streaming turn's delta declares the whole session (`emit` instead of the
+    /// lighter `emitc`), so Redis refreshes the session's TTL during an answer longer than it:
+    /// ttl/8, well inside the ttl/4 at which the function refreshes it.
+    full_emit_every_ms: u64,
 }
 
 impl Store {
@@ -124,6 +128,7 @@ impl Store {
             sweep: sweep::SweepParams::new(w),
             write_retry: std::time::Duration::from_millis(w.lease_ms * 2),
             archive_max,
+            full_emit_every_ms: s.ttl_secs * 1000 / 8,
         }
     }
 

@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 
-use crate::keys::{session_block, turn_block};
+use crate::keys::{delta_block, session_block, turn_block};
 
 /// One op, ready to join a batch.
 #[derive(Debug)]
@@ -49,6 +49,11 @@ impl OpBuilder {
         let mut b = Self::session(kind, base);
         b.keys.extend(turn_block(base, turn_id));
         b
+    }
+
+    /// A delta of one turn in the delta layout (`emitc`): only the keys it writes.
+    pub fn delta(kind: &'static str, base: &str, turn_id: &str) -> Self {
+        Self { kind, keys: delta_block(base, turn_id).into(), fields: Vec::with_capacity(64), count: 0 }
     }
 
     /// Adds a key after the blocks (the partition's turns stream, its dead-letter stream).

@@ -175,6 +175,8 @@ impl Store {
             entry_id: entry_id.to_string(),
             attempt,
             written: AtomicU64::new(0),
+            began: std::time::Instant::now(),
+            full_emit_ms: AtomicU64::new(0),
             emitted: Mutex::new(String::new()),
             last_delta: AtomicUsize::new(0),
         }
@@ -190,6 +192,9 @@ pub struct TurnWriter {
     attempt: u32,
     /// Index of the last write sent (the first write is 1).
     written: AtomicU64,
+    /// When the writer was made, and when (ms after it) a delta last declared the whole session.
+    began: std::time::Instant,
+    full_emit_ms: AtomicU64,
     /// The text of every delta Redis acknowledged: what the session's partial text must hold.
     emitted: Mutex<String>,
     /// Bytes the last write added to `emitted` (0 when it was not a delta).
@@ -218,7 +223,24 @@ impl TurnWriter {
 
     /// An op of this turn, headed by (turn, attempt, next write index).
     fn head(&self, kind: &'static str, index: u64) -> OpBuilder {
-        OpBuilder::turn(kind, &self.base, &self.turn_id).str(&self.turn_id).uint(u64::from(self.attempt)).uint(index)
+        let b = if kind == "emitc" {
+            OpBuilder::delta(kind, &self.base, &self.turn_id)
+        } else {
+            OpBuilder::turn(kind, &self.base, &self.turn_id)
+        };
+        b.str(&self.turn_id).uint(u64::from(self.attempt)).uint(index)
+    }
+
+    /// The kind of the next delta: `emitc` (only the keys a delta writes), or `emit` (the whole
+    /// session, so the function can refresh its TTL) once every `full_emit_every_ms`.
+    fn delta_kind(&self) -> &'static str {
+        let now = self.began.elapsed().as_millis() as u64;
+        let last = self.full_emit_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < self.store.full_emit_every_ms {
+            return "emitc";
+        }
+        self.full_emit_ms.store(now, Ordering::Relaxed);
+        "emit"
     }
 
     /// Sends a write with the next index; `body` adds its fields. While Redis cannot be reached
@@ -254,8 +276,8 @@ impl TurnWriter {
         let mut send = std::borrow::Cow::Borrowed(text);
         let mut plen = self.emitted_len();
         for _ in 0..REPAIRS {
-            let mut r =
-                self.send("emit", |b| with_audit(b.str(&send).uint(abandon_ms).uint(plen as u64), audit)).await?;
+            let kind = self.delta_kind();
+            let mut r = self.send(kind, |b| with_audit(b.str(&send).uint(abandon_ms).uint(plen as u64), audit)).await?;
             let seq = r.int()?;
             let cancel = r.int()? == 1;
             if seq > 0 {
