@@ -99,7 +99,8 @@ local function append_event(S, ev, epoch)
   local body = cmsgpack.pack(ev)
   redis.call('XADD', S.log, 'MAXLEN', '~', C.log_max_s, seq .. '-0', 'e', body)
   -- The epoch rides along so a live connection notices a lost-and-recreated session at once.
-  redis.call('SPUBLISH', channel(S), cmsgpack.pack({ seq, body, epoch }))
+  -- A 3-array, [seq, body, epoch], written as its header and the packed values: no table.
+  redis.call('SPUBLISH', channel(S), '\147' .. cmsgpack.pack(seq, body, epoch))
   return seq
 end
 
@@ -901,10 +902,7 @@ local function batch(keys, args)
   for i = 2, #args do
     local op = cmsgpack.unpack(args[i])
     local kind, k = op[1], op[2]
-    local fields = {}
-    for j = 3, #op do
-      fields[j - 2] = op[j]
-    end
+    local fields = { unpack(op, 3) }
     local f = OPS[kind]
     if not f then
       out[#out + 1] = { 'err', 'unknown op ' .. tostring(kind) }
