@@ -12,6 +12,7 @@ mod edges;
 mod guard;
 mod hostile;
 mod ingress;
+mod ingress_media;
 mod media;
 mod observability;
 mod procs;

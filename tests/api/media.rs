@@ -14,7 +14,7 @@ use crate::fake_llm::*;
 use crate::helpers::*;
 
 /// A storage server: answers anything with a few PNG-ish bytes and counts the requests.
-async fn storage() -> (String, Arc<AtomicUsize>) {
+pub(crate) async fn storage() -> (String, Arc<AtomicUsize>) {
     let hits = Arc::new(AtomicUsize::new(0));
     let counted = hits.clone();
     let app = axum::Router::new().fallback(move || {
@@ -31,7 +31,7 @@ async fn storage() -> (String, Arc<AtomicUsize>) {
 }
 
 /// One OpenAI-kind upstream `oa` taking PNGs by URL and a plain one, `plain`, for model "plain".
-fn settings(prefix: &str, oa: &Fake, plain: &Fake) -> Settings {
+pub(crate) fn settings(prefix: &str, oa: &Fake, plain: &Fake) -> Settings {
     let mut s = test_settings();
     let up = |f: &Fake, media: Value| {
         serde_json::from_value(json!({"kind": "openai", "base_url": f.base_v1(), "model": "m", "media": media}))
