@@ -7,11 +7,12 @@
 //! its own access control (signed URLs, expiry). The upstream fetches the URL itself, which is
 //! why the URL must be one the upstream can reach and the product trusts (`url_prefixes`).
 //!
-//! Protocol v1 and REST sends declare each attachment's size. The OpenAI and AI SDK ingresses
-//! cannot: an `image_url` part is a URL only and an AI SDK `file` part a URL and a media type, so
-//! their attachments carry size 0 ("not declared"), an `image_url` part's type is told from its
-//! URL's path (`.png` is `image/png`), and `max_bytes` is left to the upstream, which fetches the
-//! bytes itself. Inline bytes (`data:` URLs) are refused on every path.
+//! A declared size is checked against `max_bytes`; it is what the client says, since chatfleet
+//! never sees the bytes. Size 0 is "not declared": the OpenAI and AI SDK ingresses cannot declare
+//! one (an `image_url` part is a URL only, an AI SDK `file` part a URL and a media type), and a v1
+//! client may not know it (the chat page's attach-by-URL control). The upstream, which fetches
+//! the bytes, applies its own limit then. An `image_url` part's type is told from its URL's path
+//! (`.png` is `image/png`). Inline bytes (`data:` URLs) are refused on every path.
 
 use serde::Deserialize;
 
@@ -87,7 +88,7 @@ impl MediaSettings {
 
     /// Checks a message's attachments and returns them normalised (content type lowercased, the
     /// URL as parsed, so the stored reference is the one that was checked). A size of 0 is "not
-    /// declared" (see the module doc); callers whose protocol declares sizes refuse it first.
+    /// declared" (see the module doc).
     pub fn check(&self, attachments: &[Attachment]) -> Result<Vec<Attachment>, MediaError> {
         if attachments.is_empty() {
             return Ok(Vec::new());

@@ -129,8 +129,9 @@ pub struct HistoryMessage {
 pub struct Attachment {
     pub url: String,
     pub content_type: String,
-    /// Bytes; 0 when the client's protocol cannot declare it (the OpenAI and AI SDK
-    /// ingresses: see `crate::media`).
+    /// Bytes; 0 (or absent on the wire) when the client did not declare it: the OpenAI and AI
+    /// SDK ingresses cannot, and a v1 client may not know it (see `crate::media`).
+    #[serde(default)]
     pub size: u64,
     /// A display name (a file name), when the client gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]

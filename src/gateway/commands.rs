@@ -44,11 +44,6 @@ pub async fn send_with(
     model: Option<String>,
     attachments: Vec<crate::payload::Attachment>,
 ) -> Result<ControlMsg, ApiError> {
-    // v1 and REST declare sizes (only the ingresses, whose protocols cannot, send size 0).
-    if attachments.iter().any(|a| a.size == 0) {
-        metrics::counter!(m::GATEWAY_ATTACHMENTS, "outcome" => "refused").increment(attachments.len() as u64);
-        return Err(ApiError::BadRequest("an attachment's size must be given".into()));
-    }
     let opts = crate::payload::TurnOpts { model, attachments, ..Default::default() };
     let sent = send_opts(app, who, keys, client_msg_id, text, &opts, "").await?;
     Ok(ControlMsg::Ack { client_msg_id: client_msg_id.to_string(), turn_id: sent.turn_id, seq: sent.seq })
