@@ -14,6 +14,7 @@ mod hostile;
 mod ingress;
 mod ingress_media;
 mod media;
+mod moderation_audit;
 mod observability;
 mod procs;
 mod quota;
