@@ -22,6 +22,7 @@ mod redis_faults;
 mod redis_stalls;
 mod resume;
 mod retrieval;
+mod retrieval_words;
 mod tenancy;
 mod tls;
 mod transports;
