@@ -88,6 +88,8 @@ async fn main() -> anyhow::Result<()> {
             .bind(8i64)
             .bind(1000i64)
             .bind(12i64)
+            .bind(s.retrieval.common_word_share)
+            .bind(3i64)
             .fetch_all(archive.pool())
             .await?;
         for r in rows {

@@ -6,6 +6,13 @@
 //! or worker ever fetches the URL, so a large upload costs the fleet nothing and the product keeps
 //! its own access control (signed URLs, expiry). The upstream fetches the URL itself, which is
 //! why the URL must be one the upstream can reach and the product trusts (`url_prefixes`).
+//!
+//! A declared size is checked against `max_bytes`; it is what the client says, since chatfleet
+//! never sees the bytes. Size 0 is "not declared": the OpenAI and AI SDK ingresses cannot declare
+//! one (an `image_url` part is a URL only, an AI SDK `file` part a URL and a media type), and a v1
+//! client may not know it (the chat page's attach-by-URL control). The upstream, which fetches
+//! the bytes, applies its own limit then. An `image_url` part's type is told from its URL's path
+//! (`.png` is `image/png`). Inline bytes (`data:` URLs) are refused on every path.
 
 use serde::Deserialize;
 
@@ -80,7 +87,8 @@ impl MediaSettings {
     }
 
     /// Checks a message's attachments and returns them normalised (content type lowercased, the
-    /// URL as parsed, so the stored reference is the one that was checked).
+    /// URL as parsed, so the stored reference is the one that was checked). A size of 0 is "not
+    /// declared" (see the module doc).
     pub fn check(&self, attachments: &[Attachment]) -> Result<Vec<Attachment>, MediaError> {
         if attachments.is_empty() {
             return Ok(Vec::new());
@@ -112,9 +120,6 @@ impl MediaSettings {
         if !self.content_types.contains(&content_type) {
             return Err(MediaError::Refused(format!("attachment type {content_type:?} is not accepted")));
         }
-        if a.size == 0 {
-            return Err(MediaError::Refused("an attachment's size must be given".into()));
-        }
         if a.size > self.max_bytes {
             return Err(MediaError::TooLarge(format!("an attachment is over {} bytes", self.max_bytes)));
         }
@@ -128,6 +133,41 @@ impl MediaSettings {
         }
         Ok(Attachment { url, content_type, size: a.size, name: a.name.clone() })
     }
+}
+
+/// Refuses inline bytes: chatfleet takes media by reference only.
+fn by_reference(url: &str) -> Result<(), MediaError> {
+    match url.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("data:")) {
+        true => Err(MediaError::Refused(
+            "data: URLs are not accepted: media goes by reference (upload it to storage and send its URL)".into(),
+        )),
+        false => Ok(()),
+    }
+}
+
+/// An OpenAI `image_url` part as an attachment to check: its content type told from the URL's
+/// path (the part has no type field), its size not declared.
+pub fn from_image_url(url: &str) -> Result<Attachment, MediaError> {
+    by_reference(url)?;
+    let parsed = url::Url::parse(url).map_err(|_| MediaError::Refused("an image URL is not a URL".into()))?;
+    let content_type = mime_guess::from_path(parsed.path()).first().map(|m| m.essence_str().to_ascii_lowercase());
+    let Some(content_type) = content_type else {
+        return Err(MediaError::Refused(
+            "an image URL's type cannot be told from its path: it must end in an extension such as .png".into(),
+        ));
+    };
+    Ok(Attachment { url: url.to_string(), content_type, size: 0, name: None })
+}
+
+/// An AI SDK `file` part (`url`, `mediaType`, optional `filename`) as an attachment to check.
+pub fn from_file_part(url: &str, media_type: &str, filename: Option<&str>) -> Result<Attachment, MediaError> {
+    by_reference(url)?;
+    Ok(Attachment {
+        url: url.to_string(),
+        content_type: media_type.to_string(),
+        size: 0,
+        name: filename.map(String::from),
+    })
 }
 
 /// `messages` as an upstream that takes `accepted` content types by URL sees them: attachments
@@ -145,7 +185,11 @@ pub fn for_upstream(messages: &[ChatMessage], accepted: &[String]) -> Vec<ChatMe
                 m.attachments.drain(..).partition(|a| accepted.contains(&a.content_type));
             for a in described {
                 let name = a.name.as_deref().unwrap_or("unnamed");
-                m.text.push_str(&format!("\n[attachment {name} ({}, {} bytes): {}]", a.content_type, a.size, a.url));
+                let size = match a.size {
+                    0 => String::new(),
+                    n => format!(", {n} bytes"),
+                };
+                m.text.push_str(&format!("\n[attachment {name} ({}{size}): {}]", a.content_type, a.url));
             }
             m.attachments = kept;
             m
@@ -189,7 +233,7 @@ mod tests {
         assert!(matches!(refused(att("https://me:pw@media.example.com/u/x", "image/png", 1)), MediaError::Refused(_)));
         assert!(matches!(refused(att("data:image/png;base64,AAAA", "image/png", 1)), MediaError::Refused(_)));
         assert!(matches!(refused(att("https://media.example.com/u/x", "text/html", 1)), MediaError::Refused(_)));
-        assert!(matches!(refused(att("https://media.example.com/u/x", "image/png", 0)), MediaError::Refused(_)));
+        assert_eq!(s.check(&[att("https://media.example.com/u/x", "image/png", 0)]).unwrap()[0].size, 0);
         assert!(matches!(
             refused(att("https://media.example.com/u/x", "image/png", 21 << 20)),
             MediaError::TooLarge(_)
@@ -204,6 +248,17 @@ mod tests {
             Err(MediaError::Refused(_))
         ));
         assert_eq!(off.check(&[]), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn ingress_parts_are_references_with_a_known_type() {
+        let a = from_image_url("https://media.example.com/u/cat.JPG?sig=x").unwrap();
+        assert_eq!((a.content_type.as_str(), a.size), ("image/jpeg", 0));
+        assert!(matches!(from_image_url("data:image/png;base64,AAAA"), Err(MediaError::Refused(_))));
+        assert!(matches!(from_image_url("https://media.example.com/u/blob"), Err(MediaError::Refused(_))));
+        assert!(matches!(from_file_part("DATA:image/png;base64,AA", "image/png", None), Err(MediaError::Refused(_))));
+        let f = from_file_part("https://media.example.com/u/x", "image/png", Some("x.png")).unwrap();
+        assert_eq!(on().check(&[f]).unwrap()[0].name.as_deref(), Some("x.png"));
     }
 
     #[test]

@@ -129,7 +129,9 @@ pub struct HistoryMessage {
 pub struct Attachment {
     pub url: String,
     pub content_type: String,
-    /// Bytes.
+    /// Bytes; 0 (or absent on the wire) when the client did not declare it: the OpenAI and AI
+    /// SDK ingresses cannot, and a v1 client may not know it (see `crate::media`).
+    #[serde(default)]
     pub size: u64,
     /// A display name (a file name), when the client gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -219,6 +221,10 @@ pub struct ContextMessage {
     /// `system`, `user` or `assistant`.
     pub role: String,
     pub text: String,
+    /// A user message's media (a stateless OpenAI request's earlier image parts), checked
+    /// against `[media]` like the turn's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
 }
 
 impl Default for TurnOpts {
@@ -351,7 +357,7 @@ mod tests {
             max_tokens: Some(7),
             temperature: Some(0.5),
             user: Some("u".into()),
-            context: vec![ContextMessage { role: "system".into(), text: "be brief".into() }],
+            context: vec![ContextMessage { role: "system".into(), text: "be brief".into(), attachments: Vec::new() }],
             ..o.clone()
         };
         assert_eq!(decode_turn_opts(&encode_turn_opts(&full)).unwrap(), full);

@@ -3,7 +3,8 @@
 //!
 //! - `POST /v1/aisdk/chat`: the chat id is the session id; the last message (the user's) is sent
 //!   as a turn, its UI message id as `client_msg_id` (a retried POST finds the same turn), and
-//!   the session's stored history is the context. The answer streams as the
+//!   the session's stored history is the context. Its `file` parts (`url`, `mediaType`,
+//!   `filename`) are its attachments, by reference (see `crate::media`). The answer streams as the
 //!   `x-vercel-ai-ui-message-stream: v1` SSE protocol: `start`, `text-start`, `text-delta`,
 //!   `text-end`, dynamic tool parts for the worker's tool calls, `finish` (or `abort`, `error`),
 //!   then `data: [DONE]`.
@@ -54,6 +55,13 @@ struct UiPart {
     kind: String,
     #[serde(default)]
     text: Option<String>,
+    /// A `file` part's reference (`url`, `mediaType`, `filename`).
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default, rename = "mediaType")]
+    media_type: Option<String>,
+    #[serde(default)]
+    filename: Option<String>,
 }
 
 /// `POST /v1/aisdk/chat`.
@@ -82,19 +90,25 @@ pub(super) async fn chat(
             return Err(ApiError::BadRequest("message ids must be 1-64 characters of [A-Za-z0-9_.-]".into()));
         }
         let mut text = String::new();
+        let mut attachments = Vec::new();
         for p in &last.parts {
-            match (p.kind.as_str(), &p.text) {
-                ("text", Some(t)) => text.push_str(t),
-                ("step-start", _) => {}
-                (kind, _) => {
+            match (p.kind.as_str(), &p.text, &p.url, &p.media_type) {
+                ("text", Some(t), _, _) => text.push_str(t),
+                ("step-start", ..) => {}
+                ("file", _, Some(url), Some(media_type)) => attachments.push(
+                    crate::media::from_file_part(url, media_type, p.filename.as_deref())
+                        .map_err(|e| ApiError::BadRequest(e.to_string()))?,
+                ),
+                (kind, ..) => {
                     return Err(ApiError::BadRequest(format!("message parts of type `{kind}` are not supported")))
                 }
             }
         }
+        let opts = TurnOpts { attachments: super::ingress::checked_media(&app, attachments)?, ..Default::default() };
         let keys = session_keys(&app, &who, &body.id)?;
         let conn = app.admit("aisdk", &who, ip)?;
         let cancel = app.settings.gateway.ingress.aisdk_cancel_on_close;
-        let (tf, _) = TurnFeed::send(&app, conn, &who, keys, (&last.id, &text), &TurnOpts::default(), cancel).await?;
+        let (tf, _) = TurnFeed::send(&app, conn, &who, keys, (&last.id, &text), &opts, cancel).await?;
         Ok(stream(&app, tf))
     };
     run.await.unwrap_or_else(IntoResponse::into_response)

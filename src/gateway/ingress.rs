@@ -44,6 +44,19 @@ impl IngressSettings {
     }
 }
 
+/// A message's attachments checked against `[media]` and normalised. Any refusal is a 400 (as
+/// OpenAI's API answers an image it will not take), counted like a v1 send's.
+pub(super) fn checked_media(
+    app: &App,
+    attachments: Vec<crate::payload::Attachment>,
+) -> Result<Vec<crate::payload::Attachment>, super::error::ApiError> {
+    app.settings.media.check(&attachments).map_err(|e| {
+        metrics::counter!(crate::metrics::GATEWAY_ATTACHMENTS, "outcome" => "refused")
+            .increment(attachments.len() as u64);
+        super::error::ApiError::BadRequest(e.to_string())
+    })
+}
+
 /// The routes of both ingresses, with their own body limit.
 pub(super) fn router(s: &IngressSettings) -> Router<App> {
     let limit = DefaultBodyLimit::max(s.max_body_bytes);

@@ -207,10 +207,8 @@ async fn search(
         let (who, knowledge) = open(&app, &headers, &collection).await?;
         let r = &app.settings.retrieval;
         let query = crate::retrieval::cut(&q.q, r.max_query_bytes);
-        let hits = knowledge
-            .search(&who.tenant, &collection, query, r.top_k, r.max_candidates)
-            .await
-            .map_err(|e| ApiError::Archive(e.into()))?;
+        let hits =
+            knowledge.search(&who.tenant, &collection, query, r).await.map_err(|e| ApiError::Archive(e.into()))?;
         let hits: Vec<SearchHit> = hits
             .into_iter()
             .map(|h| SearchHit { document: h.document, chunk: h.chunk, title: h.title, text: h.text, rank: h.rank })

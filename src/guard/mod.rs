@@ -30,6 +30,9 @@ use crate::settings::Settings;
 pub const FLAGGED_CODE: &str = "content_filter";
 /// The turn error code when moderation fails and `guard.moderation_fail_open` is false.
 pub const UNAVAILABLE_CODE: &str = "moderation_unavailable";
+/// Appended to a turn's audited template when `guard.moderation_fail_open` let it go on after a
+/// check failed (the message's or an answer phrase's), as retrieval marks a turn it failed.
+pub const UNCHECKED_MARK: &str = ";moderation=unavailable";
 
 /// One tenant's guard policy, compiled.
 #[derive(Debug)]

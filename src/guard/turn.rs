@@ -8,7 +8,11 @@
 //! longer, phrase). A flagged phrase cuts the turn; the worker keeps what it had already
 //! generated (docs/guardrails.md, "What a cut keeps"). Before `done`, the worker waits for the
 //! last checks, so no phrase of a finished answer goes unchecked.
+//!
+//! A check that failed while `guard.moderation_fail_open` let the turn go on is remembered
+//! ([`TurnGuard::unchecked`]), so the turn's audit can say that part of it went unchecked.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -37,8 +41,9 @@ pub(super) struct ModerationPolicy {
 }
 
 impl ModerationPolicy {
-    /// The cut a check's outcome calls for, if any. Logs the outcome (never the text).
-    fn judge(&self, r: Result<Verdict, ModerationError>, stage: &'static str) -> Option<Cut> {
+    /// The cut a check's outcome calls for, if any. Logs the outcome (never the text); a failed
+    /// check let through sets `unchecked`.
+    fn judge(&self, r: Result<Verdict, ModerationError>, stage: &'static str, unchecked: &AtomicBool) -> Option<Cut> {
         match r {
             Ok(Verdict::Clear) => None,
             Ok(Verdict::Flagged(categories)) => {
@@ -53,6 +58,7 @@ impl ModerationPolicy {
             }
             Err(e) if self.fail_open => {
                 tracing::warn!(stage, error = %e, "moderation unavailable; going on unchecked (guard.moderation_fail_open)");
+                unchecked.store(true, Ordering::Relaxed);
                 None
             }
             Err(e) => {
@@ -74,11 +80,20 @@ pub struct TurnGuard {
     /// The round ended: the rest of `phrase` goes out as soon as a check slot is free.
     ended: bool,
     in_flight: FuturesUnordered<Check>,
+    /// A check failed and the turn went on (fail open). Shared with the screening future.
+    unchecked: Arc<AtomicBool>,
 }
 
 impl TurnGuard {
     pub(super) fn new(redactor: Option<Redactor>, moderation: Option<ModerationPolicy>) -> Self {
-        Self { redactor, moderation, phrase: String::new(), ended: false, in_flight: FuturesUnordered::new() }
+        let (phrase, in_flight, unchecked) = (String::new(), FuturesUnordered::new(), Arc::default());
+        Self { redactor, moderation, phrase, ended: false, in_flight, unchecked }
+    }
+
+    /// Whether a moderation check failed and the turn went on without it (fail open): its
+    /// audit gets [`super::UNCHECKED_MARK`].
+    pub fn unchecked(&self) -> bool {
+        self.unchecked.load(Ordering::Relaxed)
     }
 
     /// A guard that lets everything through (guards off).
@@ -95,10 +110,10 @@ impl TurnGuard {
     /// there is a message).
     pub fn screen(&self, message: &str) -> Option<BoxFuture<'static, Option<Cut>>> {
         let p = self.moderation.clone().filter(|_| !message.trim().is_empty())?;
-        let message = message.to_string();
+        let (message, unchecked) = (message.to_string(), self.unchecked.clone());
         Some(Box::pin(async move {
             let r = p.moderator.check(&message, &p.model, "input").await;
-            p.judge(r, "input")
+            p.judge(r, "input", &unchecked)
         }))
     }
 
@@ -134,7 +149,7 @@ impl TurnGuard {
     /// Waits for the running checks: the first cut, or `None` once all passed.
     pub async fn next_cut(&mut self) -> Option<Cut> {
         while let Some(r) = self.in_flight.next().await {
-            if let Some(cut) = self.moderation.as_ref().and_then(|p| p.judge(r, "output")) {
+            if let Some(cut) = self.moderation.as_ref().and_then(|p| p.judge(r, "output", &self.unchecked)) {
                 return Some(cut);
             }
             self.submit();

@@ -86,8 +86,7 @@ impl Retriever {
     pub async fn retrieve(&self, tenant: &str, collection: &str, question: &str) -> Outcome {
         let began = Instant::now();
         let query = cut(question, self.settings.max_query_bytes);
-        let search =
-            self.knowledge.search(tenant, collection, query, self.settings.top_k, self.settings.max_candidates);
+        let search = self.knowledge.search(tenant, collection, query, &self.settings);
         let outcome = match tokio::time::timeout(Duration::from_millis(self.settings.timeout_ms), search).await {
             Ok(Ok(hits)) => match pack::pack(&hits, self.settings.budget_tokens, self.bytes_per_token) {
                 Some(r) => Outcome::Packed(r),

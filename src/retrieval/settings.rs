@@ -25,6 +25,11 @@ pub struct RetrievalSettings {
     /// Most chunks a search ranks (those holding two of the question's words, else one): bounds
     /// its cost, since ranking reads each; past it, an arbitrary subset of the matches is ranked.
     pub max_candidates: u32,
+    /// A question's words found in more than this share of all chunks (PostgreSQL's statistics
+    /// of the search vectors, refreshed by `ANALYZE`) are too common to tell chunks apart and
+    /// are left out of the search; the rarest words are always kept (see `retrieval::store`).
+    /// 1.0 keeps every word.
+    pub common_word_share: f64,
     /// Largest chunk, in tokens (same count): documents are cut at paragraph, else sentence,
     /// else word boundaries to stay under it.
     pub chunk_tokens: u64,
@@ -53,6 +58,7 @@ impl Default for RetrievalSettings {
             budget_tokens: 1500,
             top_k: 8,
             max_candidates: 1000,
+            common_word_share: 0.05,
             chunk_tokens: 200,
             chunk_overlap_tokens: 40,
             max_document_bytes: 1 << 20,
@@ -103,6 +109,11 @@ impl RetrievalSettings {
         check(self.budget_tokens >= 64, "retrieval.budget_tokens", "must be at least 64")?;
         check((1..=100).contains(&self.top_k), "retrieval.top_k", "must be 1..=100")?;
         check(self.max_candidates >= self.top_k, "retrieval.max_candidates", "must be at least retrieval.top_k")?;
+        check(
+            self.common_word_share > 0.0 && self.common_word_share <= 1.0,
+            "retrieval.common_word_share",
+            "must be in (0, 1]",
+        )?;
         check(
             (16..=self.budget_tokens).contains(&self.chunk_tokens),
             "retrieval.chunk_tokens",

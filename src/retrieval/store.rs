@@ -2,9 +2,10 @@
 //! chunks, and full-text search over them.
 //!
 //! Every statement is scoped by tenant and collection, so a tenant can only ever reach its own
-//! documents. Search looks for the question's stemmed words (a question never holds every word
-//! of the answer, so not all of them are required; see [`Knowledge::search`]) and ranks by cover
-//! density (`ts_rank_cd`), with a title match weighing more than a body match.
+//! documents. Search looks for the question's stemmed words that are rare enough to tell chunks
+//! apart (a question never holds every word of the answer, so not all of them are required; see
+//! [`Knowledge::search`]) and ranks by cover density (`ts_rank_cd`), with a title match weighing
+//! more than a body match.
 
 use sqlx::postgres::PgPool;
 use sqlx::Row;
@@ -13,15 +14,34 @@ use super::pack::Hit;
 
 /// Distinct words of a question that make its queries (pairs grow as the square).
 const MAX_QUERY_WORDS: i64 = 12;
+/// The rarest words of a question kept however common they are (pairs need two; a third keeps
+/// a question of common words specific).
+const MIN_QUERY_WORDS: i64 = 3;
 
 /// `$1` tenant, `$2` collection, `$3` question, `$4` limit, `$5` most candidates, `$6` most
-/// words. `lx`: the question's distinct stemmed words (stop words dropped); `q.pairs` matches a
-/// chunk holding any two of them, `q.one` any one. Candidates: chunks holding two words
-/// (`strong`), else chunks holding one (`weak`), at most `$5`; `ts_rank` (term frequency, ~9 µs
-/// a 100-word chunk) picks 4 × `$4` finalists, which `ts_rank_cd` (cover density: words close
-/// together rank higher, ~40 µs a chunk) orders.
+/// words, `$7` the share of chunks past which a word is too common, `$8` words kept anyway.
+///
+/// `ql`: the question's distinct stemmed words (stop words dropped). `fx`: each word's share of
+/// chunks holding it, from the planner's statistics of the search vectors (`pg_stats`
+/// `most_common_elems` and their frequencies, table-wide, kept by `ANALYZE`: up to 10 × the
+/// statistics target lexemes; a word not listed is rarer than all listed ones, and with no
+/// statistics every share is 0), unnested once and joined (a lookup per word re-read the array,
+/// 0.8 ms each). `lx`: the words at most `$7` common,
+/// and at least the `$8` rarest. A common word costs most where it helps least: its posting list
+/// is long (the index scan), and its pairs match many chunks (the candidates to rank).
+///
+/// `q.pairs` matches a chunk holding any two of the words, `q.one` any one. Candidates: chunks
+/// holding two words (`strong`), else chunks holding one (`weak`), at most `$5`; `ts_rank` (term
+/// frequency, ~9 µs a 100-word chunk) picks 4 × `$4` finalists, which `ts_rank_cd` (cover
+/// density: words close together rank higher, ~40-70 µs a chunk) orders.
 pub const SEARCH: &str = "\
-WITH lx AS (SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', $3)) LIMIT $6), \
+WITH ql AS (SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', $3)) LIMIT $6), \
+fx AS (SELECT ql.lexeme, coalesce(m.f, 0) AS share FROM ql LEFT JOIN (SELECT m.e, m.f FROM pg_stats, \
+      unnest(most_common_elems::text::text[], most_common_elem_freqs) AS m(e, f) \
+    WHERE schemaname = current_schema() AND tablename = 'knowledge_chunks' AND attname = 'tsv') m \
+    ON m.e = ql.lexeme), \
+lx AS (SELECT lexeme FROM fx ORDER BY share, lexeme \
+    LIMIT greatest($8, (SELECT count(*) FROM fx WHERE share <= $7))), \
 q AS (SELECT \
     (SELECT knowledge_any(plainto_tsquery('simple', a.lexeme) && plainto_tsquery('simple', b.lexeme)) \
        FROM lx a JOIN lx b ON a.lexeme < b.lexeme) AS pairs, \
@@ -179,27 +199,30 @@ impl Knowledge {
 
     /// The `limit` best chunks of the collection for `query`, best first.
     ///
-    /// Ranking reads every candidate's search vector, so the candidates are bounded: the chunks
-    /// that hold at least two of the question's words (an OR of every pair, which the GIN index
-    /// answers), or only when none does, the chunks holding one; at most `max_candidates` (an
+    /// Words in more than `retrieval.common_word_share` of the chunks are left out (but the
+    /// `MIN_QUERY_WORDS` rarest are kept): they match too much to tell chunks apart. Ranking
+    /// reads every candidate's search vector, so the candidates are bounded: the chunks that hold
+    /// at least two of the remaining words (an OR of every pair, which the GIN index answers),
+    /// or only when none does, the chunks holding one; at most `retrieval.max_candidates` (an
     /// arbitrary subset past it). A cheap rank (`ts_rank`) keeps four finalists per result and
-    /// `ts_rank_cd` orders them (see [`SEARCH`]). A question's first `MAX_QUERY_WORDS`
-    /// distinct words are used.
+    /// `ts_rank_cd` orders the best `retrieval.top_k` (see [`SEARCH`]). A question's first
+    /// `MAX_QUERY_WORDS` distinct words are used.
     pub async fn search(
         &self,
         tenant: &str,
         collection: &str,
         query: &str,
-        limit: u32,
-        max_candidates: u32,
+        s: &super::RetrievalSettings,
     ) -> Result<Vec<Hit>, sqlx::Error> {
         let rows = sqlx::query(SEARCH)
             .bind(tenant)
             .bind(collection)
             .bind(query)
-            .bind(i64::from(limit))
-            .bind(i64::from(max_candidates))
+            .bind(i64::from(s.top_k))
+            .bind(i64::from(s.max_candidates))
             .bind(MAX_QUERY_WORDS)
+            .bind(s.common_word_share)
+            .bind(MIN_QUERY_WORDS)
             .fetch_all(&self.pool)
             .await?;
         Ok(rows

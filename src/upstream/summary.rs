@@ -76,7 +76,8 @@ pub fn with_context(mut messages: Vec<ChatMessage>, context: &[crate::payload::C
             "assistant" => Role::Assistant,
             _ => return None,
         };
-        Some(ChatMessage::new(role, c.text.clone()))
+        let attachments = if role == Role::User { c.attachments.clone() } else { Vec::new() };
+        Some(ChatMessage { attachments, ..ChatMessage::new(role, c.text.clone()) })
     });
     messages.splice(head..head, extra);
     messages
@@ -209,7 +210,8 @@ mod tests {
         use crate::payload::ContextMessage;
         let ctx = ContextSettings { system_prompt: "sys".into(), ..Default::default() };
         let c = conversation(&ctx, &hist(1)[..1], None);
-        let cm = |role: &str, text: &str| ContextMessage { role: role.into(), text: text.into() };
+        let cm =
+            |role: &str, text: &str| ContextMessage { role: role.into(), text: text.into(), attachments: Vec::new() };
         let context = [cm("system", "be terse"), cm("user", "earlier q"), cm("assistant", "earlier a")];
         let out = with_context(c, &context);
         let got: Vec<(Role, &str)> = out.iter().map(|m| (m.role, m.text.as_str())).collect();

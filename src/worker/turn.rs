@@ -76,6 +76,7 @@ async fn run_inner(shared: &Arc<Shared>, d: Delivery) {
         queue_wait,
         load_started,
         audit: None,
+        answered: None,
         variant: crate::upstream::canary::CONTROL.into(),
         citations: Vec::new(),
     };
@@ -104,6 +105,9 @@ pub(super) struct Stats {
     load_started: Instant,
     /// Who answered the current round, until a write records it (see [`TurnAudit`]).
     audit: Option<TurnAudit>,
+    /// The last round's audit, kept after a write recorded it: the finish carries it again when
+    /// the turn's audit changed later (moderation went unchecked).
+    answered: Option<TurnAudit>,
     /// The canary variant (`variant` label of the turn's metrics).
     variant: String,
     /// Chunks of reference material packed into the prompt.

@@ -14,7 +14,7 @@ use crate::fake_llm::*;
 use crate::helpers::*;
 
 /// A storage server: answers anything with a few PNG-ish bytes and counts the requests.
-async fn storage() -> (String, Arc<AtomicUsize>) {
+pub(crate) async fn storage() -> (String, Arc<AtomicUsize>) {
     let hits = Arc::new(AtomicUsize::new(0));
     let counted = hits.clone();
     let app = axum::Router::new().fallback(move || {
@@ -31,7 +31,7 @@ async fn storage() -> (String, Arc<AtomicUsize>) {
 }
 
 /// One OpenAI-kind upstream `oa` taking PNGs by URL and a plain one, `plain`, for model "plain".
-fn settings(prefix: &str, oa: &Fake, plain: &Fake) -> Settings {
+pub(crate) fn settings(prefix: &str, oa: &Fake, plain: &Fake) -> Settings {
     let mut s = test_settings();
     let up = |f: &Fake, media: Value| {
         serde_json::from_value(json!({"kind": "openai", "base_url": f.base_v1(), "model": "m", "media": media}))
@@ -148,9 +148,8 @@ async fn attachments_outside_the_limits_are_refused_and_nothing_is_stored() {
         (json!([attachment("data:image/png;base64,iVBORw0K", "image/png", 4)]), ErrorCode::BadRequest),
         (json!([attachment(&good, "text/html", 4)]), ErrorCode::BadRequest),
         (json!([attachment(&good, "image/png", 2_000_000)]), ErrorCode::TooLarge),
-        (json!([attachment(&good, "image/png", 0)]), ErrorCode::BadRequest),
         (json!((0..5).map(|_| attachment(&good, "image/png", 4)).collect::<Vec<_>>()), ErrorCode::TooLarge),
-        (json!([{"url": good, "content_type": "image/png"}]), ErrorCode::BadRequest),
+        (json!([{"url": good, "size": 4}]), ErrorCode::BadRequest),
     ];
     for (attachments, code) in cases {
         let r = send(&mut c, send_frame("look", attachments.clone(), None)).await;
@@ -159,11 +158,14 @@ async fn attachments_outside_the_limits_are_refused_and_nothing_is_stored() {
     assert!(app.history(&sid).await.is_empty(), "a refused send stores nothing");
     assert!(oa.bodies().is_empty());
 
-    // The REST send takes attachments too, and the connection that was refused still works.
+    // The REST send takes attachments too (a size not declared is stored as 0), and the
+    // connection that was refused still works.
     let token_free = reqwest::Client::new();
+    let undeclared = json!({"url": format!("{prefix}b.png"), "content_type": "image/png"});
     let resp = token_free
         .post(format!("{}/v1/sessions/{sid}/messages", app.http(0)))
-        .json(&json!({"client_msg_id": uid("m"), "text": "and this?", "attachments": [attachment(&good, "image/jpeg", 9)]}))
+        .json(&json!({"client_msg_id": uid("m"), "text": "and this?",
+            "attachments": [attachment(&good, "image/jpeg", 9), undeclared]}))
         .send()
         .await
         .unwrap();
@@ -174,6 +176,7 @@ async fn attachments_outside_the_limits_are_refused_and_nothing_is_stored() {
     let history = app.history(&sid).await;
     assert_eq!(history.len(), 2);
     assert_eq!(history[0].attachments[0].content_type, "image/jpeg");
+    assert_eq!((history[0].attachments[1].content_type.as_str(), history[0].attachments[1].size), ("image/png", 0));
     assert_eq!(fetched.load(Ordering::SeqCst), 0);
 }
 

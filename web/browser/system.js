@@ -50,8 +50,8 @@ function redisPing(port) {
 
 const readyz = (url) => fetch(`${url}/readyz`, { signal: AbortSignal.timeout(2000) }).then((r) => r.ok);
 
-function configFile(dir, toml) {
-  const path = join(dir, "gateway.toml");
+function configFile(dir, toml, name = "gateway.toml") {
+  const path = join(dir, name);
   writeFileSync(path, toml);
   return path;
 }
@@ -95,11 +95,12 @@ export function redisCommand(port, command) {
 
 /**
  * `config`: TOML layered over the defaults for the gateways (`--config`), e.g. allowed origins.
+ * `workerConfig`: the same for the worker (e.g. what media an upstream takes, a list).
  * `archive`: also a private PostgreSQL as the archive (the worker runs the archiver).
  * `env`: more settings for every process, as CHATFLEET__… variables (e.g. an upstream).
- * @param {{gateways?: number, model?: {ttft_ms:number, tokens_per_sec:number, max_tokens:number}, name?: string, config?: string, archive?: boolean, env?: Record<string, string>}} o
+ * @param {{gateways?: number, model?: {ttft_ms:number, tokens_per_sec:number, max_tokens:number}, name?: string, config?: string, workerConfig?: string, archive?: boolean, env?: Record<string, string>}} o
  */
-export async function startSystem({ gateways = 2, model = { ttft_ms: 100, tokens_per_sec: 25, max_tokens: 80 }, name = "system", config, archive = false, env: extraEnv = {} } = {}) {
+export async function startSystem({ gateways = 2, model = { ttft_ms: 100, tokens_per_sec: 25, max_tokens: 80 }, name = "system", config, workerConfig, archive = false, env: extraEnv = {} } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "chatfleet-web-"));
   const logDir = join(ARTIFACTS, "logs", name);
   mkdirSync(logDir, { recursive: true });
@@ -123,7 +124,8 @@ export async function startSystem({ gateways = 2, model = { ttft_ms: 100, tokens
       env.CHATFLEET__ARCHIVE__URL = await startPostgres(logDir, procs);
       env.CHATFLEET__ARCHIVE__BLOCK_MS = "100";
     }
-    procs.push(start("worker", BIN, ["worker"], env, logDir));
+    const workerArgs = workerConfig === undefined ? ["worker"] : ["--config", configFile(dir, workerConfig, "worker.toml"), "worker"];
+    procs.push(start("worker", BIN, workerArgs, env, logDir));
     for (let i = 0; i < gateways; i++) {
       const port = await freePort();
       const url = `http://127.0.0.1:${port}`;

@@ -10,11 +10,12 @@ const MAX_BODY_BYTES = 1 << 20;
 
 /**
  * Starts the server. `answer(prompt)` gives the answer's text; `chunkChars` and `everyMs` set
- * how it is cut and paced. Resolves {url (the base_url, ending in /v1), env(name), seen, close()};
- * `seen` lists every request as "METHOD path".
+ * how it is cut and paced. Resolves {url (the base_url, ending in /v1), env(name), seen, bodies,
+ * close()}; `seen` lists every request as "METHOD path", `bodies` every chat request's JSON body.
  */
 export async function startUpstream(answer, { chunkChars = 4, everyMs = 15 } = {}) {
   const seen = [];
+  const bodies = [];
   const server = createServer((req, res) => {
     seen.push(`${req.method} ${req.url}`);
     if (req.method !== "POST" || req.url !== "/v1/chat/completions") {
@@ -29,7 +30,10 @@ export async function startUpstream(answer, { chunkChars = 4, everyMs = 15 } = {
     });
     req.on("end", () => {
       const request = JSON.parse(body);
-      const prompt = request.messages.filter((m) => m.role === "user").pop()?.content ?? "";
+      bodies.push(request);
+      // A message with images has content parts; the prompt is its text.
+      const content = request.messages.filter((m) => m.role === "user").pop()?.content ?? "";
+      const prompt = Array.isArray(content) ? content.filter((p) => p.type === "text").map((p) => p.text).join("") : content;
       const pieces = [...answer(prompt)].reduce((out, c, i) => {
         if (i % chunkChars === 0) out.push("");
         out[out.length - 1] += c;
@@ -58,6 +62,7 @@ export async function startUpstream(answer, { chunkChars = 4, everyMs = 15 } = {
   return {
     url,
     seen,
+    bodies,
     /** Settings for a system whose only upstream, `name`, is this server. */
     env: (name) => ({
       [`CHATFLEET__UPSTREAMS__${name.toUpperCase()}__KIND`]: "openai",

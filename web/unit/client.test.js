@@ -139,6 +139,25 @@ test("a message is re-sent with the same id after a reconnect, until acked", asy
   assert.deepEqual(client.pending, []);
 });
 
+test("attachments go with the send, survive a reload unacked, and stay on the user's message", () => {
+  const first = setup();
+  first.client.connect();
+  const cat = { url: "https://media.test/u/cat.png", content_type: "image/png", name: "cat.png" };
+  first.client.send("what is it?", { clientMsgId: "m1", attachments: [cat] });
+  first.client.close(); // never sent: the page was closed first
+
+  const second = setup({ storage: first.storage });
+  assert.deepEqual(second.client.pending, [{ clientMsgId: "m1", text: "what is it?", attachments: [cat] }]);
+  second.client.connect();
+  const ws = FakeWebSocket.last();
+  welcome(ws);
+  assert.deepEqual(ws.sentOf("send"), [{ type: "send", client_msg_id: "m1", text: "what is it?", attachments: [cat] }]);
+  ws.receive({ ...userMsg(1, "m1", "what is it?"), attachments: [{ ...cat, size: 0 }] });
+  assert.deepEqual(second.client.conversation.find("user", "t1").attachments, [{ ...cat, size: 0 }]);
+  second.client.send("no media", { clientMsgId: "m2" });
+  assert.equal(ws.sentOf("send")[1].attachments, undefined, "a send without attachments has no field");
+});
+
 test("an unacked message is sent again on the same connection after ackTimeoutMs", () => {
   const { client, clock } = setup();
   client.connect();

@@ -25,6 +25,7 @@ use super::request::ChatRequest;
 use crate::gateway::authn::session_keys;
 use crate::gateway::error::ApiError;
 use crate::gateway::follow::{Ending, Piece, TurnFeed};
+use crate::gateway::ingress::checked_media;
 use crate::gateway::{rest, App};
 use crate::protocol::Usage;
 use crate::settings::ms;
@@ -72,7 +73,12 @@ async fn run(
     let req: ChatRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?;
     let named = header(&headers, SESSION_HEADER)?;
-    let ask = req.ask(settings, named.is_some())?;
+    let mut ask = req.ask(settings, named.is_some())?;
+    // Checked before anything is stored, earlier messages' images included.
+    ask.opts.attachments = checked_media(&app, std::mem::take(&mut ask.opts.attachments))?;
+    for c in &mut ask.opts.context {
+        c.attachments = checked_media(&app, std::mem::take(&mut c.attachments))?;
+    }
     let session_id = match named {
         Some(id) => id.to_string(),
         None => format!("oai-{}", uuid::Uuid::now_v7().simple()),

@@ -5,13 +5,18 @@
 //! conversation each time); with `X-Chatfleet-Session`, the session's stored history is the
 //! context and only the request's system (and developer) messages are added to it.
 //! Fields this ingress does not use (`tools`, `response_format`, `seed`, …) are ignored; `n`
-//! above 1 and content other than text are refused.
+//! above 1 and content other than text and images are refused.
+//!
+//! `image_url` parts of user messages are media by reference (see `crate::media`): the last
+//! message's become the turn's attachments, and in a stateless request an earlier message's
+//! travel with it as context. A `data:` URL is refused here; the `[media]` limits are checked by
+//! the caller, which knows the settings and counts the outcome.
 
 use serde::Deserialize;
 
 use crate::gateway::error::ApiError;
 use crate::gateway::ingress::IngressSettings;
-use crate::payload::{ContextMessage, TurnOpts};
+use crate::payload::{Attachment, ContextMessage, TurnOpts};
 
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
@@ -61,6 +66,14 @@ struct Part {
     kind: String,
     #[serde(default)]
     text: Option<String>,
+    #[serde(default)]
+    image_url: Option<ImageUrl>,
+}
+
+/// An `image_url` part's image (`detail` is the upstream's business and is not kept).
+#[derive(Debug, Deserialize)]
+struct ImageUrl {
+    url: String,
 }
 
 /// What the request asks of chatfleet.
@@ -78,21 +91,32 @@ fn bad(msg: impl Into<String>) -> ApiError {
 }
 
 impl InMessage {
-    fn text(&self, i: usize) -> Result<String, ApiError> {
+    /// The message's text and images. Images are taken from user messages only (OpenAI's own
+    /// rule), and are not yet checked against `[media]`.
+    fn content(&self, i: usize) -> Result<(String, Vec<Attachment>), ApiError> {
         match &self.content {
-            None => Ok(String::new()),
-            Some(Content::Text(t)) => Ok(t.clone()),
+            None => Ok((String::new(), Vec::new())),
+            Some(Content::Text(t)) => Ok((t.clone(), Vec::new())),
             Some(Content::Parts(parts)) => {
                 let mut out = String::new();
+                let mut images = Vec::new();
                 for p in parts {
-                    match (p.kind.as_str(), &p.text) {
-                        ("text", Some(t)) => out.push_str(t),
-                        (kind, _) => {
+                    match (p.kind.as_str(), &p.text, &p.image_url) {
+                        ("text", Some(t), _) => out.push_str(t),
+                        ("image_url", _, Some(img)) if self.role == "user" => {
+                            let a = crate::media::from_image_url(&img.url)
+                                .map_err(|e| bad(format!("messages[{i}]: {e}")))?;
+                            images.push(a);
+                        }
+                        ("image_url", _, Some(_)) => {
+                            return Err(bad(format!("messages[{i}]: only user messages may carry images")))
+                        }
+                        (kind, _, _) => {
                             return Err(bad(format!("messages[{i}]: content of type `{kind}` is not supported")))
                         }
                     }
                 }
-                Ok(out)
+                Ok((out, images))
             }
         }
     }
@@ -133,7 +157,7 @@ impl ChatRequest {
         if last.role(self.messages.len() - 1)? != "user" {
             return Err(bad("the last message must be the user's"));
         }
-        let text = last.text(self.messages.len() - 1)?;
+        let (text, attachments) = last.content(self.messages.len() - 1)?;
         if earlier.len() > s.max_context_messages {
             return Err(ApiError::TooLarge(format!(
                 "{} messages before the last; the limit is {}",
@@ -148,12 +172,13 @@ impl ChatRequest {
             if stateful && role != "system" {
                 continue;
             }
-            let text = m.text(i)?;
-            bytes += text.len();
-            if text.is_empty() {
+            let (text, attachments) = m.content(i)?;
+            // The references are stored with the turn too, so they count against the bound.
+            bytes += text.len() + attachments.iter().map(|a| a.url.len()).sum::<usize>();
+            if text.is_empty() && attachments.is_empty() {
                 continue;
             }
-            context.push(ContextMessage { role: role.into(), text });
+            context.push(ContextMessage { role: role.into(), text, attachments });
         }
         if bytes > s.max_context_bytes {
             return Err(ApiError::TooLarge(format!(
@@ -167,6 +192,7 @@ impl ChatRequest {
             temperature: self.temperature,
             user: self.user.clone(),
             context,
+            attachments,
             ..Default::default()
         };
         Ok(Ask { text, opts, max_tokens })
@@ -208,7 +234,33 @@ mod tests {
         assert_eq!(roles, [("system", "be brief"), ("user", "q1"), ("assistant", "a1")]);
         assert_eq!((a.opts.max_tokens, a.opts.temperature, a.opts.user.as_deref()), (Some(9), Some(0.2), Some("u1")));
         let a = r.ask(&settings(), true).unwrap();
-        assert_eq!(a.opts.context, vec![ContextMessage { role: "system".into(), text: "be brief".into() }]);
+        assert_eq!(
+            a.opts.context,
+            vec![ContextMessage { role: "system".into(), text: "be brief".into(), attachments: Vec::new() }]
+        );
+    }
+
+    fn img(url: &str) -> serde_json::Value {
+        serde_json::json!({"type": "image_url", "image_url": {"url": url, "detail": "low"}})
+    }
+
+    #[test]
+    fn image_parts_of_the_last_message_are_the_turns_and_earlier_ones_travel_with_their_message() {
+        let r = req(serde_json::json!({"messages": [
+            {"role": "user", "content": [{"type": "text", "text": "and this"}, img("https://m.test/a.png")]},
+            {"role": "assistant", "content": "a cat"},
+            {"role": "user", "content": [img("https://m.test/b.JPEG"), {"type": "text", "text": "now?"}]}
+        ]}));
+        let a = r.ask(&settings(), false).unwrap();
+        assert_eq!(a.text, "now?");
+        let got: Vec<_> =
+            a.opts.attachments.iter().map(|a| (a.url.as_str(), a.content_type.as_str(), a.size)).collect();
+        assert_eq!(got, [("https://m.test/b.JPEG", "image/jpeg", 0)]);
+        assert_eq!(a.opts.context[0].text, "and this");
+        assert_eq!(a.opts.context[0].attachments[0].content_type, "image/png");
+        assert!(a.opts.context[1].attachments.is_empty());
+        // With a session, the history holds the earlier images: the request's are not taken.
+        assert!(r.ask(&settings(), true).unwrap().opts.context.is_empty());
     }
 
     #[test]
@@ -219,6 +271,11 @@ mod tests {
             serde_json::json!({"messages": [{"role": "assistant", "content": "x"}]}),
             serde_json::json!({"messages": [{"role": "tool", "content": "x"}, {"role": "user", "content": "x"}]}),
             serde_json::json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+            serde_json::json!({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}),
+            serde_json::json!({"messages": [{"role": "user", "content": [img("data:image/png;base64,AAAA")]}]}),
+            serde_json::json!({"messages": [{"role": "user", "content": [img("https://m.test/no-extension")]}]}),
+            serde_json::json!({"messages": [
+                {"role": "system", "content": [img("https://m.test/a.png")]}, {"role": "user", "content": "x"}]}),
             serde_json::json!({"n": 2, "messages": [{"role": "user", "content": "x"}]}),
             serde_json::json!({"temperature": 3, "messages": [{"role": "user", "content": "x"}]}),
             serde_json::json!({"max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}),

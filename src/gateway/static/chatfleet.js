@@ -5,6 +5,8 @@
 //   chat.addEventListener("change", () => render(chat.conversation));
 //   chat.connect();
 //   await chat.send("Hello");
+//   await chat.send("What is this?", { attachments: [{ url: "https://media.example.com/u/cat.png",
+//     content_type: "image/png", size: 183004, name: "cat.png" }] });
 //
 // What it guarantees: events reach the app once each, in seq order, across reconnects, gateway
 // changes, transport fallbacks and page reloads (the seq cursor and the conversation it describes
@@ -73,7 +75,7 @@ export class ChatClient extends EventTarget {
     const o = this.options;
     return this._lowPower ? Math.max(o.coalesceMs, o.lowPowerCoalesceMs) : o.coalesceMs;
   }
-  /** Messages sent and not acked yet: [{clientMsgId, text}]. */
+  /** Messages sent and not acked yet: [{clientMsgId, text, attachments}]. */
   get pending() {
     return this.outbox.list();
   }
@@ -126,9 +128,13 @@ export class ChatClient extends EventTarget {
    * a ChatError when refused (busy, rate_limited, degraded, too_large, ...). Until then it is
    * re-sent, with the same id, after every reconnect and every ackTimeoutMs. Pass clientMsgId to
    * retry a refused message under its first id.
+   *
+   * `attachments`: media by reference, [{url, content_type, size?, name?}] (docs/protocol.md,
+   * "Attachments"): URLs into storage the app owns, never bytes. The server checks them against
+   * its [media] limits; a refusal rejects the send like any other (bad_request, too_large).
    */
-  send(text, { clientMsgId } = {}) {
-    const entry = this.outbox.add(clientMsgId ?? newId("m"), text);
+  send(text, { clientMsgId, attachments = [] } = {}) {
+    const entry = this.outbox.add(clientMsgId ?? newId("m"), text, attachments);
     this._persist();
     this._emit("outbox", { pending: this.pending });
     this._transmit(entry);
@@ -329,7 +335,9 @@ export class ChatClient extends EventTarget {
     const c = this._link;
     const now = this._clock.now();
     if (!c?.live || entry.link === c || entry.notBefore > now) return;
-    if (c.link.send({ type: "send", client_msg_id: entry.id, text: entry.text })) {
+    const frame = { type: "send", client_msg_id: entry.id, text: entry.text };
+    if (entry.attachments?.length) frame.attachments = entry.attachments;
+    if (c.link.send(frame)) {
       this.outbox.sent(entry, c, now);
       c.outstanding.push({ type: "send", id: entry.id });
     }

@@ -9,7 +9,9 @@
 //! What the turn records about how its prompt was built rides on the audit's `template`:
 //! the template version (the canary's, or `<version>+<canary>`), then `;retrieval=<outcome>`
 //! when retrieval ran (`packed`, `empty`, `timeout`, `failed`), so an answer given without its
-//! reference material is marked as such.
+//! reference material is marked as such; then `;moderation=unavailable` when a moderation check
+//! failed and `guard.moderation_fail_open` let the turn go on (added by the stream, which sees
+//! the checks: see `crate::guard::UNCHECKED_MARK`).
 
 use std::borrow::Cow;
 

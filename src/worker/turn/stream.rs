@@ -101,6 +101,29 @@ pub(in crate::worker) async fn run(
     opts: &Bytes,
     stats: &mut Stats,
 ) -> Ending {
+    // The guard (redaction, moderation) sits between the model and every write of the answer.
+    let mut guard = t.shared.guard.turn(tenant_of(&t.d.base));
+    let ending = drive(t, history, opts, stats, &mut guard).await;
+    // A check that failed open after the audit was written (an answer phrase) is marked by the
+    // finish, which carries the audit again.
+    if guard.unchecked() {
+        if let Some(mut a) = stats.audit.take().or_else(|| stats.answered.clone()) {
+            if !a.template.ends_with(crate::guard::UNCHECKED_MARK) {
+                a.template.push_str(crate::guard::UNCHECKED_MARK);
+            }
+            stats.audit = Some(a);
+        }
+    }
+    ending
+}
+
+async fn drive(
+    t: Turn<'_>,
+    history: &[payload::HistoryMessage],
+    opts: &Bytes,
+    stats: &mut Stats,
+    guard: &mut TurnGuard,
+) -> Ending {
     let Turn { shared, d, signals, w: writer, .. } = t;
     let w = &shared.settings.worker;
     let tools = &shared.tools;
@@ -115,8 +138,6 @@ pub(in crate::worker) async fn run(
     stats.citations = prepared.citations;
     let mut conv = Conversation::new(prepared.request, &t.ctx.tool_records);
     let mut model_ttft = std::time::Duration::ZERO;
-    // The guard (redaction, moderation) sits between the model and every write of the answer.
-    let mut guard = shared.guard.turn(tenant_of(&d.base));
     let message = history.last().filter(|m| m.role == "user").map_or("", |m| m.text.as_str());
     let mut phase = match guard.screen(message) {
         Some(check) => Phase::Screening(check),
@@ -137,7 +158,7 @@ pub(in crate::worker) async fn run(
             biased;
             _ = signals.cancel.cancelled() => {
                 let ending = cancelled(signals, phase);
-                flush_on_stop(writer, &mut guard, &mut co, abandon_ms, stats).await;
+                flush_on_stop(writer, guard, &mut co, abandon_ms, stats).await;
                 return ending;
             }
             _ = shared.release.cancelled() => return Ending::Released,
@@ -159,7 +180,13 @@ pub(in crate::worker) async fn run(
                 Next::RetryDue => phase = Phase::Model(crate::model::tracked(shared.model.stream(conv.request.clone()))),
                 Next::Model(Some(Ok(ModelEvent::Answering { upstream, model }))) => {
                     // Recorded by the round's next write, not by a round trip of its own.
-                    stats.audit = Some(TurnAudit { upstream, model, template: template.clone() });
+                    let mut template = template.clone();
+                    if guard.unchecked() {
+                        template.push_str(crate::guard::UNCHECKED_MARK); // the message went unchecked
+                    }
+                    let audit = TurnAudit { upstream, model, template };
+                    stats.answered = Some(audit.clone());
+                    stats.audit = Some(audit);
                 }
                 Next::Model(Some(Ok(ModelEvent::Text(text)))) => {
                     if !first_token {
@@ -230,7 +257,7 @@ pub(in crate::worker) async fn run(
                     Ok(Some(true)) => {
                         signals.mark_cancel_requested();
                         let ending = cancelled(signals, phase);
-                        flush_on_stop(writer, &mut guard, &mut co, abandon_ms, stats).await;
+                        flush_on_stop(writer, guard, &mut co, abandon_ms, stats).await;
                         return ending;
                     }
                     Ok(Some(false)) => {}
@@ -268,7 +295,7 @@ pub(in crate::worker) async fn run(
                 }
                 Verdict::End(Ending::Cancelled) => {
                     let ending = cancelled(signals, phase);
-                    flush_on_stop(writer, &mut guard, &mut co, abandon_ms, stats).await;
+                    flush_on_stop(writer, guard, &mut co, abandon_ms, stats).await;
                     return ending;
                 }
                 Verdict::End(e) => return e,

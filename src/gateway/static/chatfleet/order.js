@@ -66,7 +66,7 @@ export class Sequencer {
  */
 export class Conversation {
   constructor(data) {
-    /** @type {{role:string, turn_id:string, text:string, status?:string, rev:number}[]} */
+    /** @type {{role:string, turn_id:string, text:string, status?:string, attachments?:object[], rev:number}[]} */
     this.messages = data?.messages ?? [];
     /** Turn running now, or null. */
     this.activeTurnId = data?.activeTurnId ?? null;
@@ -116,6 +116,7 @@ export class Conversation {
         m = this.find("user", ev.turn_id);
         if (!m) {
           m = { role: "user", turn_id: ev.turn_id, text: ev.text, client_msg_id: ev.client_msg_id, rev: 0 };
+          if (ev.attachments?.length) m.attachments = ev.attachments;
           this.messages.push(m);
         }
         this.activeTurnId = ev.turn_id;

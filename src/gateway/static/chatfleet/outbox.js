@@ -2,17 +2,20 @@
 // same message to the server (docs/protocol.md: "Retry with the same id until you get the ack").
 
 export class Outbox {
-  /** @param {{id:string, text:string}[]|undefined} saved entries restored from storage */
+  /** @param {{id:string, text:string, attachments?:object[]}[]|undefined} saved entries restored from storage */
   constructor(saved) {
     this._m = new Map();
-    for (const { id, text } of saved ?? []) this.add(id, text);
+    for (const { id, text, attachments } of saved ?? []) this.add(id, text, attachments);
   }
 
-  /** Adds (or finds) a message; its promise settles with the ack or the refusal. */
-  add(id, text) {
+  /**
+   * Adds (or finds) a message; its promise settles with the ack or the refusal. `attachments`
+   * ride along unchanged on every re-send.
+   */
+  add(id, text, attachments = []) {
     let e = this._m.get(id);
     if (!e) {
-      e = { id, text, link: null, sentAt: 0, notBefore: 0 };
+      e = { id, text, attachments, link: null, sentAt: 0, notBefore: 0 };
       e.promise = new Promise((resolve, reject) => Object.assign(e, { resolve, reject }));
       // Apps that only listen to events need not handle the promise: no unhandled rejection.
       e.promise.catch(() => {});
@@ -30,7 +33,7 @@ export class Outbox {
   }
 
   list() {
-    return this.entries().map((e) => ({ clientMsgId: e.id, text: e.text }));
+    return this.entries().map((e) => ({ clientMsgId: e.id, text: e.text, attachments: e.attachments }));
   }
 
   /** Marks a message as written on a connection; it is not written there again until acked. */
@@ -74,6 +77,6 @@ export class Outbox {
   }
 
   toJSON() {
-    return this.list().map(({ clientMsgId, text }) => ({ id: clientMsgId, text }));
+    return this.list().map(({ clientMsgId, text, attachments }) => ({ id: clientMsgId, text, attachments }));
   }
 }

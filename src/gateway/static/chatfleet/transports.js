@@ -86,7 +86,8 @@ function httpCommands(ctx, on, isDone) {
       frame.type === "send"
         ? `${sessionPath(ctx)}/messages`
         : `${sessionPath(ctx)}/turns/${encodeURIComponent(frame.turn_id)}/cancel`;
-    const body = frame.type === "send" ? JSON.stringify({ client_msg_id: frame.client_msg_id, text: frame.text }) : "";
+    const { type, ...fields } = frame; // a send's client_msg_id, text and attachments
+    const body = type === "send" ? JSON.stringify(fields) : "";
     const res = await ctx.fetch(path, {
       method: "POST",
       headers: authHeaders(ctx, { "Content-Type": "application/json" }),

@@ -7,7 +7,7 @@
 import { ChatClient, newId } from "/chatfleet.js";
 import { Announcer } from "./announce.js";
 import { Sessions } from "./sessions.js";
-import { View, humanError } from "./view.js";
+import { View, attachmentName, humanError } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
 const STATE_TEXT = { connecting: "Connecting…", live: "Connected", reconnecting: "Reconnecting…", offline: "Offline" };
@@ -58,7 +58,9 @@ function open(sessionId) {
   client.addEventListener("power", (e) => ($("power").hidden = !e.detail.lowPower));
   client.addEventListener("sendfailed", (e) => {
     lastFailed = e.detail;
-    showNotice(humanError(e.detail.code, e.detail.retryAfterMs), retryFailed, e.detail.retryAfterMs);
+    // A refused attachment's reason (type, storage, count) is the server's, and safe to show.
+    const words = e.detail.code === "bad_request" && e.detail.message ? `That message was refused: ${e.detail.message}` : humanError(e.detail.code, e.detail.retryAfterMs);
+    showNotice(words, retryFailed, e.detail.retryAfterMs);
   });
   client.addEventListener("error", (e) => {
     if (e.detail.code !== "not_found") showNotice(humanError(e.detail.code, e.detail.retryAfterMs));
@@ -81,7 +83,7 @@ function refresh() {
   const shown = new Set(conv.messages.filter((m) => m.role === "user").map((m) => m.turn_id));
   acked = acked.filter((a) => !shown.has(a.turnId));
   const waiting = client.pending.map((p) => ({ ...p, turnId: null }));
-  view.schedule(conv, [...waiting, ...acked.map((a) => ({ ...a, text: textOf(a.clientMsgId) }))]);
+  view.schedule(conv, [...waiting, ...acked.map((a) => ({ ...a, ...sentOf(a.clientMsgId) }))]);
   const active = !!conv.activeTurnId;
   // A turn just ended: the archive may now list this chat (or a new title).
   if (wasActive && !active) syncSessions();
@@ -94,25 +96,90 @@ function refresh() {
   $("title").textContent = first ? sessions.items.find((s) => s.id === client.sessionId)?.title : "New chat";
 }
 
-const sentTexts = new Map();
-const textOf = (id) => sentTexts.get(id) ?? "";
+const sent = new Map(); // client_msg_id -> {text, attachments}
+const sentOf = (id) => sent.get(id) ?? { text: "", attachments: [] };
 
-function send(text, clientMsgId = newId("m")) {
+function send(text, clientMsgId = newId("m"), attachments = []) {
   hideNotice();
-  sentTexts.set(clientMsgId, text);
-  client.send(text, { clientMsgId }).catch(() => {}); // shown by the "sendfailed" handler
+  sent.set(clientMsgId, { text, attachments });
+  client.send(text, { clientMsgId, attachments }).catch(() => {}); // shown by the "sendfailed" handler
 }
 
 function retryFailed() {
-  if (lastFailed) send(lastFailed.text, lastFailed.clientMsgId);
+  if (lastFailed) send(lastFailed.text, lastFailed.clientMsgId, sentOf(lastFailed.clientMsgId).attachments);
   lastFailed = null;
 }
 
 /** Retry of a failed answer: the user's message of that turn, sent again as a new message. */
 function retryTurn(turnId) {
   const user = client.conversation.find("user", turnId);
-  if (user) send(user.text);
+  if (user) send(user.text, newId("m"), user.attachments ?? []);
 }
+
+// ---- attach by URL: references to media the product stores; the page never uploads ----
+
+let attached = []; // [{url, content_type, name}] for the next message
+
+function renderAttached() {
+  const ul = $("attached");
+  ul.replaceChildren(
+    ...attached.map((a, i) => {
+      const li = document.createElement("li");
+      li.textContent = `${attachmentName(a)} (${a.content_type}) `;
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "icon";
+      b.textContent = "✕";
+      b.setAttribute("aria-label", `Remove ${attachmentName(a)}`);
+      b.addEventListener("click", () => {
+        attached.splice(i, 1);
+        renderAttached();
+        $("text").focus();
+      });
+      li.append(b);
+      return li;
+    }),
+  );
+  ul.hidden = attached.length === 0;
+}
+
+function toggleAttach(show = $("attach").hidden) {
+  $("attach").hidden = !show;
+  $("attach-toggle").setAttribute("aria-expanded", String(show));
+  if (show) $("attach-url").focus();
+}
+
+function addAttachment() {
+  const url = $("attach-url").value.trim();
+  const type = $("attach-type").value.trim().toLowerCase();
+  let ok = false;
+  try {
+    ok = /^https?:$/.test(new URL(url).protocol);
+  } catch {
+    ok = false;
+  }
+  if (!ok || !type) {
+    showNotice("Give the attachment's http(s) URL and its type, e.g. image/png.");
+    return;
+  }
+  hideNotice();
+  const a = { url, content_type: type };
+  a.name = attachmentName(a);
+  attached.push(a);
+  $("attach-url").value = "";
+  renderAttached();
+  toggleAttach(false);
+  $("text").focus();
+}
+
+$("attach-toggle").addEventListener("click", () => toggleAttach());
+$("attach-add").addEventListener("click", addAttachment);
+$("attach-url").addEventListener("keydown", (e) => {
+  if (e.key === "Enter") {
+    e.preventDefault();
+    addAttachment();
+  }
+});
 
 function showState(state, transport) {
   const el = $("conn");
@@ -173,7 +240,9 @@ $("composer").addEventListener("submit", (e) => {
     showNotice(humanError("busy"));
     return;
   }
-  send(text);
+  send(text, newId("m"), attached);
+  attached = [];
+  renderAttached();
   $("text").value = "";
   autosize();
 });

@@ -74,7 +74,7 @@ export class View {
       if (p.turnId && shownTurns.has(p.turnId)) continue;
       const key = `pending:${p.clientMsgId}`;
       seen.add(key);
-      const el = this.message(key, { role: "user", text: p.text, status: "sending", rev: 0 });
+      const el = this.message(key, { role: "user", text: p.text, attachments: p.attachments, status: "sending", rev: 0 });
       if (this.list.children[k] !== el) this.list.insertBefore(el, this.list.children[k] ?? null);
       k++;
     }
@@ -115,8 +115,10 @@ export class View {
     n.el.dataset.status = m.status ?? "";
     const streaming = m.status === "streaming";
     n.el.setAttribute("aria-busy", String(streaming));
-    if (m.role === "user") n.body.textContent = m.text;
-    else if (streaming && this.fullMode) this.placeholder(n);
+    if (m.role === "user") {
+      n.body.textContent = m.text;
+      this.attachments(n, m.attachments);
+    } else if (streaming && this.fullMode) this.placeholder(n);
     else this.markdown(n, n.md.blocks(m.text, textState(m)));
     this.meta(n, m);
     if (m.role === "assistant" && revChanged) this.speak(n, m, streaming);
@@ -142,6 +144,36 @@ export class View {
     });
     while (n.body.children.length > blocks.length) n.body.lastElementChild.remove();
     n.blocks.length = blocks.length;
+  }
+
+  /**
+   * A user message's attachments, as links showing name and type. Never as <img>: the page must
+   * not make the browser fetch a URL someone put in a conversation (a tracking pixel, a request
+   * to an internal host); a link is fetched only when the person follows it. Only http(s) URLs
+   * become links, so a `javascript:` URL typed into the composer cannot run.
+   */
+  attachments(n, list) {
+    n.atts?.remove();
+    n.atts = null;
+    if (!list?.length) return;
+    const ul = this.doc.createElement("ul");
+    ul.className = "attachments";
+    ul.setAttribute("aria-label", "Attachments");
+    for (const a of list) {
+      const li = this.doc.createElement("li");
+      const label = `${attachmentName(a)} (${a.content_type})`;
+      if (/^https?:\/\//i.test(a.url)) {
+        const link = this.doc.createElement("a");
+        link.href = a.url;
+        link.target = "_blank";
+        link.rel = "noopener noreferrer";
+        link.textContent = label;
+        li.append(link);
+      } else li.textContent = label;
+      ul.append(li);
+    }
+    n.body.after(ul);
+    n.atts = ul;
   }
 
   placeholder(n) {
@@ -183,6 +215,17 @@ export class View {
     if (!n.streamed || (this.fullMode && streaming)) return;
     this.hooks.announcer.progress(m.turn_id, n.md.speech(m.text, textState(m)), !streaming);
     if (!streaming) n.streamed = false;
+  }
+}
+
+/** An attachment's display name: its name, else the last segment of its URL's path. */
+export function attachmentName(a) {
+  if (a.name) return a.name;
+  try {
+    const last = new URL(a.url).pathname.split("/").pop();
+    return decodeURIComponent(last) || a.url;
+  } catch {
+    return a.url;
   }
 }
 
