@@ -206,7 +206,7 @@ pub fn specific(s: Scenario, p: &Params, r: &LoadResult, o: &mut Outcome) {
             }
         }
         Scenario::Idle => idle(r, o),
-        Scenario::Storm => storm(o),
+        Scenario::Storm => storm(r, o),
         Scenario::LoadChild => {}
     }
 }
@@ -234,13 +234,22 @@ fn idle(r: &LoadResult, o: &mut Outcome) {
     o.fig("connect + hello → welcome p99", c99, "ms");
 }
 
-fn storm(o: &mut Outcome) {
+fn storm(r: &LoadResult, o: &mut Outcome) {
     let (c50, c99) = lat(o, "connect");
     o.fig("connections", o.counters.get("connected").copied().unwrap_or(0) as f64, "sockets");
     o.fig("connect + hello → welcome p50", c50, "ms");
     o.target("connect + hello → welcome p99", c99, "ms", "≤ 1000 ms", c99 <= 1000.0);
     let refused = o.counters.get("connect_retries").copied().unwrap_or(0);
     o.fig("connects refused with a retry hint (then retried)", refused as f64, "refusals");
+    // The storm is the connect phase, which ends before `go`: the process table (from `go`)
+    // does not show it. Its CPU is `before` minus `baseline` (load children: all of `before`).
+    for proc in ["gateway", "redis", "worker", "load"] {
+        let at = |m: &BTreeMap<String, Sample>| -> f64 {
+            m.iter().filter(|(k, _)| k.starts_with(proc)).map(|(_, s)| s.cpu_us as f64).sum()
+        };
+        let ms = (at(&r.before) - at(&r.baseline)) / 1000.0;
+        o.fig(&format!("CPU during the connect phase: {proc}"), ms, "ms");
+    }
 }
 
 fn soak(r: &LoadResult, p: &Params, o: &mut Outcome) {
