@@ -15,29 +15,15 @@
 //!
 //! Run: `cargo run --release --example ingress_ttft -- [TURNS]` (default 300 per case).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chatfleet::protocol::{ClientMsg, EventBody, ServerMsg};
 use eventsource_stream::Eventsource;
-use futures::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
+use futures::StreamExt;
+use ws::{next, send, FRAME_TIMEOUT};
 
-const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn send(ws: &mut Ws, msg: &ClientMsg) {
-    ws.send(Message::Text(serde_json::to_string(msg).unwrap().into())).await.unwrap();
-}
-
-async fn next(ws: &mut Ws) -> ServerMsg {
-    loop {
-        let m = tokio::time::timeout(FRAME_TIMEOUT, ws.next()).await.expect("frame in time").unwrap().unwrap();
-        if let Message::Text(t) = m {
-            return serde_json::from_str(&t).unwrap();
-        }
-    }
-}
+#[path = "support/ws.rs"]
+mod ws;
 
 /// v1: the socket is open and the session said hello before the clock starts.
 async fn v1(addr: std::net::SocketAddr, i: usize) -> f64 {

@@ -17,13 +17,14 @@ use chatfleet::local_postgres::LocalPostgres;
 use chatfleet::retrieval::store::Knowledge;
 use chatfleet::retrieval::{Outcome, RetrievalRule, Retriever};
 use chatfleet::settings::Settings;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
+use words::Zipf;
+
+#[path = "support/words.rs"]
+mod words;
 
 const WORDS_PER_CHUNK: usize = 100;
-const VOCABULARY: usize = 5_000;
 const QUESTION_WORDS: usize = 8;
-/// Ranks of the most common English words, which are stop words (see `vocabulary`'s use).
-const STOP_RANKS: f64 = 100.0;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -40,27 +41,14 @@ async fn main() -> anyhow::Result<()> {
     archive.migrate().await?;
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(20);
-    let vocab = vocabulary();
-    // Zipf-like: word rank r drawn with weight 1/(r + 1 + STOP_RANKS), by inverting the
-    // cumulative sum. English text follows Zipf's law, but its head (the, of, and…) is stop
-    // words the search configuration drops, so content words start at rank ~100.
-    let cumulative: Vec<f64> = (0..VOCABULARY)
-        .scan(0.0, |acc, r| {
-            *acc += 1.0 / (r as f64 + 1.0 + STOP_RANKS);
-            Some(*acc)
-        })
-        .collect();
-    let total = *cumulative.last().unwrap_or(&1.0);
-    let word = |rng: &mut rand::rngs::StdRng| {
-        let x = rng.random_range(0.0..total);
-        &vocab[cumulative.partition_point(|&c| c < x).min(VOCABULARY - 1)]
-    };
+    let zipf = Zipf::new();
+    let word = |rng: &mut rand::rngs::StdRng| zipf.draw(rng);
 
     let knowledge = Knowledge::new(archive.pool().clone());
     let began = Instant::now();
     for d in 0..docs {
         let chunks: Vec<String> = (0..per_doc)
-            .map(|_| (0..WORDS_PER_CHUNK).map(|_| word(&mut rng).as_str()).collect::<Vec<_>>().join(" ") + ".")
+            .map(|_| (0..WORDS_PER_CHUNK).map(|_| word(&mut rng)).collect::<Vec<_>>().join(" ") + ".")
             .collect();
         let bytes = chunks.iter().map(String::len).sum();
         knowledge
@@ -78,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
 
     let retriever = Retriever::new(&s)?.expect("retrieval is on");
     let questions: Vec<String> = (0..queries + 100)
-        .map(|_| (0..QUESTION_WORDS).map(|_| word(&mut rng).as_str()).collect::<Vec<_>>().join(" ") + "?")
+        .map(|_| (0..QUESTION_WORDS).map(|_| word(&mut rng)).collect::<Vec<_>>().join(" ") + "?")
         .collect();
     if std::env::var_os("EXPLAIN").is_some() {
         let rows = sqlx::query(&format!("EXPLAIN (ANALYZE, BUFFERS) {}", chatfleet::retrieval::store::SEARCH))
@@ -124,24 +112,4 @@ async fn main() -> anyhow::Result<()> {
     archive.close().await;
     drop(pg);
     Ok(())
-}
-
-/// 5,000 distinct pronounceable words (three syllables), the same on every run.
-fn vocabulary() -> Vec<String> {
-    const SYL: [&str; 20] = [
-        "ka", "lo", "mi", "ne", "ru", "ta", "vo", "si", "pe", "da", "go", "fi", "be", "zu", "ha", "jo", "wi", "xe",
-        "qu", "ty",
-    ];
-    let mut out = Vec::with_capacity(VOCABULARY);
-    'all: for a in SYL {
-        for b in SYL {
-            for c in SYL {
-                out.push(format!("{a}{b}{c}"));
-                if out.len() == VOCABULARY {
-                    break 'all;
-                }
-            }
-        }
-    }
-    out
 }

@@ -19,7 +19,7 @@
 //! Run: `cargo run --release --example stage_ttft -- [TURNS] [DOCUMENTS] [CHUNKS_PER_DOC]`
 //! (default 300 turns per case).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Json;
 use chatfleet::guard::GuardOverride;
@@ -27,29 +27,18 @@ use chatfleet::protocol::{ClientMsg, EventBody, ServerMsg};
 use chatfleet::retrieval::store::Knowledge;
 use chatfleet::retrieval::RetrievalRule;
 use chatfleet::settings::TenantSettings;
-use futures::{SinkExt, StreamExt};
-use rand::{Rng, SeedableRng};
-use tokio_tungstenite::tungstenite::Message;
+use rand::SeedableRng;
+use words::Zipf;
+use ws::{next, send};
 
-const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+#[path = "support/ws.rs"]
+mod ws;
+
+#[path = "support/words.rs"]
+mod words;
+
 const CASES: [&str; 4] = ["base", "retrieval", "redaction", "moderation"];
 const WORDS_PER_CHUNK: usize = 100;
-const VOCABULARY: usize = 5_000;
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn send(ws: &mut Ws, msg: &ClientMsg) {
-    ws.send(Message::Text(serde_json::to_string(msg).unwrap().into())).await.unwrap();
-}
-
-async fn next(ws: &mut Ws) -> ServerMsg {
-    loop {
-        let m = tokio::time::timeout(FRAME_TIMEOUT, ws.next()).await.expect("frame in time").unwrap().unwrap();
-        if let Message::Text(t) = m {
-            return serde_json::from_str(&t).unwrap();
-        }
-    }
-}
 
 /// One turn on a new session: the socket is open and the session said hello before the clock
 /// starts; it stops at the first `delta`. The turn is then read to its end.
@@ -123,23 +112,9 @@ async fn main() -> anyhow::Result<()> {
     archive.migrate().await?;
 
     // The collection and the questions, drawn as in examples/retrieval_latency.rs.
-    let vocab = vocabulary();
-    let cumulative: Vec<f64> = (0..VOCABULARY)
-        .scan(0.0, |acc, r| {
-            *acc += 1.0 / (r as f64 + 101.0);
-            Some(*acc)
-        })
-        .collect();
-    let total = *cumulative.last().unwrap_or(&1.0);
+    let zipf = Zipf::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(20);
-    let mut word = |n: usize| {
-        (0..n)
-            .map(|_| {
-                vocab[cumulative.partition_point(|&c| c < rng.random_range(0.0..total)).min(VOCABULARY - 1)].as_str()
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
+    let mut word = |n: usize| (0..n).map(|_| zipf.draw(&mut rng)).collect::<Vec<_>>().join(" ");
     let knowledge = Knowledge::new(archive.pool().clone());
     for d in 0..docs {
         let chunks: Vec<String> = (0..per_doc).map(|_| word(WORDS_PER_CHUNK) + ".").collect();
@@ -194,24 +169,4 @@ async fn main() -> anyhow::Result<()> {
     archive.close().await;
     drop(pg);
     Ok(())
-}
-
-/// 5,000 distinct pronounceable words, as in examples/retrieval_latency.rs.
-fn vocabulary() -> Vec<String> {
-    const SYL: [&str; 20] = [
-        "ka", "lo", "mi", "ne", "ru", "ta", "vo", "si", "pe", "da", "go", "fi", "be", "zu", "ha", "jo", "wi", "xe",
-        "qu", "ty",
-    ];
-    let mut out = Vec::with_capacity(VOCABULARY);
-    'all: for a in SYL {
-        for b in SYL {
-            for c in SYL {
-                out.push(format!("{a}{b}{c}"));
-                if out.len() == VOCABULARY {
-                    break 'all;
-                }
-            }
-        }
-    }
-    out
 }

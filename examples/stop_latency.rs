@@ -9,28 +9,13 @@
 //!
 //! Run: `cargo run --release --example stop_latency -- [TURNS]` (default 200 per case).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chatfleet::protocol::{ClientMsg, ControlMsg, EventBody, ServerMsg};
-use futures::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
+use ws::{next, send};
 
-const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn send(ws: &mut Ws, msg: &ClientMsg) {
-    ws.send(Message::Text(serde_json::to_string(msg).unwrap().into())).await.unwrap();
-}
-
-async fn next(ws: &mut Ws) -> ServerMsg {
-    loop {
-        let m = tokio::time::timeout(FRAME_TIMEOUT, ws.next()).await.expect("frame in time").unwrap().unwrap();
-        if let Message::Text(t) = m {
-            return serde_json::from_str(&t).unwrap();
-        }
-    }
-}
+#[path = "support/ws.rs"]
+mod ws;
 
 /// One case: `turns` turns, stopped once `ready` says so; returns client-observed latencies (ms).
 async fn case(addr: std::net::SocketAddr, turns: usize, prompt: &str, wait_for_delta: bool) -> Vec<f64> {
