@@ -19,6 +19,9 @@ pub const GATEWAY_BYTES_OUT: &str = "chatfleet_gateway_bytes_out_total";
 pub const GATEWAY_REJECTED: &str = "chatfleet_gateway_rejected_total";
 /// Counter: attachments of sends (media by reference), by `outcome` (accepted, refused).
 pub const GATEWAY_ATTACHMENTS: &str = "chatfleet_gateway_attachments_total";
+/// Counter: stateless OpenAI requests by whether a pre-joined session was ready (`outcome` hit,
+/// miss): a miss pays an SSUBSCRIBE round trip before its turn is sent.
+pub const GATEWAY_PREJOINS: &str = "chatfleet_gateway_prejoins_total";
 /// Counter: requests whose credentials were refused, by `reason` (missing, expired, invalid).
 pub const GATEWAY_AUTH_FAILURES: &str = "chatfleet_gateway_auth_failures_total";
 /// Counter: JWKS fetches (`auth.jwks_url`), by `result` (ok, error).

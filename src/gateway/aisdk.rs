@@ -108,7 +108,7 @@ pub(super) async fn chat(
         let keys = session_keys(&app, &who, &body.id)?;
         let conn = app.admit("aisdk", &who, ip)?;
         let cancel = app.settings.gateway.ingress.aisdk_cancel_on_close;
-        let (tf, _) = TurnFeed::send(&app, conn, &who, keys, (&last.id, &text), &opts, cancel).await?;
+        let (tf, _) = TurnFeed::send(&app, conn, &who, (keys, None), (&last.id, &text), &opts, cancel).await?;
         Ok(stream(&app, tf))
     };
     run.await.unwrap_or_else(IntoResponse::into_response)

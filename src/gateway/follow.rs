@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use super::commands;
 use super::error::ApiError;
 use super::feed::{Feed, Item};
+use super::hub::Subscription;
 use super::{App, ConnGuard};
 use crate::keys::SessionKeys;
 use crate::protocol::{ControlMsg, EventBody, Usage};
@@ -86,7 +87,8 @@ impl TurnFeed {
     /// Sends `message` (client_msg_id, text) as a new turn of the session (see
     /// [`commands::send_opts`]) and follows it.
     ///
-    /// The session channel is joined before the send, and the send itself counts this request
+    /// The session channel is joined before the send (unless `joined` is a membership of it
+    /// taken ahead, see [`super::prejoin`]), and the send itself counts this request
     /// as watching the session, so the turn's events all arrive live: no `open_session` round
     /// trip stands between the send and the first token (protocol v1 clients opened their
     /// session before they sent).
@@ -94,13 +96,16 @@ impl TurnFeed {
         app: &App,
         conn: ConnGuard,
         who: &crate::auth::Identity,
-        keys: SessionKeys,
+        (keys, joined): (SessionKeys, Option<Subscription>),
         message: (&str, &str),
         opts: &crate::payload::TurnOpts,
         cancel_on_drop: bool,
     ) -> Result<(Self, commands::Sent), ApiError> {
         let (client_msg_id, text) = message;
-        let sub = app.hub.join(&keys.channel()).await.map_err(|e| feed_error(e.into()))?;
+        let sub = match joined {
+            Some(sub) => sub,
+            None => app.hub.join(&keys.channel()).await.map_err(|e| feed_error(e.into()))?,
+        };
         let conn_id = Feed::new_conn_id();
         let follower = format!("{conn_id:x}");
         let sent = match commands::send_opts(app, who, &keys, client_msg_id, text, opts, &follower).await {

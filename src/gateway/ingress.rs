@@ -26,6 +26,11 @@ pub struct IngressSettings {
     pub max_context_messages: usize,
     /// Most bytes of text of those messages (stored with the turn).
     pub max_context_bytes: usize,
+    /// New sessions whose channels each tenant keeps joined ahead for stateless OpenAI requests,
+    /// which then skip the SSUBSCRIBE round trip before their turn is sent (0: off).
+    pub prejoined_per_tenant: usize,
+    /// Most tenants with such a pool; the least recently used one's is dropped for a new one.
+    pub prejoined_tenants: usize,
 }
 
 impl IngressSettings {

@@ -25,6 +25,7 @@ mod openai;
 mod opens;
 mod origin;
 mod outbox;
+mod prejoin;
 mod rest;
 mod sse;
 mod ws;
@@ -88,6 +89,8 @@ pub(crate) struct AppInner {
     pub archive: Option<crate::archive::Archive>,
     /// Refuses sends while a partition's queue is too long or old.
     pub admission: Admission,
+    /// New sessions with their channels already joined, for stateless OpenAI requests.
+    pub prejoins: prejoin::Prejoins,
     /// Which web pages may use the gateway (`gateway.allowed_origins`).
     pub origins: Origins,
     /// One permit per open client connection (`gateway.max_connections`).
@@ -192,7 +195,11 @@ impl Gateway {
         if archive.is_some() {
             crate::metrics_catalog::register_restores();
         }
+        let ing = &g.ingress;
+        let prejoins =
+            prejoin::Prejoins::new(hub.clone(), store.keys().clone(), ing.prejoined_per_tenant, ing.prejoined_tenants);
         let app = App(Arc::new(AppInner {
+            prejoins,
             archive,
             auth,
             limits: GatewayLimits::new(&g.limits),

@@ -13,6 +13,7 @@ mod guard;
 mod hostile;
 mod ingress;
 mod ingress_media;
+mod ingress_prejoin;
 mod media;
 mod moderation_audit;
 mod observability;

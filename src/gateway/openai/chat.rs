@@ -26,6 +26,7 @@ use crate::gateway::authn::session_keys;
 use crate::gateway::error::ApiError;
 use crate::gateway::follow::{Ending, Piece, TurnFeed};
 use crate::gateway::ingress::checked_media;
+use crate::gateway::prejoin::new_session_id;
 use crate::gateway::{rest, App};
 use crate::protocol::Usage;
 use crate::settings::ms;
@@ -79,18 +80,27 @@ async fn run(
     for c in &mut ask.opts.context {
         c.attachments = checked_media(&app, std::mem::take(&mut c.attachments))?;
     }
-    let session_id = match named {
+    let mut session_id = match named {
         Some(id) => id.to_string(),
-        None => format!("oai-{}", uuid::Uuid::now_v7().simple()),
+        None => new_session_id(),
     };
-    let keys = session_keys(&app, &who, &session_id)?;
+    let mut keys = session_keys(&app, &who, &session_id)?;
     let client_msg_id = match header(&headers, CLIENT_MSG_ID_HEADER)? {
         Some(id) => id.to_string(),
         None => uuid::Uuid::new_v4().simple().to_string(),
     };
     let conn = app.admit("openai", &who, ip)?;
+    // A new session can be one whose channel is already joined (taken only once the request is
+    // admitted, so refused requests do not drain the pool).
+    let mut joined = None;
+    if named.is_none() {
+        if let Some(p) = app.prejoins.take(&who.tenant) {
+            (session_id, keys, joined) = (p.session_id, p.keys, Some(p.sub));
+        }
+    }
     let cancel = settings.openai_cancel_on_close;
-    let (tf, sent) = TurnFeed::send(&app, conn, &who, keys, (&client_msg_id, &ask.text), &ask.opts, cancel).await?;
+    let message = (client_msg_id.as_str(), ask.text.as_str());
+    let (tf, sent) = TurnFeed::send(&app, conn, &who, (keys, joined), message, &ask.opts, cancel).await?;
     let resume = [
         (SESSION_HEADER, session_id.clone()),
         ("x-chatfleet-turn", sent.turn_id.clone()),

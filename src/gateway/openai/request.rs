@@ -210,6 +210,8 @@ mod tests {
             max_body_bytes: 1 << 20,
             max_context_messages: 4,
             max_context_bytes: 100,
+            prejoined_per_tenant: 0,
+            prejoined_tenants: 0,
         }
     }
 
