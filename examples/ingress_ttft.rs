@@ -53,11 +53,14 @@ async fn sse(http: &reqwest::Client, url: String, body: serde_json::Value, marke
     let resp = http.post(url).json(&body).send().await.unwrap();
     assert!(resp.status().is_success(), "{}", resp.status());
     let mut events = resp.bytes_stream().eventsource();
+    let mut seen = Vec::new();
     loop {
-        let ev = tokio::time::timeout(FRAME_TIMEOUT, events.next()).await.expect("event in time").unwrap().unwrap();
+        let ev = tokio::time::timeout(FRAME_TIMEOUT, events.next()).await.expect("event in time");
+        let ev = ev.unwrap_or_else(|| panic!("the stream ended before {marker:?}: {seen:?}")).unwrap();
         if ev.data.contains(marker) {
             return t0.elapsed().as_secs_f64() * 1000.0;
         }
+        seen.push(ev.data);
     }
 }
 
@@ -93,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..turns + warmup {
         let x = v1(addr, i).await;
         let body = serde_json::json!({"stream": true, "messages": [{"role": "user", "content": "hi"}]});
-        let y = sse(&http, format!("http://{addr}/v1/chat/completions"), body, "\"content\":\"*").await;
+        let y = sse(&http, format!("http://{addr}/v1/chat/completions"), body, "\"delta\":{\"content\":\"").await;
         let body = serde_json::json!({"id": format!("chat-{i}"), "trigger": "submit-message",
             "messages": [{"id": "m", "role": "user", "parts": [{"type": "text", "text": "hi"}]}]});
         let z = sse(&http, format!("http://{addr}/v1/aisdk/chat"), body, "text-delta").await;

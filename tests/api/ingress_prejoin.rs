@@ -93,3 +93,40 @@ async fn a_stateless_request_takes_a_prejoined_session_that_outlived_a_pubsub_ki
     // The take started a refill: one new session joined in place of the taken one.
     until_joined(&raw, |j| j.iter().filter(|s| !pooled.contains(*s) && **s != first_session).count() == 1).await;
 }
+
+/// Reads a streamed completion to `[DONE]`; returns its text.
+async fn streamed_text(http: &reqwest::Client, url: &str, prompt: &str) -> (String, String) {
+    let body = json!({"stream": true, "messages": [{"role": "user", "content": prompt}]});
+    let resp = http.post(url).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let session = header(&resp, "x-chatfleet-session");
+    let mut text = String::new();
+    let mut events = resp.bytes_stream().eventsource();
+    loop {
+        let ev = tokio::time::timeout(FRAME_TIMEOUT, events.next()).await.expect("a chunk in time");
+        let data = ev.unwrap_or_else(|| panic!("{session}: the stream ended before [DONE], after {text:?}")).unwrap().data;
+        if data == "[DONE]" {
+            return (session, text);
+        }
+        let chunk: Value = serde_json::from_str(&data).unwrap();
+        text.push_str(chunk["choices"][0]["delta"]["content"].as_str().unwrap_or_default());
+    }
+}
+
+/// A model that answers at once races the request's feed: every answer on a pre-joined session
+/// must still arrive whole, in order, ending with `[DONE]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instant_answers_on_prejoined_sessions_arrive_whole() {
+    let mut s = test_settings();
+    s.model.demo.ttft_ms = 0;
+    s.model.demo.tokens_per_sec = 0;
+    s.gateway.ingress.prejoined_per_tenant = 2;
+    let app = TestApp::with(s, 1, 1).await;
+    let http = reqwest::Client::builder().timeout(FRAME_TIMEOUT).build().unwrap();
+    let url = format!("{}/v1/chat/completions", app.http(0));
+    for i in 0..30 {
+        let prompt = format!("instant {i}");
+        let (session, text) = streamed_text(&http, &url, &prompt).await;
+        assert_eq!(text, app.expected_answer(&prompt), "{session}");
+    }
+}
