@@ -107,11 +107,12 @@ end
 -- Returns the session epoch and owner, creating the session when its meta is missing. A missing
 -- meta means the session's state was lost (TTL, eviction, a restart without persistence):
 -- whatever is left of it is dropped and a new epoch starts, so a client never gets a replay that
--- mixes two histories. The first opener's user owns a new session.
+-- mixes two histories. The first opener's user owns a new session. Also returns the meta's
+-- `active` turn and `tt` (when `enq` last refreshed the session's TTL), read in the same call.
 local function ensure_meta(S, epoch_candidate, owner)
-  local m = redis.call('HMGET', S.meta, 'epoch', 'owner')
+  local m = redis.call('HMGET', S.meta, 'epoch', 'owner', 'active', 'tt')
   if m[1] then
-    return m[1], m[2] or ''
+    return m[1], m[2] or '', m[3], m[4]
   end
   -- A session opened through an explicit grant ('*') is shared: it has no one owner.
   if owner == '*' then
@@ -148,8 +149,12 @@ local function push_hist(S, msg)
   end
 end
 
-local function clear_active(S, tid)
-  if redis.call('HGET', S.meta, 'active') == tid then
+-- `active`: the meta's active turn when the caller read it in this op already (false: none).
+local function clear_active(S, tid, active)
+  if active == nil then
+    active = redis.call('HGET', S.meta, 'active')
+  end
+  if active == tid then
     redis.call('HDEL', S.meta, 'active')
     redis.call('DEL', S.partial)
   end
@@ -200,11 +205,15 @@ local function archive_turn(S, tid, outcome, ev, text, pushed, epoch)
 end
 
 -- Ends a turn: final event, assistant message into history, active cleared, and (archiving on)
--- the turn appended to the archive stream. The caller acks.
-local function end_turn(S, tid, outcome, ev, epoch)
+-- the turn appended to the archive stream. The caller acks. `active`: as clear_active. `more`:
+-- a function of the final event's seq giving more turn fields, written in the same HSET.
+local function end_turn(S, tid, outcome, ev, epoch, active, more)
   local archive = archiving(S)
   local text = ''
-  if redis.call('HGET', S.meta, 'active') == tid then
+  if active == nil then
+    active = redis.call('HGET', S.meta, 'active')
+  end
+  if active == tid then
     text = redis.call('GET', S.partial) or ''
   end
   local pushed = text ~= '' or outcome == 'done'
@@ -215,8 +224,12 @@ local function end_turn(S, tid, outcome, ev, epoch)
     archive_turn(S, tid, outcome, ev, text, pushed, epoch)
   end
   local seq = append_event(S, ev, epoch)
-  redis.call('HSET', S.turn, 'status', outcome, 'finished', C.now, 'fseq', seq)
-  clear_active(S, tid)
+  local fields = { 'status', outcome, 'finished', C.now, 'fseq', seq }
+  for _, v in ipairs(more and more(seq) or {}) do
+    fields[#fields + 1] = v
+  end
+  redis.call('HSET', S.turn, unpack(fields))
+  clear_active(S, tid, active)
   return seq
 end
 
@@ -252,7 +265,7 @@ local function op_enq(S, op)
   if op[9] == 1 and redis.call('EXISTS', S.meta) == 0 then
     return { 'missing', '', 0, '' }
   end
-  local epoch, owner = ensure_meta(S, op[4], op[8])
+  local epoch, owner, active, tt = ensure_meta(S, op[4], op[8])
   if refused(owner, op[8]) then
     return { 'forbidden', '', 0, '' }
   end
@@ -264,7 +277,6 @@ local function op_enq(S, op)
     local otid, oseq = string.match(existing, '^(%S+) (%d+)$')
     return { 'dup', otid or existing, tonumber(oseq or 0), epoch }
   end
-  local active = redis.call('HGET', S.meta, 'active')
   if active then
     return { 'busy', active, 0, epoch }
   end
@@ -292,13 +304,23 @@ local function op_enq(S, op)
   if redis.call('RPUSH', S.dq, cmid) > C.dedupe_max then
     redis.call('HDEL', S.dedupe, redis.call('LPOP', S.dq))
   end
-  redis.call('HSET', S.meta, 'active', tid)
-  touch(S, true)
+  -- The session's TTL is refreshed when the last refresh by an enq is ttl/4 old: the session's
+  -- keys (all written by that enq, so all given the TTL then) have 3/4 of it left. Only the new
+  -- turn hash always needs its own. A restore recreates keys without TTL: it clears tt.
+  redis.call('EXPIRE', S.turn, C.ttl)
+  if C.now - tonumber(tt or 0) >= C.ttl * 250 then
+    touch(S, false)
+    redis.call('HSET', S.meta, 'active', tid, 'tt', C.now)
+  else
+    redis.call('HSET', S.meta, 'active', tid)
+  end
   return { 'new', tid, seq, epoch }
 end
 
 -- Reads what a running attempt needs before calling the model (the tail of `start`'s reply).
-local function start_reply(S, st, attempt, epoch)
+-- `fresh`: this call started attempt 1, so no write of the turn ran yet and its tool records are
+-- empty (a resent start, which may come after writes, reads them).
+local function start_reply(S, st, attempt, epoch, fresh)
   local hist = redis.call('LRANGE', S.hist, -C.hist_max, -1)
   local flags = redis.call('SMEMBERS', S.flags)
   local s = redis.call('HMGET', S.summary, 'epoch', 'upto', 'text')
@@ -306,7 +328,7 @@ local function start_reply(S, st, attempt, epoch)
   if s[1] and s[1] == epoch then
     upto, text = s[2] or '', s[3] or ''
   end
-  local records = redis.call('HVALS', S.tools)
+  local records = fresh and {} or redis.call('HVALS', S.tools)
   -- A turn enqueued before created_us existed has only its ms stamp.
   local created_us = st[6] or (st[4] .. '000')
   return { 'run', attempt, hist, st[5] or '', created_us, st[8] or C.now_us, epoch, flags, upto, text, records }
@@ -347,11 +369,10 @@ local function op_start(S, op)
   local attempt = tonumber(st[2]) + 1
   redis.call('HSET', S.turn, 'status', 'running', 'worker', worker, 'attempt', attempt,
     'lease', C.now + C.lease_ms, 'started', C.now, 'started_us', C.now_us, 'sreq', sreq, 'wi', 0,
-    'tt', C.now, 'plen', 0)
-  redis.call('HDEL', S.turn, 'wr')
+    'tt', C.now, 'plen', 0, 'wr', '')
   append_event(S, { v = 1, type = 'turn_started', turn_id = tid, attempt = attempt }, epoch)
   st[8] = C.now_us
-  return start_reply(S, st, attempt, epoch)
+  return start_reply(S, st, attempt, epoch, attempt == 1)
 end
 
 --[[ Fence and resend check shared by every worker write (emit, tool, hb, audit, finish, release).
@@ -366,7 +387,7 @@ local function fence(S, op, abandon_ms)
   local attempt, widx = tostring(op[2]), tonumber(op[3])
   local st = redis.call('HMGET', S.turn, 'status', 'attempt', 'cancel', 'epoch', 'wi', 'wr', 'lease', 'tt', 'plen')
   if st[2] == attempt and st[5] and widx <= tonumber(st[5]) then
-    if widx == tonumber(st[5]) and st[6] then
+    if widx == tonumber(st[5]) and st[6] and st[6] ~= '' then
       return 'dup', cjson.decode(st[6])
     end
     return 'dup', { 'stale' }
@@ -374,7 +395,7 @@ local function fence(S, op, abandon_ms)
   if st[1] ~= 'running' or st[2] ~= attempt then
     return 'fenced'
   end
-  local meta = redis.call('HMGET', S.meta, 'epoch', 'detached')
+  local meta = redis.call('HMGET', S.meta, 'epoch', 'detached', 'active')
   if meta[1] ~= st[4] then
     return 'fenced'
   end
@@ -384,6 +405,8 @@ local function fence(S, op, abandon_ms)
     redis.call('HSET', S.turn, 'cancel', 1, 'cancel_at', C.now, 'cancel_reason', 'disconnected')
     cancel = '1'
   end
+  -- The session's active turn rides along (false: none), for finish's end_turn.
+  st[10] = meta[3] or false
   return 'ok', cancel, meta[1], st
 end
 
@@ -557,15 +580,16 @@ local function op_finish(S, op)
   if audit then
     redis.call('HSET', S.turn, unpack(audit))
   end
-  local seq = end_turn(S, tid, outcome, ev, epoch)
+  local function more(seq)
+    return { 'wi', op[3], 'wr', cjson.encode({ 'ok', seq }), 'usage', op[11] or 'reported',
+      'prompt_tokens', op[6], 'completion_tokens', op[7] }
+  end
+  local seq = end_turn(S, tid, outcome, ev, epoch, st[10], more)
   if op[10] == 1 then
     dead_letter(S, 'b', string.sub(S.meta, 1, -6), 't', tid, 'reason', op[8], 'detail', op[9],
       'attempts', op[2], 'at', C.now)
   end
   ack_del(S.stream, op[5])
-  local fields = { 'wi', op[3], 'wr', cjson.encode({ 'ok', seq }), 'usage', op[11] or 'reported',
-    'prompt_tokens', op[6], 'completion_tokens', op[7] }
-  redis.call('HSET', S.turn, unpack(fields))
   return { 'ok', seq }
 end
 
@@ -782,7 +806,8 @@ local function op_restore(S, op)
     return { 0 }
   end
   redis.call('DEL', S.log, S.hist, S.dedupe, S.dq, S.partial, S.summary)
-  local fields = { 'epoch', epoch, 'seq', 0, 'created', C.now }
+  -- tt 0: the keys deleted here come back without a TTL, so the next enq refreshes it.
+  local fields = { 'epoch', epoch, 'seq', 0, 'created', C.now, 'tt', 0 }
   if not m[1] then
     local owner = op[2]
     if owner == '*' then

@@ -284,6 +284,8 @@ async fn after_its_keys_expire_a_session_comes_back_from_the_archive() {
     let (_, r2) = turn(&a.app, &sid, "and after it").await;
     assert_eq!(a.app.history(&sid).await.len(), 4, "the next turn lands on the restored history");
     assert_eq!(r2, a.app.expected_answer("and after it"));
+    // The restore recreated the session's keys; the turn on top of it gave them a TTL.
+    a.app.assert_every_key_expires(&sid).await;
 }
 
 #[tokio::test]

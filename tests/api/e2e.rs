@@ -161,33 +161,23 @@ async fn a_frame_that_is_not_json_gets_bad_request_and_the_connection_keeps_work
     assert_eq!(text_of(&events, &turn), app.expected_answer("still here"));
 }
 
-/// The TTL is refreshed once per turn (at enqueue) and when a client opens the session, not on
-/// every write; every key a turn creates must still carry one, while it streams and after.
+/// The TTL is refreshed at enqueue (at most once per ttl/4) and when a client opens the session,
+/// not on every write; every key a turn creates must still carry one, while it streams and after,
+/// on the session's first turn and on a later one that finds the TTL fresh.
 #[tokio::test]
 async fn every_key_of_a_session_expires_while_a_turn_streams_and_after_it() {
     let mut s = test_settings();
     s.model.demo.tokens_per_sec = 100;
     let app = TestApp::with(s, 1, 1).await;
     let mut c = app.client(0, &uid("s")).await;
-    let (turn, _) = c.send_and_ack(&uid("m"), "keys with a lifetime").await;
-    // Mid-turn: the partial text key exists once a delta was emitted.
-    c.until(|e| matches!(e.body, EventBody::Delta { .. })).await;
-    let base = app.session_keys(&c.session).base;
-    let raw = app.raw().await;
-    let check = |keys: Vec<String>| {
-        let raw = raw.clone();
-        async move {
-            for key in keys {
-                let ttl: i64 = raw.ttl(&key).await.unwrap();
-                assert!(ttl > 0, "{key} has no TTL ({ttl})");
-            }
-        }
-    };
-    let mid = app.keys_matching(&format!("{base}*")).await;
-    assert!(mid.iter().any(|k| k.ends_with(":partial")), "the partial text is stored: {mid:?}");
-    check(mid).await;
-    c.until_end(&turn).await;
-    let after = app.keys_matching(&format!("{base}*")).await;
-    assert!(after.len() >= 4, "meta, log, history, dedupe and the turn remain: {after:?}");
-    check(after).await;
+    for prompt in ["keys with a lifetime", "and a second turn"] {
+        let (turn, _) = c.send_and_ack(&uid("m"), prompt).await;
+        // Mid-turn: the partial text key exists once a delta was emitted.
+        c.until(|e| matches!(e.body, EventBody::Delta { .. }) && e.body.turn_id() == turn).await;
+        let mid = app.assert_every_key_expires(&c.session).await;
+        assert!(mid.iter().any(|k| k.ends_with(":partial")), "the partial text is stored: {mid:?}");
+        c.until_end(&turn).await;
+        let after = app.assert_every_key_expires(&c.session).await;
+        assert!(after.len() >= 4, "meta, log, history, dedupe and the turn remain: {after:?}");
+    }
 }

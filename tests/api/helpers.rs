@@ -151,6 +151,18 @@ impl TestApp {
         keys
     }
 
+    /// Asserts that every key of `session` carries a TTL (none was created without one).
+    pub async fn assert_every_key_expires(&self, session: &str) -> Vec<String> {
+        use fred::interfaces::KeysInterface;
+        let raw = self.raw().await;
+        let keys = self.keys_matching(&format!("{}*", self.session_keys(session).base)).await;
+        for key in &keys {
+            let ttl: i64 = raw.ttl(key).await.unwrap();
+            assert!(ttl > 0, "{key} has no TTL ({ttl})");
+        }
+        keys
+    }
+
     pub fn tenant(&self) -> &str {
         &self.settings.gateway.tenant
     }
