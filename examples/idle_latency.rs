@@ -107,8 +107,7 @@ async fn main() -> anyhow::Result<()> {
         let rtt = t.elapsed().as_secs_f64() * 1000.0;
         let t0 = Instant::now();
         let text = format!("turn {i}");
-        send(ws, &ClientMsg::Send { client_msg_id: format!("m{i}"), text, model: None, attachments: Vec::new() })
-            .await;
+        send(ws, &ClientMsg::Send { client_msg_id: format!("m{i}"), text, model: None, attachments: Vec::new() }).await;
         let (mut a, mut st, mut d) = (None, None, None);
         loop {
             let msg = next(ws).await;
@@ -132,7 +131,9 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let after = commandstats(&raw).await;
-    println!("latency at idle, {turns} turns one at a time, {per_session} per session, demo model answering at once (ms)");
+    println!(
+        "latency at idle, {turns} turns one at a time, {per_session} per session, demo model answering at once (ms)"
+    );
     for (name, v) in [("send → ack", ack), ("send → turn_started", started), ("send → first delta", delta)] {
         let q = quantiles(v);
         println!("{name:<22} p50={:>6.3}  p90={:>6.3}  p99={:>6.3}", q[0], q[1], q[2]);
@@ -159,8 +160,7 @@ async fn main() -> anyhow::Result<()> {
     let mut rows: Vec<(String, f64, f64)> = after
         .iter()
         .map(|(name, calls, usec)| {
-            let (c0, u0) =
-                before.iter().find(|(n, _, _)| n == name).map(|(_, c, u)| (*c, *u)).unwrap_or_default();
+            let (c0, u0) = before.iter().find(|(n, _, _)| n == name).map(|(_, c, u)| (*c, *u)).unwrap_or_default();
             (name.clone(), (calls - c0) / turns as f64, (usec - u0) / turns as f64)
         })
         .filter(|(name, calls, _)| *calls > 0.0 && !name.starts_with("info") && name != "ping")

@@ -104,7 +104,8 @@ async fn streamed_text(http: &reqwest::Client, url: &str, prompt: &str) -> (Stri
     let mut events = resp.bytes_stream().eventsource();
     loop {
         let ev = tokio::time::timeout(FRAME_TIMEOUT, events.next()).await.expect("a chunk in time");
-        let data = ev.unwrap_or_else(|| panic!("{session}: the stream ended before [DONE], after {text:?}")).unwrap().data;
+        let data =
+            ev.unwrap_or_else(|| panic!("{session}: the stream ended before [DONE], after {text:?}")).unwrap().data;
         if data == "[DONE]" {
             return (session, text);
         }
