@@ -15,13 +15,10 @@ alone, so run it with nothing compiling on the box (see docs/benchmarks.md).
     python3 bench/op-cost.py [--kind emitc|emit] [--batches 1,16,128] [--ops 32000] [--lua FILE]
 """
 import argparse
-import os
-import subprocess
-import tempfile
-import time
 
 import msgpack
-import redis
+
+from private_redis import LUA, cpu, private_redis
 
 SESSION = ['meta', 'log', 'hist', 'dedupe', 'dq', 'conns', 'partial', 'flags', 'summary']
 
@@ -42,30 +39,15 @@ def keys_of(kind, base, tid):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument('--lua', default=os.path.join(os.path.dirname(__file__), '..', 'lua', 'chatfleet.lua'))
+    ap.add_argument('--lua', default=LUA)
     ap.add_argument('--kind', default='emitc')
     ap.add_argument('--batches', default='1,16,128')
     ap.add_argument('--ops', type=int, default=32000)
     ap.add_argument('--turns', type=int, default=128)
     a = ap.parse_args()
 
-    port = 20000 + os.getpid() % 20000
-    tmp = tempfile.mkdtemp()
-    server = subprocess.Popen(['redis-server', '--port', str(port), '--save', '', '--appendonly', 'no',
-                               '--dir', tmp], stdout=subprocess.DEVNULL)
-    try:
-        r = redis.Redis(port=port)
-        for _ in range(200):
-            try:
-                r.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        r.function_load(open(a.lua).read(), replace=True)
+    with private_redis(a.lua) as r:
         run(r, a)
-    finally:
-        server.terminate()
-        server.wait()
 
 
 def run(r, a):
@@ -119,11 +101,6 @@ def run(r, a):
               f'cpu µs/op {(cpu(r) - cpu0) * 1e6 / n:6.2f}')
         for name, v in sorted(inner.items()):
             print(f'    {name:10s} {v["calls"] / n:5.2f} per op, {v["usec_per_call"]:5.2f} µs each')
-
-
-def cpu(r):
-    c = r.info('cpu')
-    return c['used_cpu_user'] + c['used_cpu_sys']
 
 
 if __name__ == '__main__':

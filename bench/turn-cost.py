@@ -17,14 +17,11 @@ alone, so run it with nothing compiling on the box (see docs/benchmarks.md).
     python3 bench/turn-cost.py [--sessions 128] [--rounds 30] [--batch 16] [--lua FILE]
 """
 import argparse
-import os
-import subprocess
-import tempfile
-import time
 from collections import defaultdict
 
 import msgpack
-import redis
+
+from private_redis import LUA, cpu, private_redis
 
 SESSION = ['meta', 'log', 'hist', 'dedupe', 'dq', 'conns', 'partial', 'flags', 'summary']
 STREAM = 'cf:{p01}:turns'
@@ -70,28 +67,13 @@ class Meter:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument('--lua', default=os.path.join(os.path.dirname(__file__), '..', 'lua', 'chatfleet.lua'))
+    ap.add_argument('--lua', default=LUA)
     ap.add_argument('--sessions', type=int, default=128)
     ap.add_argument('--rounds', type=int, default=30)
     ap.add_argument('--batch', type=int, default=16)
     a = ap.parse_args()
-    port = 20000 + os.getpid() % 20000
-    tmp = tempfile.mkdtemp()
-    server = subprocess.Popen(['redis-server', '--port', str(port), '--save', '', '--appendonly', 'no',
-                               '--dir', tmp], stdout=subprocess.DEVNULL)
-    try:
-        r = redis.Redis(port=port)
-        for _ in range(200):
-            try:
-                r.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        r.function_load(open(a.lua).read(), replace=True)
+    with private_redis(a.lua) as r:
         run(r, a)
-    finally:
-        server.terminate()
-        server.wait()
 
 
 def batches(r, ops, size):
@@ -134,11 +116,6 @@ def run(r, a):
         m.run('finish', lambda: replies.extend(batches(r, fin, a.batch)), a.sessions)
         assert all(x[0] == b'ok' for x in replies), replies[:1]
     m.report()
-
-
-def cpu(r):
-    c = r.info('cpu')
-    return c['used_cpu_user'] + c['used_cpu_sys']
 
 
 if __name__ == '__main__':

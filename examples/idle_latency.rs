@@ -22,6 +22,8 @@ use chatfleet::protocol::{ClientMsg, ControlMsg, EventBody, ServerMsg};
 use fred::interfaces::ClientLike;
 use ws::{next, send};
 
+#[path = "support/fleet.rs"]
+mod fleet;
 #[path = "support/ws.rs"]
 mod ws;
 
@@ -69,18 +71,9 @@ async fn main() -> anyhow::Result<()> {
     // One user sending turn after turn is far above a person's rate: lift the frame limit.
     s.gateway.limits.messages_per_sec = 1_000_000;
     s.gateway.limits.burst = 1_000_000;
-    let redis = chatfleet::local_redis::LocalRedis::start(&[]).await?;
-    s.redis.url = redis.url();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let store = chatfleet::app::connect_store(&s).await?;
-    let worker =
-        chatfleet::worker::Worker::start(s.clone(), store.clone(), chatfleet::app::build_model(&s), shutdown.clone())
-            .await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let gateway = chatfleet::gateway::Gateway::build(s.clone(), store, shutdown.clone()).await?;
-    tokio::spawn(gateway.serve(listener));
-    let raw = fred::clients::Client::new(fred::prelude::Config::from_url(&redis.url())?, None, None, None);
+    let fleet = fleet::Fleet::start(s).await?;
+    let addr = fleet.addr;
+    let raw = fred::clients::Client::new(fred::prelude::Config::from_url(&fleet.redis_url())?, None, None, None);
     raw.init().await?;
 
     let mut ws = None;
@@ -169,7 +162,6 @@ async fn main() -> anyhow::Result<()> {
     for (name, calls, usec) in rows.iter().take(12) {
         println!("  {name:<14} {calls:>5.2} calls  {usec:>7.1} µs");
     }
-    shutdown.cancel();
-    worker.wait().await;
+    fleet.stop().await;
     Ok(())
 }

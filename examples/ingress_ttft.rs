@@ -22,6 +22,8 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use ws::{next, send, FRAME_TIMEOUT};
 
+#[path = "support/fleet.rs"]
+mod fleet;
 #[path = "support/ws.rs"]
 mod ws;
 
@@ -78,17 +80,8 @@ async fn main() -> anyhow::Result<()> {
     s.model.demo.ttft_ms = 0;
     s.model.demo.tokens_per_sec = 0;
     s.model.demo.max_tokens = 5;
-    let redis = chatfleet::local_redis::LocalRedis::start(&[]).await?;
-    s.redis.url = redis.url();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let store = chatfleet::app::connect_store(&s).await?;
-    let worker =
-        chatfleet::worker::Worker::start(s.clone(), store.clone(), chatfleet::app::build_model(&s), shutdown.clone())
-            .await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let gateway = chatfleet::gateway::Gateway::build(s.clone(), store, shutdown.clone()).await?;
-    tokio::spawn(gateway.serve(listener));
+    let fleet = fleet::Fleet::start(s).await?;
+    let addr = fleet.addr;
     let http = reqwest::Client::builder().timeout(FRAME_TIMEOUT).build()?;
 
     let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
@@ -118,7 +111,6 @@ async fn main() -> anyhow::Result<()> {
             q[0] - base[0]
         );
     }
-    shutdown.cancel();
-    worker.wait().await;
+    fleet.stop().await;
     Ok(())
 }

@@ -14,6 +14,8 @@ use std::time::Instant;
 use chatfleet::protocol::{ClientMsg, ControlMsg, EventBody, ServerMsg};
 use ws::{next, send};
 
+#[path = "support/fleet.rs"]
+mod fleet;
 #[path = "support/ws.rs"]
 mod ws;
 
@@ -86,18 +88,9 @@ async fn main() -> anyhow::Result<()> {
     s.model.demo.ttft_ms = 0;
     s.model.demo.tokens_per_sec = 50;
     s.model.demo.max_tokens = 10_000;
-    let redis = chatfleet::local_redis::LocalRedis::start(&[]).await?;
-    s.redis.url = redis.url();
     let handle = chatfleet::metrics::install();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let store = chatfleet::app::connect_store(&s).await?;
-    let worker =
-        chatfleet::worker::Worker::start(s.clone(), store.clone(), chatfleet::app::build_model(&s), shutdown.clone())
-            .await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let gateway = chatfleet::gateway::Gateway::build(s.clone(), store, shutdown.clone()).await?;
-    tokio::spawn(gateway.serve(listener));
+    let fleet = fleet::Fleet::start(s).await?;
+    let addr = fleet.addr;
 
     println!("stop latency, client `cancel` sent → `cancelled` received (upper bound on stop → upstream abort)");
     summary("while tokens flow (50 tok/s)", case(addr, turns, "stop me while streaming", true).await);
@@ -113,7 +106,6 @@ async fn main() -> anyhow::Result<()> {
         "worker: stop learned → upstream stream dropped: mean {:.3} ms over {count} stops",
         sum / count.max(1.0) * 1000.0
     );
-    shutdown.cancel();
-    worker.wait().await;
+    fleet.stop().await;
     Ok(())
 }

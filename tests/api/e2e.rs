@@ -1,7 +1,6 @@
 //! End to end: a turn from a WebSocket through Redis Streams to a worker and back.
 
 use chatfleet::protocol::{ControlMsg, ErrorCode, EventBody, ServerMsg};
-use fred::interfaces::KeysInterface;
 
 use crate::helpers::*;
 
