@@ -109,11 +109,7 @@ end
 -- whatever is left of it is dropped and a new epoch starts, so a client never gets a replay that
 -- mixes two histories. The first opener's user owns a new session. Also returns the meta's
 -- `active` turn and `tt` (when `enq` last refreshed the session's TTL), read in the same call.
-local function ensure_meta(S, epoch_candidate, owner)
-  local m = redis.call('HMGET', S.meta, 'epoch', 'owner', 'active', 'tt')
-  if m[1] then
-    return m[1], m[2] or '', m[3], m[4]
-  end
+local function create_meta(S, epoch_candidate, owner)
   -- A session opened through an explicit grant ('*') is shared: it has no one owner.
   if owner == '*' then
     owner = ''
@@ -121,6 +117,14 @@ local function ensure_meta(S, epoch_candidate, owner)
   redis.call('DEL', S.log, S.hist, S.dedupe, S.dq, S.conns, S.partial)
   redis.call('HSET', S.meta, 'epoch', epoch_candidate, 'seq', 0, 'created', C.now, 'owner', owner or '')
   return epoch_candidate, owner or ''
+end
+
+local function ensure_meta(S, epoch_candidate, owner)
+  local m = redis.call('HMGET', S.meta, 'epoch', 'owner', 'active', 'tt')
+  if m[1] then
+    return m[1], m[2] or '', m[3], m[4]
+  end
+  return create_meta(S, epoch_candidate, owner)
 end
 
 -- A session bound to a user refuses everyone else; '' (shared) and '*' (the caller may open any
@@ -242,6 +246,39 @@ local function attach(S, conn)
   end
 end
 
+-- Takes a quota slot for args[1] (member, max_inflight, max_per_minute, stale_ms, max_listed) in
+-- the tenant's in-flight set and minute counter: cf2_quota_acquire (see there), and the `enq` op
+-- when it declared the quota keys.
+local function quota_take(inflight, tpm, args, now)
+  local member, max_inflight, max_pm = args[1], tonumber(args[2]), tonumber(args[3])
+  local stale_ms, max_listed = tonumber(args[4]), tonumber(args[5])
+  local minute = math.floor(now / 60000)
+  if string.sub(tpm, -#tostring(minute) - 1) ~= ':' .. minute then
+    return { 'minute', minute }
+  end
+  if redis.call('ZSCORE', inflight, member) then
+    return { 'ok' }
+  end
+  redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now - stale_ms)
+  if max_pm > 0 and tonumber(redis.call('GET', tpm) or '0') >= max_pm then
+    return { 'per_minute', (minute + 1) * 60000 - now }
+  end
+  if max_inflight > 0 and redis.call('ZCARD', inflight) >= max_inflight then
+    local oldest = redis.call('ZRANGE', inflight, 0, max_listed - 1, 'WITHSCORES')
+    local out = { 'inflight', now }
+    for i = 1, #oldest, 2 do
+      out[#out + 1] = oldest[i]
+      out[#out + 1] = tonumber(oldest[i + 1])
+    end
+    return out
+  end
+  redis.call('ZADD', inflight, now, member)
+  redis.call('PEXPIRE', inflight, stale_ms)
+  redis.call('INCR', tpm)
+  redis.call('EXPIRE', tpm, 120)
+  return { 'ok' }
+end
+
 --[[ op enq: the gateway turns a client `send` into a turn.       keys: session, turn, stream
 op: tid, client_msg_id, text, epoch_candidate, opts (bytes), traceparent, wake (1: publish a
     wake-up for Cluster workers), user (the sender; '*' skips the owner check)
@@ -249,7 +286,10 @@ op: tid, client_msg_id, text, epoch_candidate, opts (bytes), traceparent, wake (
        attachments (an array of maps {url, content_type, size[, name]}, checked by the gateway;
        stored on the user_message event and the history message when not empty),
        connection id ('' = none: else a lasting connection that follows the turn from here, counted
-       as `open` counts it, until `detach`; an ingress request saves its own open this way)]
+       as `open` counts it, until `detach`; an ingress request saves its own open this way),
+       quota (an array: member, max_inflight, max_per_minute, stale_ms, max_listed, as
+       cf2_quota_acquire's ARGV; its keys, the inflight ZSET and the minute's counter, follow the
+       stream in the op's keys)]
 Returns {status, turn_id, seq, epoch}; status is
   new        the message is stored and the turn queued; seq is the user_message event's seq
   missing    (present = 1) the session has no meta: nothing written; the gateway restores it from
@@ -257,28 +297,47 @@ Returns {status, turn_id, seq, epoch}; status is
   dup        client_msg_id was seen: the original turn id and seq, nothing written (a retried send)
   busy       another turn of the session is active; turn_id names it, nothing written
   forbidden  the session is bound to another user; nothing written
+  quota      the quota refused or needs another call; nothing written. A 5th element is
+             cf2_quota_acquire's reply (per_minute, inflight or minute)
 Atomic because dedupe, the busy check, seq assignment and the stream entry must not interleave
 with another gateway's send for the same session.
 ]]
-local function op_enq(S, op)
+local function op_enq(S, op, keys, k)
   local tid, cmid, text = op[1], op[2], op[3]
   if op[9] == 1 and redis.call('EXISTS', S.meta) == 0 then
     return { 'missing', '', 0, '' }
   end
-  local epoch, owner, active, tt = ensure_meta(S, op[4], op[8])
-  if refused(owner, op[8]) then
-    return { 'forbidden', '', 0, '' }
+  local m = redis.call('HMGET', S.meta, 'epoch', 'owner', 'active', 'tt')
+  local epoch, owner, active, tt = m[1], m[2] or '', m[3], m[4]
+  -- A new session (no meta) has no owner to refuse, no dedupe entry (its leftovers are dropped
+  -- when it is created) and no active turn.
+  if epoch then
+    if refused(owner, op[8]) then
+      return { 'forbidden', '', 0, '' }
+    end
+    -- dedupe values are "<turn id> <seq of its user_message>", so a retried send is answered
+    -- without reading the other turn's hash (a key this op does not declare).
+    local existing = redis.call('HGET', S.dedupe, cmid)
+    if existing then
+      attach(S, op[11])
+      local otid, oseq = string.match(existing, '^(%S+) (%d+)$')
+      return { 'dup', otid or existing, tonumber(oseq or 0), epoch }
+    end
+    if active then
+      return { 'busy', active, 0, epoch }
+    end
   end
-  -- dedupe values are "<turn id> <seq of its user_message>", so a retried send is answered
-  -- without reading the other turn's hash (a key this op does not declare).
-  local existing = redis.call('HGET', S.dedupe, cmid)
-  if existing then
-    attach(S, op[11])
-    local otid, oseq = string.match(existing, '^(%S+) (%d+)$')
-    return { 'dup', otid or existing, tonumber(oseq or 0), epoch }
+  -- The tenant's quota slot, taken in this same call when the gateway declared the quota keys
+  -- after the stream (a single Redis; in a Cluster they live in another slot). A refusal writes
+  -- nothing: a retried send got its `dup` above, and a busy session takes no slot.
+  if type(op[12]) == 'table' then
+    local q = quota_take(keys[k + 12], keys[k + 13], op[12], C.now)
+    if q[1] ~= 'ok' then
+      return { 'quota', '', 0, '', q }
+    end
   end
-  if active then
-    return { 'busy', active, 0, epoch }
+  if not epoch then
+    epoch, owner = create_meta(S, op[4], op[8])
   end
   attach(S, op[11])
   local ev = { v = 1, type = 'user_message', turn_id = tid, client_msg_id = cmid, text = text }
@@ -318,9 +377,7 @@ local function op_enq(S, op)
 end
 
 -- Reads what a running attempt needs before calling the model (the tail of `start`'s reply).
--- `fresh`: this call started attempt 1, so no write of the turn ran yet and its tool records are
--- empty (a resent start, which may come after writes, reads them).
-local function start_reply(S, st, attempt, epoch, fresh)
+local function start_reply(S, st, attempt, epoch)
   local hist = redis.call('LRANGE', S.hist, -C.hist_max, -1)
   local flags = redis.call('SMEMBERS', S.flags)
   local s = redis.call('HMGET', S.summary, 'epoch', 'upto', 'text')
@@ -328,7 +385,7 @@ local function start_reply(S, st, attempt, epoch, fresh)
   if s[1] and s[1] == epoch then
     upto, text = s[2] or '', s[3] or ''
   end
-  local records = fresh and {} or redis.call('HVALS', S.tools)
+  local records = redis.call('HVALS', S.tools)
   -- A turn enqueued before created_us existed has only its ms stamp.
   local created_us = st[6] or (st[4] .. '000')
   return { 'run', attempt, hist, st[5] or '', created_us, st[8] or C.now_us, epoch, flags, upto, text, records }
@@ -372,7 +429,7 @@ local function op_start(S, op)
     'tt', C.now, 'plen', 0, 'wr', '')
   append_event(S, { v = 1, type = 'turn_started', turn_id = tid, attempt = attempt }, epoch)
   st[8] = C.now_us
-  return start_reply(S, st, attempt, epoch, attempt == 1)
+  return start_reply(S, st, attempt, epoch)
 end
 
 --[[ Fence and resend check shared by every worker write (emit, tool, hb, audit, finish, release).
@@ -1086,35 +1143,7 @@ cf2_quota_acquire  ARGV: member, max_inflight (0 = off), max_per_minute (0 = off
   Atomic so that two gateways admitting at once cannot both take the last slot.
 ]]
 local function quota_acquire(keys, args)
-  local inflight, tpm = keys[1], keys[2]
-  local member, max_inflight, max_pm = args[1], tonumber(args[2]), tonumber(args[3])
-  local stale_ms, max_listed = tonumber(args[4]), tonumber(args[5])
-  local now = clock()
-  local minute = math.floor(now / 60000)
-  if string.sub(tpm, -#tostring(minute) - 1) ~= ':' .. minute then
-    return { 'minute', minute }
-  end
-  if redis.call('ZSCORE', inflight, member) then
-    return { 'ok' }
-  end
-  redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now - stale_ms)
-  if max_pm > 0 and tonumber(redis.call('GET', tpm) or '0') >= max_pm then
-    return { 'per_minute', (minute + 1) * 60000 - now }
-  end
-  if max_inflight > 0 and redis.call('ZCARD', inflight) >= max_inflight then
-    local oldest = redis.call('ZRANGE', inflight, 0, max_listed - 1, 'WITHSCORES')
-    local out = { 'inflight', now }
-    for i = 1, #oldest, 2 do
-      out[#out + 1] = oldest[i]
-      out[#out + 1] = tonumber(oldest[i + 1])
-    end
-    return out
-  end
-  redis.call('ZADD', inflight, now, member)
-  redis.call('PEXPIRE', inflight, stale_ms)
-  redis.call('INCR', tpm)
-  redis.call('EXPIRE', tpm, 120)
-  return { 'ok' }
+  return quota_take(keys[1], keys[2], args, clock())
 end
 
 --[[

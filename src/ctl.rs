@@ -227,6 +227,7 @@ async fn dlq_replay(store: &Store, id: &str) -> anyhow::Result<Output> {
         }
         EnqueueOutcome::Forbidden => unreachable!("the operator passes the owner check"),
         EnqueueOutcome::Missing => unreachable!("a plain enqueue creates a missing session"),
+        EnqueueOutcome::Quota(_) => unreachable!("a replay takes no quota slot"),
     }
 }
 

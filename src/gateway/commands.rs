@@ -128,7 +128,7 @@ pub async fn send_opts(
     let turn_id = uuid::Uuid::now_v7().simple().to_string();
     let epoch = uuid::Uuid::new_v4().simple().to_string();
     let slot = match admit(app, who, keys, &turn_id).await {
-        Ok(slot) => Some(slot),
+        Ok(slot) => slot,
         // A retry of a send that was stored gets its ack, whatever the load: its turn already
         // holds its place. Checked only on refusal, so the common path costs nothing more.
         Err(e) => match app.store.known_send(&keys.base, client_msg_id).await? {
@@ -139,18 +139,16 @@ pub async fn send_opts(
     // If this fails, whether the turn was stored is unknown: the slot is kept, and freed when
     // the tenant next reaches its limit and the turn is found ended or missing.
     let actor = who.actor(keys.session_id(), app.settings.session.bind_to_user);
-    let store = &app.store;
-    let outcome = match app.archive.is_some() {
+    let turn = Enqueue { keys, turn_id: &turn_id, msg: &msg, epoch: &epoch, opts: &opts, actor };
+    let archived = app.archive.is_some();
+    let outcome = match turn.run(app, who, archived).await? {
         // A session Redis lost comes back from the archive before the message lands on it, so
         // the turn's context is the whole conversation (the same restore as on open).
-        true => match store.enqueue_turn_if_present(keys, &turn_id, &msg, &epoch, &opts, actor).await? {
-            EnqueueOutcome::Missing => {
-                super::conversations::restore(app, who, keys, actor).await?;
-                store.enqueue_turn(keys, &turn_id, &msg, &epoch, &opts, actor).await?
-            }
-            other => other,
-        },
-        false => store.enqueue_turn(keys, &turn_id, &msg, &epoch, &opts, actor).await?,
+        EnqueueOutcome::Missing if archived => {
+            super::conversations::restore(app, who, keys, actor).await?;
+            turn.run(app, who, false).await?
+        }
+        other => other,
     };
     metrics::histogram!(m::GATEWAY_ACK_SECONDS).record(started.elapsed().as_secs_f64());
     if let (Some(slot), false) = (slot, matches!(outcome, EnqueueOutcome::New { .. })) {
@@ -164,20 +162,67 @@ pub async fn send_opts(
         EnqueueOutcome::Duplicate { turn_id, seq, epoch } => Ok(Sent { turn_id, seq, epoch, fresh: false }),
         EnqueueOutcome::Busy { active_turn } => Err(ApiError::Busy { active_turn }),
         EnqueueOutcome::Forbidden => Err(ApiError::Forbidden("this session belongs to another user".into())),
-        EnqueueOutcome::Missing => Err(ApiError::Store(crate::store::StoreError::Reply {
+        EnqueueOutcome::Missing | EnqueueOutcome::Quota(_) => Err(ApiError::Store(crate::store::StoreError::Reply {
             function: "enq",
-            detail: "a plain enqueue answered missing".into(),
+            detail: "an enqueue answered missing or quota where it cannot".into(),
         })),
     }
 }
 
-/// Admission control (the partition's queue), then the tenant's quota slot for `turn_id`.
-async fn admit(app: &App, who: &Identity, keys: &SessionKeys, turn_id: &str) -> Result<crate::quota::Slot, ApiError> {
+/// One turn to enqueue, with its quota slot taken in the same call where the store can
+/// ([`crate::store::Store::quota_with_enqueue`]; else [`admit`] took it before).
+struct Enqueue<'a> {
+    keys: &'a SessionKeys,
+    turn_id: &'a str,
+    msg: &'a NewMessage<'a>,
+    epoch: &'a str,
+    opts: &'a [u8],
+    actor: crate::store::Actor<'a>,
+}
+
+impl Enqueue<'_> {
+    /// `present`: refuse a session Redis does not have (`Missing`), for an archive restore.
+    async fn run(&self, app: &App, who: &Identity, present: bool) -> Result<EnqueueOutcome, ApiError> {
+        let (store, k) = (&app.store, self.keys);
+        let (t, m, e, o, a) = (self.turn_id, self.msg, self.epoch, self.opts, self.actor);
+        if !store.quota_with_enqueue() {
+            return Ok(match present {
+                true => store.enqueue_turn_if_present(k, t, m, e, o, a).await?,
+                false => store.enqueue_turn(k, t, m, e, o, a).await?,
+            });
+        }
+        let member = crate::quota::Quotas::ask_member(k, t);
+        let ask = app.quotas.ask(&who.tenant, &member);
+        for first in [true, false] {
+            match store.enqueue_turn_with_quota(k, t, m, e, o, a, present, &ask).await? {
+                EnqueueOutcome::Quota(q) => {
+                    if !app.quotas.after_refusal(store, &who.tenant, q, first).await? {
+                        break;
+                    }
+                }
+                other => return Ok(other),
+            }
+        }
+        Err(crate::quota::QuotaError::InFlight { limit: ask.max_inflight }.into())
+    }
+}
+
+/// Admission control (the partition's queue), then the tenant's quota slot for `turn_id`, unless
+/// the enqueue takes it in its own call (`None`: see [`Enqueue`]).
+async fn admit(
+    app: &App,
+    who: &Identity,
+    keys: &SessionKeys,
+    turn_id: &str,
+) -> Result<Option<crate::quota::Slot>, ApiError> {
     if let Some(retry_after_ms) = app.admission.check(keys.partition) {
         metrics::counter!(m::GATEWAY_DEGRADED).increment(1);
         return Err(ApiError::Degraded { retry_after_ms });
     }
-    Ok(app.quotas.acquire(&app.store, &who.tenant, keys, turn_id).await?)
+    if app.store.quota_with_enqueue() {
+        return Ok(None);
+    }
+    Ok(Some(app.quotas.acquire(&app.store, &who.tenant, keys, turn_id).await?))
 }
 
 /// Asks for a turn to stop. Its `cancelled` event follows on the session feed. The turn is looked

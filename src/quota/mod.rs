@@ -3,7 +3,9 @@
 //!
 //! A send takes a slot with `cf2_quota_acquire` before its turn is enqueued. The quota keys carry
 //! the tenant's own hash tag (`{t:<tenant>}`), never a partition's, so in Redis Cluster the acquire
-//! and the enqueue are two commands on two slots, not one script. Slots are released lazily: when
+//! and the enqueue are two commands on two slots, not one script. On a single Redis the enqueue's
+//! own call takes the slot (the `enq` op declares the quota keys too), so a send is one round
+//! trip, and the split below does not arise. Slots are released lazily: when
 //! a tenant is at its limit, the oldest holders are checked against their turns' status (which the
 //! workers write) and the ended ones are freed. A holder that is never checked again expires after
 //! `quota.stale_ms`. The cost of this split is a small inconsistency, documented in
@@ -80,6 +82,48 @@ impl Quotas {
             }
         }
         Err(QuotaError::InFlight { limit: max_inflight })
+    }
+
+    /// The slot of `turn_id` of `session`, to take in the enqueue's own call
+    /// ([`Store::enqueue_turn_with_quota`], where [`Store::quota_with_enqueue`]): the member
+    /// string is returned with it, since the ask borrows it.
+    pub fn ask_member(session: &SessionKeys, turn_id: &str) -> String {
+        member(&session.base, turn_id)
+    }
+
+    /// The ask for `member` of `tenant`, with the tenant's limits.
+    pub fn ask<'a>(&self, tenant: &'a str, member: &'a str) -> crate::store::QuotaAsk<'a> {
+        let (max_inflight, max_per_minute) = self.settings.limits(tenant);
+        let s = &self.settings;
+        crate::store::QuotaAsk {
+            tenant,
+            member,
+            max_inflight,
+            max_per_minute,
+            stale_ms: s.stale_ms,
+            max_listed: s.reconcile_batch,
+        }
+    }
+
+    /// After an enqueue its quota refused (first try): `Ok(true)` when ended holders were freed
+    /// and the enqueue may try once more, else the refusal to give the client.
+    pub async fn after_refusal(
+        &self,
+        store: &Store,
+        tenant: &str,
+        outcome: QuotaOutcome,
+        first: bool,
+    ) -> Result<bool, QuotaError> {
+        match outcome {
+            QuotaOutcome::Admitted => Ok(true),
+            QuotaOutcome::PerMinute { retry_after_ms } => Err(QuotaError::PerMinute { retry_after_ms }),
+            QuotaOutcome::InFlight { holders } => {
+                if first && self.free_ended(store, tenant, holders).await? > 0 {
+                    return Ok(true);
+                }
+                Err(QuotaError::InFlight { limit: self.settings.limits(tenant).0 })
+            }
+        }
     }
 
     /// Hands a slot back; `uncount` also takes the turn back from this minute's count.

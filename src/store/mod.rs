@@ -31,7 +31,7 @@ use serde::Serialize;
 pub use archive::{ArchiveEntry, Erased, FinishedTurn, ARCHIVE_GROUP};
 pub use conn::{Redis, FUNCTIONS_LIBRARY, LIBRARY_NAME};
 pub use inspect::{entry_ms, PartitionLoad, PartitionStats, PendingTurn};
-pub use quota::QuotaOutcome;
+pub use quota::{QuotaAsk, QuotaOutcome};
 pub use session::{Actor, CancelOutcome, EnqueueOutcome, LogRead, NewMessage, Opened};
 pub use sweep::Claimed;
 pub use turn::{FinishArgs, StartOutcome, TurnAudit, TurnContext, TurnWriter, UsageSource, WriteOutcome};

@@ -24,12 +24,62 @@ pub enum QuotaOutcome {
     InFlight { holders: Vec<(String, u64)> },
 }
 
+/// A quota slot asked for in the same call as an enqueue ([`Store::enqueue_turn_with_quota`]),
+/// with the limits of [`Store::quota_acquire`].
+#[derive(Debug, Clone)]
+pub struct QuotaAsk<'a> {
+    pub tenant: &'a str,
+    pub member: &'a str,
+    pub max_inflight: u64,
+    pub max_per_minute: u64,
+    pub stale_ms: u64,
+    pub max_listed: u64,
+}
+
+impl QuotaAsk<'_> {
+    /// The function's arguments after its keys: member, limits.
+    pub(super) fn args(&self) -> (&str, u64, u64, u64, u64) {
+        (self.member, self.max_inflight, self.max_per_minute, self.stale_ms, self.max_listed)
+    }
+}
+
+/// What one quota step answered: an outcome, or the clock minute to name instead.
+pub(super) enum QuotaStep {
+    Done(QuotaOutcome),
+    Minute(u64),
+}
+
+/// Parses `cf2_quota_acquire`'s reply (also the 5th element of an `enq` refused by its quota).
+pub(super) fn quota_step(r: &mut Reply) -> Result<QuotaStep, StoreError> {
+    Ok(match r.string()?.as_str() {
+        "ok" => QuotaStep::Done(QuotaOutcome::Admitted),
+        "per_minute" => QuotaStep::Done(QuotaOutcome::PerMinute { retry_after_ms: r.int()?.max(0) as u64 }),
+        "inflight" => {
+            let now = r.int()?;
+            let mut holders = Vec::with_capacity(r.len() / 2);
+            while r.len() > 0 {
+                let member = r.string()?;
+                holders.push((member, (now - r.int()?).max(0) as u64));
+            }
+            QuotaStep::Done(QuotaOutcome::InFlight { holders })
+        }
+        "minute" => QuotaStep::Minute(r.int()?.max(0) as u64),
+        other => return Err(r.bad(format!("unknown status {other}"))),
+    })
+}
+
 /// The clock minute by this process's clock; Redis's TIME decides, and corrects it.
-fn local_minute() -> u64 {
+pub(super) fn local_minute() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() / 60).unwrap_or_default()
 }
 
 impl Store {
+    /// Whether a send's quota slot can be taken in its enqueue's call: on a single Redis, where
+    /// the tenant's quota keys and the session's can be declared together.
+    pub fn quota_with_enqueue(&self) -> bool {
+        !self.redis.is_clustered()
+    }
+
     /// Takes an in-flight slot for `member` and counts it in the current minute.
     pub async fn quota_acquire(
         &self,
@@ -54,21 +104,9 @@ impl Store {
                 max_listed.to_string().into(),
             ];
             let v: Value = self.redis.client().fcall("cf2_quota_acquire", keys, args).await?;
-            let mut r = Reply::new("cf2_quota_acquire", v)?;
-            match r.string()?.as_str() {
-                "ok" => return Ok(QuotaOutcome::Admitted),
-                "per_minute" => return Ok(QuotaOutcome::PerMinute { retry_after_ms: r.int()?.max(0) as u64 }),
-                "inflight" => {
-                    let now = r.int()?;
-                    let mut holders = Vec::with_capacity(r.len() / 2);
-                    while r.len() > 0 {
-                        let member = r.string()?;
-                        holders.push((member, (now - r.int()?).max(0) as u64));
-                    }
-                    return Ok(QuotaOutcome::InFlight { holders });
-                }
-                "minute" => minute = r.int()?.max(0) as u64,
-                other => return Err(r.bad(format!("unknown status {other}"))),
+            match quota_step(&mut Reply::new("cf2_quota_acquire", v)?)? {
+                QuotaStep::Done(outcome) => return Ok(outcome),
+                QuotaStep::Minute(m) => minute = m,
             }
         }
         Err(StoreError::Reply { function: "cf2_quota_acquire", detail: "the clock minute kept changing".into() })

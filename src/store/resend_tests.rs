@@ -289,3 +289,49 @@ async fn restore_and_erase_sent_twice_apply_once() {
     assert_eq!((again.keys, again.archive_entries), (0, 0), "a resent erasure deletes nothing more");
     assert!(again.at_ms >= first.at_ms);
 }
+
+/// The enqueue that takes its quota slot in the same call: a refusal stores nothing (not even a
+/// new session), and a resent or busy send takes no second slot.
+#[tokio::test]
+async fn an_enqueue_with_its_quota_slot_refuses_cleanly_and_counts_each_turn_once() {
+    let f = fixture().await;
+    let ask = |member: &'static str, max_inflight: u64| QuotaAsk {
+        tenant: "acme",
+        member,
+        max_inflight,
+        max_per_minute: 100,
+        stale_ms: 60_000,
+        max_listed: 10,
+    };
+    let send = |keys: SessionKeys, turn: &'static str, cmid: &'static str, max_inflight: u64| {
+        let store = &f.store;
+        async move {
+            let msg = NewMessage::text(cmid, "hello");
+            store.enqueue_turn_with_quota(&keys, turn, &msg, "e1", &[], "u1", false, &ask(turn, max_inflight)).await
+        }
+    };
+    let inflight = f.store.keys().quota_inflight("acme");
+    let holders = || async { f.raw.zcard::<u64, _>(&inflight).await.unwrap() };
+    assert!(matches!(send(f.keys.clone(), "t1", "c1", 1).await.unwrap(), EnqueueOutcome::New { .. }));
+    assert_eq!(holders().await, 1);
+    // Sent again (a client retry, under a new turn id as the gateway gives each attempt): the
+    // first turn, no second slot.
+    assert!(matches!(send(f.keys.clone(), "t1b", "c1", 1).await.unwrap(), EnqueueOutcome::Duplicate { .. }));
+    // Another send while t1 runs: busy, no slot.
+    assert!(matches!(send(f.keys.clone(), "t2", "c2", 1).await.unwrap(), EnqueueOutcome::Busy { .. }));
+    assert_eq!(holders().await, 1, "a resent and a busy send take no slot");
+    // A new session past the in-flight limit: refused with the holders, and nothing of it stored.
+    let other = f.store.keys().session("acme", "s2");
+    match send(other.clone(), "t3", "c3", 1).await.unwrap() {
+        EnqueueOutcome::Quota(QuotaOutcome::InFlight { holders }) => {
+            assert_eq!(holders.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>(), ["t1"]);
+        }
+        other => panic!("expected an in-flight refusal, got {other:?}"),
+    }
+    let stored: Vec<String> = f.raw.custom(fred::cmd!("KEYS"), vec![format!("{}*", other.base)]).await.unwrap();
+    assert!(stored.is_empty(), "a refused send stores nothing: {stored:?}");
+    assert_eq!(holders().await, 1);
+    // Within the limit, the same send goes through and takes its slot.
+    assert!(matches!(send(other, "t3", "c3", 2).await.unwrap(), EnqueueOutcome::New { .. }));
+    assert_eq!(holders().await, 2);
+}

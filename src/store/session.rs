@@ -49,6 +49,9 @@ pub enum EnqueueOutcome {
     /// Only from [`Store::enqueue_turn_if_present`]: Redis does not have the session (it
     /// expired or was lost); nothing stored.
     Missing,
+    /// Only from [`Store::enqueue_turn_with_quota`]: the tenant's quota refused the turn
+    /// (`PerMinute` or `InFlight`); nothing stored.
+    Quota(super::quota::QuotaOutcome),
 }
 
 /// Result of `cancel_turn`.
@@ -120,7 +123,7 @@ impl Store {
         opts: &[u8],
         user: Actor<'_>,
     ) -> Result<EnqueueOutcome, StoreError> {
-        self.enqueue(s, turn_id, msg, epoch_candidate, opts, user, false).await
+        self.enqueue(s, turn_id, msg, epoch_candidate, opts, user, false, None).await
     }
 
     /// [`Store::enqueue_turn`], but a session Redis does not have is not created: the answer is
@@ -134,7 +137,26 @@ impl Store {
         opts: &[u8],
         user: Actor<'_>,
     ) -> Result<EnqueueOutcome, StoreError> {
-        self.enqueue(s, turn_id, msg, epoch_candidate, opts, user, true).await
+        self.enqueue(s, turn_id, msg, epoch_candidate, opts, user, true, None).await
+    }
+
+    /// [`Store::enqueue_turn`] (or, with `present`, [`Store::enqueue_turn_if_present`]) that
+    /// also takes the tenant's quota slot in the same call, so a send is one round trip: only
+    /// where [`Store::quota_with_enqueue`]. A refusal is [`EnqueueOutcome::Quota`]; a retried
+    /// send (`Duplicate`) and a busy session take no slot.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn enqueue_turn_with_quota(
+        &self,
+        s: &SessionKeys,
+        turn_id: &str,
+        msg: &NewMessage<'_>,
+        epoch_candidate: &str,
+        opts: &[u8],
+        user: Actor<'_>,
+        present: bool,
+        quota: &super::quota::QuotaAsk<'_>,
+    ) -> Result<EnqueueOutcome, StoreError> {
+        self.enqueue(s, turn_id, msg, epoch_candidate, opts, user, present, Some(quota)).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -147,37 +169,74 @@ impl Store {
         opts: &[u8],
         user: Actor<'_>,
         present: bool,
+        quota: Option<&super::quota::QuotaAsk<'_>>,
     ) -> Result<EnqueueOutcome, StoreError> {
         // The turn's trace starts here, as a child of the caller's span (the gateway connection).
         let span = tracing::info_span!("enqueue_turn", turn_id);
         let traceparent = crate::trace::traceparent_of(&span);
-        let op = OpBuilder::turn("enq", &s.base, turn_id)
-            .key(s.stream.clone())
+        let mut minute = super::quota::local_minute();
+        // As in `quota_acquire`: a second call when Redis's clock names another minute.
+        for _ in 0..2 {
+            let quota = quota.map(|q| (q, minute));
+            let op = self.enq_op(s, turn_id, msg, (epoch_candidate, opts, &traceparent), user, present, quota);
+            let mut r = self.op(&s.base, op).instrument(span.clone()).await?;
+            let status = r.string()?;
+            let turn_id = r.string()?;
+            let seq = r.int()? as u64;
+            let epoch = r.string()?;
+            return match status.as_str() {
+                "new" => Ok(EnqueueOutcome::New { turn_id, seq, epoch }),
+                "dup" => Ok(EnqueueOutcome::Duplicate { turn_id, seq, epoch }),
+                "busy" => Ok(EnqueueOutcome::Busy { active_turn: turn_id }),
+                "forbidden" => Ok(EnqueueOutcome::Forbidden),
+                "missing" => Ok(EnqueueOutcome::Missing),
+                "quota" => match super::quota::quota_step(&mut r.array()?)? {
+                    super::quota::QuotaStep::Done(outcome) => Ok(EnqueueOutcome::Quota(outcome)),
+                    super::quota::QuotaStep::Minute(m) => {
+                        minute = m;
+                        continue;
+                    }
+                },
+                other => Err(r.bad(format!("unknown status {other}"))),
+            };
+        }
+        Err(StoreError::Reply { function: "enq", detail: "the clock minute kept changing".into() })
+    }
+
+    /// The `enq` op; with a quota, its keys (the tenant's in-flight set and `minute`'s counter)
+    /// follow the stream.
+    /// `turn`: the epoch candidate, the opts and the traceparent.
+    #[allow(clippy::too_many_arguments)]
+    fn enq_op(
+        &self,
+        s: &SessionKeys,
+        turn_id: &str,
+        msg: &NewMessage<'_>,
+        (epoch_candidate, opts, traceparent): (&str, &[u8], &str),
+        user: Actor<'_>,
+        present: bool,
+        quota: Option<(&super::quota::QuotaAsk<'_>, u64)>,
+    ) -> super::ops::Op {
+        let mut b = OpBuilder::turn("enq", &s.base, turn_id).key(s.stream.clone());
+        if let Some((q, minute)) = quota {
+            b = b.key(self.keys.quota_inflight(q.tenant)).key(self.keys.quota_minute(q.tenant, minute));
+        }
+        let b = b
             .str(turn_id)
             .str(msg.client_msg_id)
             .str(msg.text)
             .str(epoch_candidate)
             .bin(opts)
-            .str(&traceparent)
+            .str(traceparent)
             // Workers in a Cluster wait for a wake-up; standalone ones block on the streams.
             .uint(u64::from(self.redis.is_clustered()))
             .str(user)
             .uint(u64::from(present))
             .value(&msg.attachments)
-            .str(msg.follower)
-            .build();
-        let mut r = self.op(&s.base, op).instrument(span).await?;
-        let status = r.string()?;
-        let turn_id = r.string()?;
-        let seq = r.int()? as u64;
-        let epoch = r.string()?;
-        match status.as_str() {
-            "new" => Ok(EnqueueOutcome::New { turn_id, seq, epoch }),
-            "dup" => Ok(EnqueueOutcome::Duplicate { turn_id, seq, epoch }),
-            "busy" => Ok(EnqueueOutcome::Busy { active_turn: turn_id }),
-            "forbidden" => Ok(EnqueueOutcome::Forbidden),
-            "missing" => Ok(EnqueueOutcome::Missing),
-            other => Err(r.bad(format!("unknown status {other}"))),
+            .str(msg.follower);
+        match quota {
+            Some((q, _)) => b.value(&q.args()).build(),
+            None => b.build(),
         }
     }
 
