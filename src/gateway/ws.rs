@@ -244,7 +244,11 @@ async fn session(app: &App, tx: &mut Tx, who: &Identity, query_sid: Option<&str>
         if let Some(job) = job {
             job.await?;
         }
-        let next = earliest(ping_at, outbox.deadline());
+        // A deadline already passed is the pending step's to act on (it checks the deadlines
+        // each time it runs); armed again, the timer would fire at once for as long as that step
+        // waits (a log read), and the loop would spin.
+        let deadline = outbox.deadline().filter(|&d| !(busy && d <= Instant::now()));
+        let next = earliest(ping_at, deadline);
         if next != due {
             due = next;
             timer.as_mut().reset(due);
