@@ -8,11 +8,10 @@
 //!   session without waiting: a full queue marks that connection as overflowed (it is closed as
 //!   too slow); it never slows the others.
 //! - Pub/sub is a hint, the log is the truth. After the subscriber connection comes back (and is
-//!   resubscribed) or the broadcast buffer lagged, the hub bumps a resync generation and every
-//!   connection catches up from its session log (a flag in its [`Mailbox`], and a wake-up). Those
-//!   reads take turns
-//!   (`gateway.max_concurrent_catchups` at once): a lag under overload would otherwise send every
-//!   connection's read to Redis at the same moment and deepen the overload.
+//!   resubscribed) or the broadcast buffer lagged, the hub marks every connection's [`Mailbox`]
+//!   for a resync and wakes it, and the connection catches up from its session log. Those reads
+//!   take turns (`gateway.max_concurrent_catchups` at once): a lag under overload would
+//!   otherwise send every connection's read to Redis at the same moment and deepen the overload.
 //! - A connection's queue is a [`Mailbox`]: one small allocation, no storage while idle. Its one
 //!   `Notify` is the only thing an idle connection waits on for the hub: new frames, a resync,
 //!   an overflow and the gateway's shutdown all wake it there.
