@@ -201,34 +201,49 @@ impl Feed {
     /// Waits for the next events (or a snapshot), in order. Cancel-safe (see [`Feed`]).
     pub async fn next(&mut self) -> Result<Item, FeedError> {
         loop {
+            if let Some(item) = self.try_next().await? {
+                return Ok(item);
+            }
+            self.sub.mailbox.woken().await;
+        }
+    }
+
+    /// The next events (or a snapshot), in order, if there are any now: `None` when the hub has
+    /// nothing new, without waiting for it (a log read that is due still waits for its turn and
+    /// Redis). After `None`, the mailbox's [`woken`](super::hub::Mailbox::woken) says when to look
+    /// again. Cancel-safe (see [`Feed`]).
+    pub async fn try_next(&mut self) -> Result<Option<Item>, FeedError> {
+        loop {
             if self.sub.mailbox.is_overflowed() {
                 return Err(FeedError::Overflow);
             }
+            if self.sub.mailbox.take_resync() {
+                self.stale = true;
+            }
             if self.stale {
                 if let Some(snapshot) = Box::pin(self.read_after()).await? {
-                    return Ok(snapshot);
+                    return Ok(Some(snapshot));
                 }
                 self.stale = false;
             }
             if let Some(snapshot) = self.judge_inbox().await? {
-                return Ok(snapshot);
+                return Ok(Some(snapshot));
             }
             if self.stale {
                 continue;
             }
             if !self.ready.is_empty() {
-                return Ok(Item::Frames(std::mem::take(&mut self.ready)));
+                return Ok(Some(Item::Frames(std::mem::take(&mut self.ready))));
             }
-            tokio::select! {
-                biased;
-                changed = self.sub.resync.changed() => {
-                    if changed.is_err() {
-                        return Err(hub_stopped());
-                    }
-                    self.stale = true;
-                }
-                // Everything already queued at once, so a slow reader gets batches.
-                batch = self.sub.mailbox.take() => self.inbox.extend(batch?),
+            // Everything already queued at once, so a slow reader gets batches.
+            let batch = self.sub.mailbox.take_now();
+            if batch.is_empty() {
+                return Ok(None);
+            }
+            if self.inbox.is_empty() {
+                self.inbox = batch;
+            } else {
+                self.inbox.extend(batch);
             }
         }
     }
@@ -271,6 +286,8 @@ impl Feed {
             self.held = Some(f.clone());
             self.ready.push(f);
         }
+        // The queue's storage came from the hub's last batch; an idle connection keeps none.
+        self.inbox = VecDeque::new();
         Ok(None)
     }
 
@@ -347,10 +364,6 @@ impl Feed {
             Opened::Replay { .. } => unreachable!("open_session without last_seq always snapshots"),
         }
     }
-}
-
-fn hub_stopped() -> FeedError {
-    FeedError::Store(StoreError::Reply { function: "hub", detail: "hub stopped".into() })
 }
 
 fn snapshot(

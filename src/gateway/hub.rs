@@ -8,11 +8,13 @@
 //!   session without waiting: a full queue marks that connection as overflowed (it is closed as
 //!   too slow); it never slows the others.
 //! - Pub/sub is a hint, the log is the truth. After the subscriber connection comes back (and is
-//!   resubscribed) or the broadcast buffer lagged, the hub bumps a resync generation and every
-//!   connection catches up from its session log. Those reads take turns
-//!   (`gateway.max_concurrent_catchups` at once): a lag under overload would otherwise send every
-//!   connection's read to Redis at the same moment and deepen the overload.
-//! - A connection's queue is a [`Mailbox`]: one small allocation, no storage while idle.
+//!   resubscribed) or the broadcast buffer lagged, the hub marks every connection's [`Mailbox`]
+//!   for a resync and wakes it, and the connection catches up from its session log. Those reads
+//!   take turns (`gateway.max_concurrent_catchups` at once): a lag under overload would
+//!   otherwise send every connection's read to Redis at the same moment and deepen the overload.
+//! - A connection's queue is a [`Mailbox`]: one small allocation, no storage while idle. Its one
+//!   `Notify` is the only thing an idle connection waits on for the hub: new frames, a resync,
+//!   an overflow and the gateway's shutdown all wake it there.
 //! - SSUBSCRIBE/SUNSUBSCRIBE go through one command task, so a leave and a join of the same
 //!   channel can never reach Redis out of order (a leave queues its SUNSUBSCRIBE under the
 //!   membership lock, and the task skips it if the channel has members again by then); commands
@@ -28,7 +30,8 @@ use axum::extract::ws::Utf8Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::futures::Notified;
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::payload;
@@ -90,28 +93,63 @@ pub struct Mailbox {
     queued: AtomicUsize,
     /// Set when the queue passed its bound: the connection is too slow.
     overflowed: AtomicBool,
-    /// Wakes the connection for new frames (one stored permit) and on overflow (every waiter).
+    /// Set by a hub resync: the connection must catch up from its log.
+    resync: AtomicBool,
+    /// Wakes the connection for new frames, a resync and shutdown (one stored permit, so a
+    /// wake-up between a look that found nothing and the wait is kept), and on overflow (every
+    /// waiter as well: a write stuck on a slow client waits for it).
     wake: Notify,
 }
 
 impl Mailbox {
+    fn new() -> Self {
+        Self {
+            frames: Mutex::new(VecDeque::new()),
+            queued: AtomicUsize::new(0),
+            overflowed: AtomicBool::new(false),
+            resync: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Takes every queued frame, oldest first, without waiting (empty when there are none). The
+    /// queue's storage goes with them, so an idle connection holds none.
+    pub fn take_now(&self) -> VecDeque<Arc<Frame>> {
+        std::mem::take(&mut *self.frames.lock().expect("mailbox lock"))
+    }
+
     /// Takes every queued frame, oldest first; waits while there are none. Ends with
     /// [`Overflowed`] once the queue passed its bound.
+    #[cfg(test)]
     pub async fn take(&self) -> Result<VecDeque<Arc<Frame>>, Overflowed> {
         loop {
-            // Register before looking, so a push between the look and the wait still wakes us.
-            let woken = self.wake.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            if self.overflowed.load(Ordering::Acquire) {
+            if self.is_overflowed() {
                 return Err(Overflowed);
             }
-            let frames = std::mem::take(&mut *self.frames.lock().expect("mailbox lock"));
+            let frames = self.take_now();
             if !frames.is_empty() {
                 return Ok(frames);
             }
-            woken.await;
+            self.woken().await;
         }
+    }
+
+    /// Completes at the next wake-up: frames were queued, the queue overflowed, a resync was
+    /// requested or the gateway shuts down. It may complete with nothing new (a wake-up already
+    /// looked at), so the caller looks again; a wake-up that came after its last look is never
+    /// lost (the `Notify` keeps it).
+    pub fn woken(&self) -> Notified<'_> {
+        self.wake.notified()
+    }
+
+    /// Whether a resync was requested since the last call; clears the request.
+    pub fn take_resync(&self) -> bool {
+        self.resync.swap(false, Ordering::AcqRel)
+    }
+
+    fn request_resync(&self) {
+        self.resync.store(true, Ordering::Release);
+        self.wake.notify_one();
     }
 
     /// Completes once the queue passed its bound.
@@ -179,10 +217,11 @@ enum Command {
 }
 
 struct Inner {
-    channels: Mutex<HashMap<String, Vec<Subscriber>>>,
+    /// Members per channel. The name is shared with each member's [`Subscription`], so a
+    /// connection costs one copy of it, not two.
+    channels: Mutex<HashMap<Arc<str>, Vec<Subscriber>>>,
     next_id: AtomicU64,
     commands: mpsc::Sender<Command>,
-    resync: watch::Sender<u64>,
     queue_events: usize,
     queue_bytes: usize,
     /// Log reads (catch-ups and gap fills) running at once on this gateway.
@@ -199,25 +238,21 @@ pub struct Hub {
 /// A connection's membership of a session channel. Leaves on drop.
 pub struct Subscription {
     hub: Hub,
-    channel: String,
+    channel: Arc<str>,
     id: u64,
-    /// The frames queued for this connection.
+    /// The frames queued for this connection, and its resync flag.
     pub mailbox: Arc<Mailbox>,
-    /// Changes when every connection must catch up from the log.
-    pub resync: watch::Receiver<u64>,
 }
 
 impl Hub {
     /// Starts the hub's tasks on `sub` (a connected subscriber client). They stop with `shutdown`.
     pub fn start(sub: SubscriberClient, limits: HubLimits, shutdown: CancellationToken) -> Self {
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
-        let (resync, _) = watch::channel(0);
         let hub = Hub {
             inner: Arc::new(Inner {
                 channels: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 commands,
-                resync,
                 queue_events: limits.queue_events,
                 queue_bytes: limits.queue_bytes,
                 log_reads: Arc::new(Semaphore::new(limits.log_reads.max(1))),
@@ -233,26 +268,20 @@ impl Hub {
     /// Joins a session channel; returns once Redis confirmed the subscription.
     pub async fn join(&self, channel: &str) -> Result<Subscription, StoreError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let mailbox = Arc::new(Mailbox {
-            frames: Mutex::new(VecDeque::new()),
-            queued: AtomicUsize::new(0),
-            overflowed: AtomicBool::new(false),
-            wake: Notify::new(),
-        });
-        {
+        let mailbox = Arc::new(Mailbox::new());
+        let name = {
             let mut map = self.inner.channels.lock().expect("hub lock");
+            let name = match map.get_key_value(channel) {
+                Some((name, _)) => name.clone(),
+                None => Arc::from(channel),
+            };
             // Most sessions have one connection: room for exactly one member at first.
-            let members = map.entry(channel.to_string()).or_insert_with(|| Vec::with_capacity(1));
+            let members = map.entry(name.clone()).or_insert_with(|| Vec::with_capacity(1));
             members.push(Subscriber { id, mailbox: mailbox.clone() });
-        }
-        // Register first, then subscribe: an event published after the SSUBSCRIBE is delivered.
-        let subscription = Subscription {
-            hub: self.clone(),
-            channel: channel.to_string(),
-            id,
-            mailbox,
-            resync: self.inner.resync.subscribe(),
+            name
         };
+        // Register first, then subscribe: an event published after the SSUBSCRIBE is delivered.
+        let subscription = Subscription { hub: self.clone(), channel: name, id, mailbox };
         // Every join waits for a confirmed SSUBSCRIBE, even when the channel already had
         // members: the first member's subscribe may still be in flight.
         // If the connection drops under the SSUBSCRIBE, the reconnect's resubscription (which
@@ -294,9 +323,19 @@ impl Hub {
         self.inner.log_reads.clone().acquire_owned().await.ok()
     }
 
+    /// Marks every member for a catch-up from its log and wakes it. A flag per mailbox rather
+    /// than a shared `watch`: an idle connection then waits on its mailbox alone.
     fn request_resync(&self, cause: &'static str) {
         metrics::counter!(crate::metrics::GATEWAY_CATCHUPS, "cause" => cause).increment(1);
-        self.inner.resync.send_modify(|g| *g += 1);
+        let map = self.inner.channels.lock().expect("hub lock");
+        map.values().flatten().for_each(|s| s.mailbox.request_resync());
+    }
+
+    /// Wakes every member (the gateway shuts down; each connection sees the token cancelled when
+    /// it looks). A member that joins afterwards sees the token before it first waits.
+    fn wake_all(&self) {
+        let map = self.inner.channels.lock().expect("hub lock");
+        map.values().flatten().for_each(|s| s.mailbox.wake.notify_one());
     }
 
     fn deliver(&self, channel: &str, frame: Arc<Frame>) {
@@ -374,8 +413,12 @@ async fn run_commands(hub: Hub, sub: SubscriberClient, mut rx: mpsc::Receiver<Co
                 Command::Resubscribe(done) => {
                     // Our membership map is the truth, not the client's tracked set: a channel
                     // whose last member left while the connection was down stays unsubscribed.
-                    let wanted: Vec<String> =
-                        hub.inner.channels.lock().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+                    let wanted: Vec<String> = hub
+                        .inner
+                        .channels
+                        .lock()
+                        .map(|m| m.keys().map(|k| k.to_string()).collect())
+                        .unwrap_or_default();
                     subscribe.extend(wanted);
                     let r = ssubscribe_grouped(&sub, std::mem::take(&mut subscribe)).await;
                     // A resubscription that failed too (the connection dropped again) leaves
@@ -449,7 +492,11 @@ async fn dispatch(hub: Hub, sub: SubscriberClient, shutdown: CancellationToken) 
     loop {
         let msg = tokio::select! {
             m = rx.recv() => m,
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => {
+                // Connections wait on their mailbox alone, not on the token.
+                hub.wake_all();
+                return;
+            }
         };
         let msg = match msg {
             Ok(m) => m,

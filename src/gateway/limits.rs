@@ -8,11 +8,13 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+use governor::clock::{Clock, QuantaClock, QuantaInstant};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
 
 use crate::settings_base::SettingsError;
@@ -113,9 +115,33 @@ pub enum Verdict {
     },
 }
 
+/// The process's one clock for rate limits. Building a `quanta` clock probes the CPU (CPUID) and
+/// reads its calibration; one built per socket's limiter cost 2.4 % of the gateway's CPU in a
+/// reconnect storm (docs/benchmarks.md), so it is built once and every limiter borrows it.
+#[derive(Debug, Clone, Copy)]
+pub struct SharedClock(&'static QuantaClock);
+
+impl SharedClock {
+    pub fn get() -> Self {
+        static CLOCK: OnceLock<QuantaClock> = OnceLock::new();
+        Self(CLOCK.get_or_init(QuantaClock::default))
+    }
+}
+
+impl Clock for SharedClock {
+    type Instant = QuantaInstant;
+
+    fn now(&self) -> QuantaInstant {
+        self.0.now()
+    }
+}
+
+/// One WebSocket's frame rate, on the shared clock (a pointer, not a clock, per socket).
+type FrameRate = RateLimiter<NotKeyed, InMemoryState, SharedClock, NoOpMiddleware<QuantaInstant>>;
+
 /// The frame limits of one WebSocket.
 pub struct FrameLimiter {
-    rate: DefaultDirectRateLimiter,
+    rate: FrameRate,
     rejected_in_a_row: u32,
     max_rejected: u32,
 }
@@ -123,7 +149,7 @@ pub struct FrameLimiter {
 impl FrameLimiter {
     pub fn new(s: &LimitSettings) -> Self {
         Self {
-            rate: DefaultDirectRateLimiter::direct(s.quota(s.messages_per_sec)),
+            rate: RateLimiter::direct_with_clock(s.quota(s.messages_per_sec), SharedClock::get()),
             rejected_in_a_row: 0,
             max_rejected: s.max_rejected_frames,
         }
@@ -134,7 +160,7 @@ impl FrameLimiter {
         match self.rate.check() {
             Ok(()) => Verdict::Accept,
             Err(not_until) => {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let wait = not_until.wait_time_from(SharedClock::get().now());
                 Verdict::Limited { retry_after_ms: retry_ms(wait) }
             }
         }
@@ -211,13 +237,13 @@ impl GatewayLimits {
     pub fn http_request(&self, tenant: &str, user: &str) -> Result<(), u64> {
         self.http
             .check_key(&(tenant.to_string(), user.to_string()))
-            .map_err(|nu| retry_ms(nu.wait_time_from(DefaultClock::default().now())))
+            .map_err(|nu| retry_ms(nu.wait_time_from(SharedClock::get().now())))
     }
 
     /// Counts one session open from `ip` (when known) by the user; `Err` names the limit that
     /// refused it and when to retry.
     pub fn open(&self, ip: Option<IpAddr>, tenant: &str, user: &str) -> Result<(), (OpenScope, u64)> {
-        let wait = |nu: governor::NotUntil<_>| retry_ms(nu.wait_time_from(DefaultClock::default().now()));
+        let wait = |nu: governor::NotUntil<_>| retry_ms(nu.wait_time_from(SharedClock::get().now()));
         if let Some(ip) = ip {
             self.opens_ip.check_key(&rate_key(ip)).map_err(|nu| (OpenScope::Ip, wait(nu)))?;
         }

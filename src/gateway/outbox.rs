@@ -100,62 +100,91 @@ impl Outbox {
     /// pings; what it has taken from the feed stays in the outbox.
     pub async fn next(&mut self) -> Out {
         loop {
-            // One timer for both deadlines: a timer is the largest part of this future, which an
-            // idle connection holds for its whole life.
-            let deadline = match (self.expires_at, self.window_ends) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            if let Some(out) = self.step().await {
+                return out;
+            }
+            let deadline = self.deadline();
             let timer = async move {
                 match deadline {
                     Some(t) => sleep_until(t).await,
                     None => std::future::pending().await,
                 }
             };
-            let item = tokio::select! {
+            tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => {
-                    let last = ControlMsg::Reconnect { reason: "draining".into() };
-                    return Out::End(End { last: Some(last), close: (close::GOING_AWAY, "draining") });
-                }
-                _ = timer => None,
-                r = self.feed.next() => Some(r),
-            };
-            let Some(item) = item else {
-                if self.expires_at.is_some_and(|t| t <= Instant::now()) {
-                    metrics::counter!(m::GATEWAY_POLICY_CLOSES, "reason" => "token_expired").increment(1);
-                    let last = ApiError::Unauthorized(AuthError::Expired).to_control();
-                    return Out::End(End { last: Some(last), close: (close::TOKEN_EXPIRED, "token expired") });
-                }
-                self.window_ends = None;
-                let frames = std::mem::take(&mut self.gathered);
-                return self.output(Item::Frames(frames));
-            };
-            match item {
-                Ok(Item::Frames(frames)) if !self.coalesce.is_zero() => {
+                _ = self.shutdown.cancelled() => {}
+                _ = self.feed.mailbox().woken() => {}
+                _ = timer => {}
+            }
+        }
+    }
+
+    /// What to write now, without waiting for new events: `None` when nothing is due before the
+    /// mailbox wakes ([`Outbox::mailbox`]) or [`Outbox::deadline`] passes. A transport that waits
+    /// for those itself (the WebSocket, sharing one timer with its pings) holds no more than that
+    /// while idle. A log read that is due still waits for its turn and Redis. Cancel-safe.
+    ///
+    /// The hub wakes every mailbox when the gateway's shutdown token fires; `shutdown` must be
+    /// that token.
+    pub async fn step(&mut self) -> Option<Out> {
+        if self.shutdown.is_cancelled() {
+            let last = ControlMsg::Reconnect { reason: "draining".into() };
+            return Some(Out::End(End { last: Some(last), close: (close::GOING_AWAY, "draining") }));
+        }
+        if self.expires_at.is_some_and(|t| t <= Instant::now()) {
+            metrics::counter!(m::GATEWAY_POLICY_CLOSES, "reason" => "token_expired").increment(1);
+            let last = ApiError::Unauthorized(AuthError::Expired).to_control();
+            return Some(Out::End(End { last: Some(last), close: (close::TOKEN_EXPIRED, "token expired") }));
+        }
+        loop {
+            match self.feed.try_next().await {
+                Ok(None) => break,
+                Ok(Some(Item::Frames(frames))) if !self.coalesce.is_zero() => {
                     if self.window_ends.is_none() {
                         self.window_ends = Some(Instant::now() + self.coalesce);
                     }
                     self.gathered.extend(frames);
                 }
                 // A snapshot supersedes what was gathered (the feed already moved past it).
-                Ok(item) => {
+                Ok(Some(item)) => {
                     self.window_ends = None;
                     let dropped: usize = self.gathered.drain(..).map(|f| f.json.len()).sum();
                     self.feed.written(dropped);
-                    return self.output(item);
+                    return Some(self.output(item));
                 }
-                Err(FeedError::Overflow) => return Out::End(slow_consumer()),
+                Err(FeedError::Overflow) => return Some(Out::End(slow_consumer())),
                 Err(FeedError::Store(e)) => {
                     tracing::error!(error = %e, "session feed failed");
-                    return Out::End(End { last: None, close: (close::UNAVAILABLE, "session feed failed; reconnect") });
+                    let close = (close::UNAVAILABLE, "session feed failed; reconnect");
+                    return Some(Out::End(End { last: None, close }));
                 }
                 Err(FeedError::Forbidden) => {
                     let close = (close::POLICY, "the session belongs to another user");
-                    return Out::End(End { last: None, close });
+                    return Some(Out::End(End { last: None, close }));
                 }
             }
         }
+        if self.window_ends.is_some_and(|t| t <= Instant::now()) {
+            self.window_ends = None;
+            let frames = std::mem::take(&mut self.gathered);
+            return Some(self.output(Item::Frames(frames)));
+        }
+        None
+    }
+
+    /// When [`Outbox::step`] has output even if nothing arrives: the token's expiry or the end
+    /// of the open coalescing window, whichever comes first.
+    pub fn deadline(&self) -> Option<Instant> {
+        match (self.expires_at, self.window_ends) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The connection's mailbox: its [`woken`](Mailbox::woken) says when [`Outbox::step`] may
+    /// have output again.
+    pub fn mailbox(&self) -> Arc<Mailbox> {
+        self.feed.mailbox().clone()
     }
 
     /// Completes when the connection's queue overflowed while a write was stuck; the transport

@@ -87,13 +87,15 @@ pub(super) async fn upgrade(
         Err(e) => return e.into_response(),
     };
     let limit = app.settings.gateway.max_frame_bytes;
+    let queue = app.settings.gateway.send_queue_bytes;
+    let read_buffer = app.settings.gateway.ws_read_buffer_bytes;
+    let conn = Box::new(Conn { app, who, query_sid: q.session_id, _guard: guard });
     // tungstenite flushes at `write_buffer_size` and refuses to grow past the max; the max must
     // exceed the flush threshold, so the threshold is derived from the configured bound.
-    let queue = app.settings.gateway.send_queue_bytes;
     // A small read buffer: tungstenite allocates it per socket for the socket's whole life and
     // zero-fills it before every read, so the default (128 KiB) cost a third of gateway CPU in
     // memset and ~150 KB of RSS per idle socket (docs/benchmarks.md).
-    ws.read_buffer_size(app.settings.gateway.ws_read_buffer_bytes)
+    ws.read_buffer_size(read_buffer)
         .max_frame_size(limit)
         .max_message_size(limit)
         .write_buffer_size((queue / 4).min(WRITE_BUFFER))
@@ -103,23 +105,40 @@ pub(super) async fn upgrade(
         .max_write_buffer_size(queue.max(MAX_FRAME_OUT))
         .on_upgrade(move |socket| {
             let span = tracing::info_span!("conn", transport = "ws");
-            tracing::Instrument::instrument(serve(app, socket, who, q.session_id, guard), span)
+            tracing::Instrument::instrument(serve(socket, conn), span)
         })
+}
+
+/// What a connection's task needs besides its socket, in one allocation: axum's task keeps the
+/// upgrade callback's captures for the socket's whole life, so the callback captures this box
+/// (one pointer) rather than the identity and the guard (twice their size, once there and once
+/// in `serve`).
+struct Conn {
+    app: App,
+    who: Identity,
+    query_sid: Option<String>,
+    /// Held for the connection's life: its slot is freed when the box is dropped.
+    _guard: ConnGuard,
 }
 
 /// Why a socket loop ended, and the close frame to send (if any).
 struct Ending(Option<(u16, &'static str)>);
 
-async fn serve(app: App, mut ws: WebSocket, who: Identity, query_sid: Option<String>, guard: ConnGuard) {
-    // One task owns the socket, reading and writing it in turn: no split halves (their shared
-    // lock is one more allocation per socket), and the task is the only one per connection.
-    let write_timeout = ms(app.settings.gateway.write_timeout_ms);
-    let ending = match session(&app, &mut ws, &who, query_sid).await {
-        Ok(e) | Err(e) => e,
-    };
-    // Boxed like every rare step: the closing state would otherwise add to the idle task.
-    Box::pin(close_socket(&mut ws, ending, write_timeout)).await;
-    drop(guard);
+/// The connection's task. An `async` block rather than an `async fn`: an async fn copies its
+/// arguments into its own state, which held the socket (368 bytes) twice for the socket's life.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn serve(mut ws: WebSocket, conn: Box<Conn>) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        // One task owns the socket, reading and writing it in turn: no split halves (their shared
+        // lock is one more allocation per socket), and the task is the only one per connection.
+        let ending = match session(&conn.app, &mut ws, &conn.who, conn.query_sid.as_deref()).await {
+            Ok(e) | Err(e) => e,
+        };
+        // Boxed like every rare step: the closing state would otherwise add to the idle task.
+        let write_timeout = ms(conn.app.settings.gateway.write_timeout_ms);
+        Box::pin(close_socket(&mut ws, ending, write_timeout)).await;
+        drop(conn);
+    }
 }
 
 /// Sends the close frame (if any) and completes the close handshake, briefly. Input the peer
@@ -139,10 +158,25 @@ async fn close_socket(ws: &mut WebSocket, ending: Ending, write_timeout: Duratio
 /// The socket, read and written by its one task.
 type Tx = WebSocket;
 
+/// One step of the session loop that must wait (a write, a command): boxed, so that its state
+/// is allocated while it runs instead of held inline by every idle connection's task.
+type Job<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Ending>> + Send + 'a>>;
+
+/// What woke the session loop.
+enum Woke {
+    Frame(Option<Result<Message, axum::Error>>),
+    Out(Option<Out>),
+    Mailbox,
+    Timer,
+}
+
 /// The connection's life after the upgrade. Its future is the bulk of what an idle socket costs,
-/// so the rare, large steps (opening the session, handling a client command) are boxed where they
-/// are awaited, and only the waiting state stays inline (its size is asserted in a test).
-async fn session(app: &App, tx: &mut Tx, who: &Identity, query_sid: Option<String>) -> Result<Ending, Ending> {
+/// so only the waiting state stays inline (its size is asserted in a test): the socket's next
+/// frame, the mailbox's one `Notify` (new events, a resync, shutdown) and one timer, shared by
+/// the ping and the outbox's deadline (token expiry, a coalescing window). Everything that must
+/// wait for something else (opening the session, a write, a client command, a log read) is
+/// boxed while it runs.
+async fn session(app: &App, tx: &mut Tx, who: &Identity, query_sid: Option<&str>) -> Result<Ending, Ending> {
     let g = &app.settings.gateway;
     let write_timeout = ms(g.write_timeout_ms);
     let mut limiter = FrameLimiter::new(&g.limits);
@@ -150,66 +184,129 @@ async fn session(app: &App, tx: &mut Tx, who: &Identity, query_sid: Option<Strin
     let mut outbox = Box::pin(hello(app, tx, who, query_sid, &mut limiter)).await?;
 
     // 2. the session loop
-    let mut last_heard = Instant::now();
-    // A timer reset after each ping rather than an `Interval`, which boxes its timer.
+    let mailbox = outbox.mailbox();
     let ping_every = ms(g.ping_interval_ms);
-    let ping = tokio::time::sleep(ping_every);
-    tokio::pin!(ping);
+    let mut last_heard = Instant::now();
+    let mut ping_at = last_heard + ping_every;
+    let mut due = earliest(ping_at, outbox.deadline());
+    let timer = tokio::time::sleep_until(due);
+    tokio::pin!(timer);
+    // Whether the outbox may have output: set by a wake-up or its deadline, cleared when a step
+    // finds nothing. While set, the loop steps the outbox (boxed) instead of waiting on the
+    // mailbox, still racing client frames: a step is cancel-safe.
+    let mut busy = true;
     loop {
-        tokio::select! {
-            biased;
-            incoming = tx.next() => {
-                last_heard = Instant::now();
-                let is_data = matches!(incoming, Some(Ok(Message::Text(_) | Message::Binary(_))));
-                if is_data {
-                    if let Verdict::Limited { retry_after_ms } = limiter.check() {
-                        let e = ApiError::RateLimited { retry_after_ms };
-                        metrics::counter!(m::GATEWAY_REJECTED, "code" => code_label(e.code())).increment(1);
-                        Box::pin(send_control(tx, &e.to_control(), write_timeout)).await?;
-                        strike(&mut limiter, true)?;
-                        continue;
-                    }
+        let job: Option<Job<'_>> = {
+            let woke = tokio::select! {
+                biased;
+                incoming = tx.next() => Woke::Frame(incoming),
+                out = async { Box::pin(outbox.step()).await }, if busy => Woke::Out(out),
+                _ = mailbox.woken(), if !busy => Woke::Mailbox,
+                _ = &mut timer => Woke::Timer,
+            };
+            match woke {
+                Woke::Frame(incoming) => {
+                    last_heard = Instant::now();
+                    Some(Box::pin(on_frame(app, tx, who, &outbox, &mut limiter, incoming, write_timeout)))
                 }
-                let refused = match read_frame(incoming) {
-                    Ok(ClientMsg::Hello { .. }) => {
-                        let e = ApiError::BadRequest("hello was already received".into());
-                        Box::pin(send_control(tx, &e.to_control(), write_timeout)).await?;
-                        true
-                    }
-                    Ok(msg) => {
-                        let (reply, refused) = Box::pin(commands::handle(app, who, outbox.keys(), msg)).await;
-                        if let Some(reply) = reply {
-                            Box::pin(send_control(tx, &reply, write_timeout)).await?;
+                Woke::Out(Some(out)) => Some(Box::pin(write_out(tx, &outbox, out, write_timeout))),
+                Woke::Out(None) => {
+                    busy = false;
+                    None
+                }
+                Woke::Mailbox => {
+                    busy = true;
+                    None
+                }
+                Woke::Timer => {
+                    let now = Instant::now();
+                    busy |= outbox.deadline().is_some_and(|t| t <= now);
+                    // The timer has fired: it must be set again even if `due` stays the same.
+                    due = now;
+                    if ping_at <= now {
+                        ping_at = now + ping_every;
+                        if now.duration_since(last_heard) > ms(g.pong_timeout_ms) {
+                            return Ok(Ending(Some((close::TIMEOUT, "no pong in time"))));
                         }
-                        refused
+                        let tx = &mut *tx;
+                        Some(Box::pin(async move {
+                            match timeout(write_timeout, tx.send(Message::Ping(Default::default()))).await {
+                                Ok(Ok(())) => Ok(()),
+                                _ => Err(Ending(None)),
+                            }
+                        }))
+                    } else {
+                        None
                     }
-                    Err(FrameError::Closed) => return Ok(Ending(None)),
-                    Err(FrameError::Ignore) => false,
-                    Err(FrameError::Fatal(code, msg, close)) => return Err(Box::pin(reject(tx, code, &msg, close, write_timeout)).await),
-                    Err(FrameError::Bad(code, msg)) => {
-                        metrics::counter!(m::GATEWAY_REJECTED, "code" => code_label(code)).increment(1);
-                        let e = ControlMsg::Error { code, message: msg, retry_after_ms: None };
-                        Box::pin(send_control(tx, &e, write_timeout)).await?;
-                        true
-                    }
-                };
-                if is_data {
-                    strike(&mut limiter, refused)?;
                 }
             }
-            // Boxed: a write's state (the send, its timeout, the overflow watch) would otherwise
-            // sit inline in every idle connection's task.
-            out = outbox.next() => Box::pin(write_out(tx, &outbox, out, write_timeout)).await?,
-            _ = &mut ping => {
-                ping.as_mut().reset(Instant::now() + ping_every);
-                if last_heard.elapsed() > ms(g.pong_timeout_ms) {
-                    return Ok(Ending(Some((close::TIMEOUT, "no pong in time"))));
-                }
-                Box::pin(timeout(write_timeout, tx.send(Message::Ping(Default::default())))).await
-                    .map_err(|_| Ending(None))?.map_err(|_| Ending(None))?;
-            }
+        };
+        if let Some(job) = job {
+            job.await?;
+        }
+        // A deadline already passed is the pending step's to act on (it checks the deadlines
+        // each time it runs); armed again, the timer would fire at once for as long as that step
+        // waits (a log read), and the loop would spin.
+        let deadline = outbox.deadline().filter(|&d| !(busy && d <= Instant::now()));
+        let next = earliest(ping_at, deadline);
+        if next != due {
+            due = next;
+            timer.as_mut().reset(due);
         }
     }
+}
+
+/// The earlier of the next ping and the outbox's deadline.
+fn earliest(ping_at: Instant, deadline: Option<Instant>) -> Instant {
+    deadline.map_or(ping_at, |d| d.min(ping_at))
+}
+
+/// Handles one client frame: counts it against the connection's rate, then answers it.
+async fn on_frame(
+    app: &App,
+    tx: &mut Tx,
+    who: &Identity,
+    outbox: &Outbox,
+    limiter: &mut FrameLimiter,
+    incoming: Option<Result<Message, axum::Error>>,
+    write_timeout: Duration,
+) -> Result<(), Ending> {
+    let is_data = matches!(incoming, Some(Ok(Message::Text(_) | Message::Binary(_))));
+    if is_data {
+        if let Verdict::Limited { retry_after_ms } = limiter.check() {
+            let e = ApiError::RateLimited { retry_after_ms };
+            metrics::counter!(m::GATEWAY_REJECTED, "code" => code_label(e.code())).increment(1);
+            send_control(tx, &e.to_control(), write_timeout).await?;
+            return strike(limiter, true);
+        }
+    }
+    let refused = match read_frame(incoming) {
+        Ok(ClientMsg::Hello { .. }) => {
+            let e = ApiError::BadRequest("hello was already received".into());
+            send_control(tx, &e.to_control(), write_timeout).await?;
+            true
+        }
+        Ok(msg) => {
+            let (reply, refused) = commands::handle(app, who, outbox.keys(), msg).await;
+            if let Some(reply) = reply {
+                send_control(tx, &reply, write_timeout).await?;
+            }
+            refused
+        }
+        Err(FrameError::Closed) => return Err(Ending(None)),
+        Err(FrameError::Ignore) => false,
+        Err(FrameError::Fatal(code, msg, close)) => return Err(reject(tx, code, &msg, close, write_timeout).await),
+        Err(FrameError::Bad(code, msg)) => {
+            metrics::counter!(m::GATEWAY_REJECTED, "code" => code_label(code)).increment(1);
+            let e = ControlMsg::Error { code, message: msg, retry_after_ms: None };
+            send_control(tx, &e, write_timeout).await?;
+            true
+        }
+    };
+    if is_data {
+        strike(limiter, refused)?;
+    }
+    Ok(())
 }
 
 /// Waits for `hello`, opens the session, and sends `welcome` with the replay or snapshot.
@@ -217,7 +314,7 @@ async fn hello(
     app: &App,
     tx: &mut Tx,
     who: &Identity,
-    query_sid: Option<String>,
+    query_sid: Option<&str>,
     limiter: &mut FrameLimiter,
 ) -> Result<Outbox, Ending> {
     let g = &app.settings.gateway;
@@ -234,7 +331,7 @@ async fn hello(
     let first_frame = || refuse(ApiError::BadRequest("the first frame must be hello".into()));
     let hello = match read_frame(hello) {
         Ok(ClientMsg::Hello { session_id, epoch, last_seq, coalesce_ms }) => {
-            if query_sid.as_deref().is_some_and(|q| q != session_id) {
+            if query_sid.is_some_and(|q| q != session_id) {
                 Err(refuse(ApiError::BadRequest("hello.session_id differs from the URL".into())))
             } else {
                 match super::authn::session_keys(app, who, &session_id) {
@@ -438,13 +535,12 @@ pub(super) fn code_label(code: ErrorCode) -> &'static str {
 mod tests {
     use super::*;
 
-    /// Most bytes the task of one connection may hold inline (2,632 B when set; docs/benchmarks.md;
-    /// raised by 20 for the token's scope claim and the feed's anchor frame, which catches writes
-    /// Redis lost).
-    const CONNECTION_FUTURE_CEILING: usize = 2720;
+    /// Most bytes the task of one connection may hold inline (docs/benchmarks.md; 2,632 B before
+    /// the waiting state was folded into one `Notify` and one timer).
+    const CONNECTION_FUTURE_CEILING: usize = 1200;
 
-    /// The size of the future an async fn of five arguments returns, without calling it.
-    fn future_size<A, B, C, D, E, F: std::future::Future>(_: impl Fn(A, B, C, D, E) -> F) -> usize {
+    /// The size of the future a function of two arguments returns, without calling it.
+    fn future_size<A, B, F: std::future::Future>(_: impl Fn(A, B) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 
@@ -457,8 +553,7 @@ mod tests {
         let parts = [
             ("WebSocket", std::mem::size_of::<WebSocket>()),
             ("Outbox", std::mem::size_of::<Outbox>()),
-            ("Identity", std::mem::size_of::<Identity>()),
-            ("ConnGuard", std::mem::size_of::<ConnGuard>()),
+            ("Conn (boxed)", std::mem::size_of::<Conn>()),
             ("FrameLimiter", std::mem::size_of::<FrameLimiter>()),
             ("Sleep", std::mem::size_of::<tokio::time::Sleep>()),
         ];

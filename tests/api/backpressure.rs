@@ -157,3 +157,46 @@ async fn a_frame_over_the_size_limit_is_refused_before_it_is_buffered() {
     let (t, _) = other.send_and_ack(&uid("m"), "fine").await;
     other.until_end(&t).await;
 }
+
+#[tokio::test]
+async fn an_idle_socket_is_told_to_reconnect_when_its_gateway_drains() {
+    // No turn runs, so no event wakes the connection: only the drain itself must reach it.
+    let app = TestApp::spawn().await;
+    let mut c = app.client(0, &uid("s")).await;
+    app.gateway_tokens[0].cancel();
+    let first = c.next_or_close().await;
+    assert!(
+        matches!(&first, Ok(ServerMsg::Control(ControlMsg::Reconnect { reason })) if reason == "draining"),
+        "{first:?}"
+    );
+    assert_eq!(c.next_or_close().await.err(), Some(Some(1012)));
+}
+
+#[tokio::test]
+async fn a_coalescing_client_gets_merged_deltas_every_token_once_and_the_last_window_on_time() {
+    let mut s = test_settings();
+    s.model.demo.max_tokens = 120;
+    s.model.demo.tokens_per_sec = 400;
+    let app = TestApp::spawn_with(s).await;
+    let sid = uid("s");
+    let url = format!("ws://{}/v1/ws?session_id={sid}", app.gateways[0]);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+    let hello = ClientMsg::Hello { session_id: sid.clone(), last_seq: None, epoch: None, coalesce_ms: Some(150) };
+    ws.send(Message::Text(serde_json::to_string(&hello).unwrap().into())).await.unwrap();
+    let mut c = Client { ws, session: sid, welcome: ControlMsg::Pong, snapshot: None, log: Vec::new() };
+    match c.next().await {
+        ServerMsg::Control(w @ ControlMsg::Welcome { .. }) => c.welcome = w,
+        other => panic!("expected welcome, got {other:?}"),
+    }
+    let prompt = "coalesce this answer";
+    let (turn, user_seq) = c.send_and_ack(&uid("m"), prompt).await;
+    // The turn's terminal event is the last of a window: it arrives only when the window's own
+    // timer closes it, since no event follows to wake the connection.
+    let events = c.until_end(&turn).await;
+    let all = c.events();
+    assert_contiguous(&all, user_seq);
+    assert_eq!(text_of(&events, &turn), app.expected_answer(prompt));
+    let merged = events.iter().filter(|e| e.first_seq.is_some_and(|f| f < e.seq)).count();
+    let seqs = events.last().unwrap().seq - events[0].first_seq.unwrap_or(events[0].seq) + 1;
+    assert!(merged > 0 && (events.len() as u64) < seqs, "{} frames for {seqs} events, {merged} merged", events.len());
+}
