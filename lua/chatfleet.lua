@@ -337,7 +337,7 @@ local function op_enq(S, op, keys, k)
     end
   end
   if not epoch then
-    epoch, owner = create_meta(S, op[4], op[8])
+    epoch = create_meta(S, op[4], op[8])
   end
   attach(S, op[11])
   local ev = { v = 1, type = 'user_message', turn_id = tid, client_msg_id = cmid, text = text }
