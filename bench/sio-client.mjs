@@ -1,5 +1,6 @@
 // Socket.IO clients for the stream and capacity peers: opens --count sockets (websocket
-// transport), socket i joining room r<first+i>. Prints {"ready":n} once all are connected.
+// transport), socket i joining room r<first+i>. Prints {"ready":n,"failed":f} once every socket
+// has connected (n) or failed to (f; its room then counts as short in the report).
 //
 // Each socket checks its room's `seq` (1, 2, 3 … from the producer) and times the gap between
 // consecutive messages with the monotonic clock (`performance.now()`), into one histogram of
@@ -39,6 +40,12 @@ let received = 0;
 let connected = 0;
 let lastAny = performance.now();
 let cpuAtReady = process.cpuUsage();
+let failed = 0;
+const settleConnect = () => {
+  if (connected + failed !== count) return;
+  cpuAtReady = process.cpuUsage();
+  print({ ready: connected, failed });
+};
 const sockets = [];
 // Per socket: messages, last seq, time of the last message; and what broke the seq order.
 const got = new Array(count).fill(0);
@@ -124,12 +131,13 @@ for (let i = 0; i < count; i++) {
       stormMs.push(performance.now() - began);
       settle();
     }
-    if (connected === count) {
-      cpuAtReady = process.cpuUsage();
-      print({ ready: connected });
-    }
+    settleConnect();
   });
-  s.on("connect_error", () => storm && settle());
+  s.on("connect_error", () => {
+    failed += 1;
+    settleConnect();
+    if (storm) settle();
+  });
   sockets.push(s);
   // Pace the handshakes a little so the listen backlog never overflows (not in a storm).
   if (!storm && i % 200 === 199) await new Promise((r) => setTimeout(r, 50));
