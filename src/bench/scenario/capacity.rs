@@ -31,8 +31,11 @@ pub struct Step {
     pub run: usize,
     pub system: &'static str,
     pub sessions: usize,
-    pub tokens_per_sec: f64,
-    /// Delta frames (chatfleet) or messages (Socket.IO) delivered per second.
+    /// Tokens per second the model (chatfleet) or producers (Socket.IO) offer: sessions × rate.
+    /// (A delivered rate from completed turns would count a short run's turns in lumps.)
+    pub offered_tokens_per_sec: f64,
+    /// Delta frames (chatfleet, steady state) or messages (Socket.IO, over the whole run and its
+    /// drain) delivered per second.
     pub msgs_per_sec: f64,
     pub gap_p50_ms: f64,
     pub gap_p99_ms: f64,
@@ -49,10 +52,10 @@ impl Step {
     fn line(&self) -> String {
         let cores: Vec<String> = self.cores.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
         format!(
-            "{:<10} {:>8} {:>10.0} {:>10.0} {:>8.1} {:>8.1}  {:<5} {}{}",
+            "{:<10} {:>8} {:>14.0} {:>10.0} {:>8.1} {:>8.1}  {:<5} {}{}",
             self.system,
             self.sessions,
-            self.tokens_per_sec,
+            self.offered_tokens_per_sec,
             self.msgs_per_sec,
             self.gap_p50_ms,
             self.gap_p99_ms,
@@ -65,8 +68,8 @@ impl Step {
 
 fn header() -> String {
     format!(
-        "{:<10} {:>8} {:>10} {:>10} {:>8} {:>8}  {:<5} cores per process kind",
-        "system", "sessions", "tokens/s", "msgs/s", "gap p50", "gap p99", ""
+        "{:<10} {:>8} {:>14} {:>10} {:>8} {:>8}  {:<5} cores per process kind",
+        "system", "sessions", "offered tok/s", "msgs/s", "gap p50", "gap p99", ""
     )
 }
 
@@ -113,7 +116,7 @@ async fn chatfleet_step(
         run: 0,
         system: "chatfleet",
         sessions: n,
-        tokens_per_sec: o.value("delivered tokens/s (steady state)").unwrap_or(0.0),
+        offered_tokens_per_sec: (n as u64 * p.tokens_per_sec) as f64,
         msgs_per_sec: o.value("delivered delta frames/s (steady state)").unwrap_or(0.0),
         gap_p50_ms: gap.p50_ms,
         gap_p99_ms: gap.p99_ms,
@@ -160,7 +163,7 @@ async fn sio_step(base: &Params, n: usize, dir: &Path, logs: &Path) -> anyhow::R
         run: 0,
         system: "socket.io",
         sessions: n,
-        tokens_per_sec: run.peer.rate,
+        offered_tokens_per_sec: n as f64 * spec.rate,
         msgs_per_sec: run.peer.rate,
         gap_p50_ms: gap.p50_ms,
         gap_p99_ms: gap.p99_ms,
