@@ -1,12 +1,18 @@
-// Socket.IO 4 with @socket.io/redis-streams-adapter: the peer of `chatfleet bench stream`.
+// Socket.IO 4 with @socket.io/redis-streams-adapter: the peer of `chatfleet bench stream` and
+// `chatfleet bench capacity`.
 //
 //   node sio-server.mjs gateway  --redis URL --port P
 //       Holds client sockets; each joins the room named in its handshake query (`room`).
 //       Prints {"ready":true} once listening.
-//   node sio-server.mjs producer --redis URL --rooms R --rate M --seconds S
-//       No clients: broadcasts M token messages per second to each of R rooms through the
-//       adapter (as a chatfleet worker emits deltas), for S seconds, then prints
-//       {"emitted":N} and exits.
+//   node sio-server.mjs producer --redis URL --rooms R --rate M --seconds S [--first F --count C]
+//       No clients: sends round(M × S) token messages to each of rooms r<F> … r<F+C-1> (default:
+//       all R rooms) through the adapter, one message per token at M per second per room, as a
+//       chatfleet worker's model emits tokens (Socket.IO has no coalescing). Room r's schedule
+//       is offset by r/R of a token interval, so the load is spread evenly as independent
+//       streams' would be, not sent in bursts. Once Redis has every message it prints
+//       {"emitted":N,"per_room":K,"complete":bool,"cpu_us":C} and exits; `complete` is false
+//       when it could not keep pace and stopped at its deadline (2 × S + 5 seconds) with
+//       messages unsent; C is its CPU time from the first message on (not its start-up).
 import { createServer } from "node:http";
 import { createClient } from "redis";
 import { Server } from "socket.io";
@@ -32,29 +38,42 @@ if (role === "gateway") {
 } else if (role === "producer") {
   const io = new Server({ adapter: createAdapter(redis) });
   const rooms = Number(args.rooms ?? 100);
-  const rate = Number(args.rate ?? 33);
+  const first = Number(args.first ?? 0);
+  const count = Number(args.count ?? rooms - first);
+  const rate = Number(args.rate ?? 50);
   const seconds = Number(args.seconds ?? 10);
+  const perRoom = Math.round(rate * seconds);
+  const deadline = 2 * seconds + 5;
   const start = performance.now();
+  const cpu0 = process.cpuUsage();
   let emitted = 0;
-  const seq = new Array(rooms).fill(0);
-  // Every 10 ms, emit what is due so each room gets `rate` messages per second.
+  const seq = new Array(count).fill(0);
+  const end = async (complete) => {
+    clearInterval(timer);
+    // The adapter's XADDs go out on `redis` in order: once this PING is answered, Redis has
+    // applied every message sent.
+    await redis.ping();
+    const cpu = process.cpuUsage(cpu0);
+    print({ emitted, per_room: perRoom, complete, cpu_us: cpu.user + cpu.system });
+    process.exit(0);
+  };
+  // Every 5 ms, send what is due: room r's token k (from 1) is due at (k − 1 + r/R) / M s.
   const timer = setInterval(() => {
-    const elapsed = (performance.now() - start) / 1000;
-    if (elapsed >= seconds) {
-      clearInterval(timer);
-      print({ emitted });
-      setTimeout(() => process.exit(0), 200);
-      return;
-    }
-    const due = Math.floor(elapsed * rate);
-    for (let r = 0; r < rooms; r++) {
-      while (seq[r] < due) {
-        seq[r] += 1;
-        io.to(`r${r}`).emit("event", { seq: seq[r], type: "delta", turn_id: `t${r}`, text: "tokens " });
+    const tokens = ((performance.now() - start) / 1000) * rate;
+    let done = true;
+    for (let i = 0; i < count; i++) {
+      const r = first + i;
+      const due = Math.min(perRoom, Math.floor(tokens - r / rooms) + 1);
+      while (seq[i] < due) {
+        seq[i] += 1;
+        io.to(`r${r}`).emit("event", { seq: seq[i], type: "delta", turn_id: `t${r}`, text: "tokens " });
         emitted += 1;
       }
+      if (seq[i] < perRoom) done = false;
     }
-  }, 10);
+    if (done) end(true);
+    else if (tokens / rate >= deadline) end(false);
+  }, 5);
 } else {
   print({ error: `unknown role ${role}` });
   process.exit(2);

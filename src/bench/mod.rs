@@ -22,6 +22,7 @@ mod report;
 mod scenario;
 mod scrape;
 mod session;
+mod sio;
 mod stats;
 
 use std::net::SocketAddr;
@@ -50,6 +51,9 @@ pub enum Scenario {
     Soak,
     /// `stream` while workers are killed and gateways restarted; takeover and reconnect times.
     Chaos,
+    /// The largest session count whose delta gap p99 stays within 2 × the coalescing window,
+    /// for chatfleet and for Socket.IO: `stream` steps up a ladder of counts, then bisects.
+    Capacity,
     /// Internal: a load child process, driven by its parent over stdin/stdout.
     #[value(hide = true)]
     LoadChild,
@@ -99,6 +103,13 @@ pub struct BenchArgs {
     /// chaos: which faults to make (each kind its own run, so the report is that fault's alone).
     #[arg(long, value_enum, default_value = "processes")]
     pub fault: faults::Fault,
+    /// capacity: the session counts to step through (comma-separated, ascending), overriding the
+    /// scenario's ladder; the search bisects between the last that passed and the first that failed.
+    #[arg(long, value_name = "N,N,…", value_delimiter = ',')]
+    pub ladder: Vec<usize>,
+    /// capacity: at most this many bisection steps after the ladder's first failure.
+    #[arg(long, value_name = "STEPS")]
+    pub bisect: Option<usize>,
     /// Skip the peer system run side by side (BullMQ, Socket.IO).
     #[arg(long)]
     pub no_peer: bool,

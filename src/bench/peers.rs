@@ -1,6 +1,7 @@
 //! Peer systems run side by side on the same Redis and box, through the node scripts in
 //! `bench/` (installed with `npm ci --prefix bench` when missing): BullMQ for `dispatch`, and
-//! Socket.IO with the Redis Streams adapter for `stream`.
+//! Socket.IO with the Redis Streams adapter for `storm` (here) and for `stream` and `capacity`
+//! (`super::sio`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -87,6 +88,11 @@ impl Node {
         if let Some(stdin) = self.child.stdin.as_mut() {
             let _ = stdin.write_all(format!("{line}\n").as_bytes()).await;
         }
+    }
+
+    /// Sends SIGKILL without waiting (servers that run until killed).
+    pub fn start_kill(&mut self) {
+        let _ = self.child.start_kill();
     }
 
     pub async fn wait(mut self) {
@@ -188,94 +194,6 @@ pub async fn bullmq(
     })
 }
 
-/// Socket.IO: `rooms` sockets, one per room, each sent `rate` messages/s for `seconds`.
-#[allow(clippy::print_stderr)] // a note beside the table
-pub async fn socketio(
-    dir: &Path,
-    logs: &Path,
-    redis_url: &str,
-    redis_pid: u32,
-    rooms: usize,
-    rate: f64,
-    seconds: u64,
-) -> anyhow::Result<PeerRun> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let s = |v: &str| v.to_string();
-    let mut gw = Node::spawn(
-        dir,
-        "sio-server.mjs",
-        &[s("gateway"), s("--redis"), s(redis_url), s("--port"), port.to_string()],
-        &logs.join("sio-gateway.log"),
-    )?;
-    gw.expect("ready").await?;
-    let halves = [(0, rooms / 2), (rooms / 2, rooms - rooms / 2)];
-    let mut clients = Vec::new();
-    for (i, (first, count)) in halves.iter().enumerate() {
-        let args = [
-            s("--url"),
-            format!("http://127.0.0.1:{port}"),
-            s("--first"),
-            first.to_string(),
-            s("--count"),
-            count.to_string(),
-        ];
-        clients.push(Node::spawn(dir, "sio-client.mjs", &args, &logs.join(format!("sio-client-{i}.log")))?);
-    }
-    for c in &mut clients {
-        c.expect("ready").await?;
-    }
-    let r0 = procstat::sample(redis_pid).unwrap_or_default();
-    let g0 = gw.sample();
-    let args = [
-        s("producer"),
-        s("--redis"),
-        s(redis_url),
-        s("--rooms"),
-        rooms.to_string(),
-        s("--rate"),
-        format!("{rate:.2}"),
-        s("--seconds"),
-        seconds.to_string(),
-    ];
-    let mut producer = Node::spawn(dir, "sio-server.mjs", &args, &logs.join("sio-producer.log"))?;
-    let p0 = producer.sample();
-    let started = std::time::Instant::now();
-    // The producer's CPU is read while it is still alive, right after it reports.
-    let mut p1 = p0;
-    let emitted = producer.expect("emitted").await?;
-    if let Some(v) = producer.pid().and_then(procstat::sample) {
-        p1 = v;
-    }
-    // Let the last broadcasts drain through Redis and the gateway.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let g1 = gw.sample();
-    let r1 = procstat::sample(redis_pid).unwrap_or_default();
-    let elapsed = started.elapsed().as_secs_f64();
-    let mut received = 0;
-    for mut c in clients {
-        c.say("report").await;
-        received += c.expect("received").await?["received"].as_u64().unwrap_or(0);
-        c.wait().await;
-    }
-    producer.wait().await;
-    let _ = gw.child.start_kill();
-    gw.wait().await;
-    let emitted = emitted["emitted"].as_u64().unwrap_or(0);
-    if received < emitted * 95 / 100 {
-        eprintln!("note: Socket.IO clients received {received} of {emitted} messages");
-    }
-    Ok(PeerRun {
-        rate: received as f64 / elapsed,
-        count: received,
-        seconds: elapsed,
-        cpu_ms: vec![
-            ("redis".into(), delta_ms(r0, r1)),
-            ("sio-gateway".into(), delta_ms(g0, g1)),
-            ("sio-producer".into(), delta_ms(p0, p1)),
-        ],
-    })
-}
-
 /// What the Socket.IO storm measured.
 #[derive(Debug, Clone, Default)]
 pub struct StormRun {
@@ -330,7 +248,7 @@ pub async fn socketio_storm(
         c.say("report").await;
         c.wait().await;
     }
-    let _ = gw.child.start_kill();
+    gw.start_kill();
     gw.wait().await;
     ms.sort_by(|a, b| a.total_cmp(b));
     let q = |f: f64| ms.get(((ms.len() as f64 - 1.0) * f).round() as usize).copied().unwrap_or(0.0);

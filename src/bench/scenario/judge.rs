@@ -10,6 +10,7 @@ use super::super::peers;
 use super::super::procstat::Sample;
 use super::super::report::{Outcome, ProcFigures};
 use super::super::scrape;
+use super::super::sio;
 use super::super::{BenchArgs, Scenario};
 use super::{name, Params};
 use crate::metrics as m;
@@ -173,7 +174,7 @@ pub fn specific(s: Scenario, p: &Params, r: &LoadResult, o: &mut Outcome) {
             o.fig("client send → first delta p50 (model ttft 0)", p50, "ms");
             o.fig("client send → first delta p99 (model ttft 0)", p99, "ms");
         }
-        Scenario::Stream | Scenario::Soak | Scenario::Chaos => {
+        Scenario::Stream | Scenario::Soak | Scenario::Chaos | Scenario::Capacity => {
             let (_, gap99) = lat(o, "gap");
             let rule = format!("≤ {} ms", 2 * p.coalesce_ms);
             o.target("delta gap p99", gap99, "ms", &rule, gap99 <= 2.0 * p.coalesce_ms as f64);
@@ -332,9 +333,20 @@ pub async fn peer(
             let turn_secs = counter(r, "turns_done") as f64 * (p.max_tokens as f64 / p.tokens_per_sec.max(1) as f64);
             let rate = counter(r, "deltas") as f64 / turn_secs.max(1.0);
             let secs = (p.run_ms / 1000).clamp(5, 30);
-            let s = peers::socketio(&dir, logs, &url, redis_pid, p.sessions, rate, secs).await?;
+            let spec = sio::SioSpec { rooms: p.sessions, rate, seconds: secs, producers: 1 };
+            let run = sio::stream(&dir, logs, &url, redis_pid, spec).await?;
+            if !run.delivered_all() {
+                o.notes.push(format!(
+                    "Socket.IO: {} of {} messages delivered ({} per room), {} missing, {} doubled, producer kept pace: {}",
+                    run.peer.count, run.emitted, run.per_room, run.missing, run.duplicates, run.complete
+                ));
+            }
+            let gaps = run.gaps.summary();
+            let s = run.peer;
             let per_msg = (s.cpu("sio-gateway") + s.cpu("redis")) * 1000.0 / s.count.max(1) as f64;
             o.fig("Socket.IO delivered messages/s", s.rate, "msgs/s");
+            o.fig("Socket.IO message gap p50", gaps.p50_ms, "ms");
+            o.fig("Socket.IO message gap p99", gaps.p99_ms, "ms");
             o.fig("Socket.IO CPU per delivered message: gateway+redis", per_msg, "µs");
             o.fig(
                 "Socket.IO CPU per delivered message: producer",

@@ -1,8 +1,10 @@
 //! Running a scenario: start the fleet (or use `--url`), drive the load, judge the figures,
 //! run the peer side by side, repeat for `--runs`, and write the table, JSON and plots.
 
+mod capacity;
 mod judge;
 mod params;
+mod search;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
@@ -32,6 +34,7 @@ pub fn name(s: Scenario) -> &'static str {
         Scenario::Storm => "storm",
         Scenario::Soak => "soak",
         Scenario::Chaos => "chaos",
+        Scenario::Capacity => "capacity",
         Scenario::LoadChild => "load-child",
     }
 }
@@ -39,6 +42,9 @@ pub fn name(s: Scenario) -> &'static str {
 /// Runs the scenario `--runs` times and reports; fails only on functional errors.
 #[allow(clippy::print_stdout)] // where the results were written
 pub async fn run_all(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.scenario == Scenario::Capacity {
+        return capacity::run(args).await;
+    }
     let p = params(args);
     let scenario = name(args.scenario);
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();

@@ -104,6 +104,19 @@ pub fn params(args: &BenchArgs) -> Params {
             p.max_concurrent_turns = 2000;
             p.series_metric = "gap";
         }
+        Scenario::Capacity => {
+            // `stream`'s load, one short run per session count (`capacity.rs` sets the count);
+            // 5 s turns, so each session runs a few of them in a step. Socket.IO is run by the
+            // search itself, at its own counts, so `peer` only says whether to run it.
+            p.workers = 2;
+            p.max_tokens = pickn(250, 50);
+            p.tokens_per_sec = 50;
+            p.run_ms = pick(10_000, 3_000);
+            // Past capacity, turns end late; one still running when the drain ends counts as
+            // unfinished and fails the step. The drain ends as soon as every session is done.
+            p.drain_ms = pick(30_000, 10_000);
+            p.series_metric = "gap";
+        }
         Scenario::Idle => {
             p.sessions = pickn(15_000, 2_000);
             p.clients = pickn(3, 2);
