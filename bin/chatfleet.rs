@@ -8,6 +8,10 @@ use clap::{Parser, Subcommand};
 
 use chatfleet::settings::Settings;
 
+/// jemalloc instead of glibc's malloc (docs/benchmarks.md, "The allocator").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "chatfleet", version, about = "Real-time LLM chat streaming at scale over Redis Streams")]
 struct Cli {

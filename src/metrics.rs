@@ -9,6 +9,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const GATEWAY_CONNECTIONS: &str = "chatfleet_gateway_connections";
 /// Counter: connections opened, by `transport`.
 pub const GATEWAY_CONNECTS: &str = "chatfleet_gateway_connects_total";
+/// Counter: accepted connections closed unserved: no opening slot within the header-read timeout.
+pub const GATEWAY_OPENINGS_TIMED_OUT: &str = "chatfleet_gateway_openings_timed_out_total";
 /// Counter: hellos, by `resume` (replay, snapshot).
 pub const GATEWAY_RESUMES: &str = "chatfleet_gateway_resumes_total";
 /// Counter: frames written to clients.

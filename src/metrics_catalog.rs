@@ -72,6 +72,10 @@ pub fn describe() {
     describe_gauge!(m::BUILD_INFO, "Always 1; labels carry the version of the running build.");
     describe_gauge!(m::GATEWAY_CONNECTIONS, "Open client connections, by transport (ws, sse, poll).");
     describe_counter!(m::GATEWAY_CONNECTS, "Client connections opened, by transport.");
+    describe_counter!(
+        m::GATEWAY_OPENINGS_TIMED_OUT,
+        "Accepted connections closed unserved: no opening slot (gateway.max_opening_connections) in time."
+    );
     describe_counter!(m::GATEWAY_RESUMES, "Hellos and feed opens, by how the client resumed (replay, snapshot).");
     describe_counter!(m::GATEWAY_FRAMES_OUT, "Frames written to clients.");
     describe_counter!(m::GATEWAY_BYTES_OUT, Unit::Bytes, "Bytes written to clients.");
@@ -209,6 +213,7 @@ pub fn register_gateway() {
         gauge_at_zero(m::GATEWAY_CONNECTIONS, &[("transport", t.into())]);
         counter_at_zero(m::GATEWAY_CONNECTS, &[("transport", t.into())]);
     }
+    counter_at_zero(m::GATEWAY_OPENINGS_TIMED_OUT, &[]);
     RESUMES.into_iter().for_each(|r| counter_at_zero(m::GATEWAY_RESUMES, &[("resume", r.into())]));
     AUTH_REASONS.into_iter().for_each(|r| counter_at_zero(m::GATEWAY_AUTH_FAILURES, &[("reason", r.into())]));
     POLICY_REASONS.into_iter().for_each(|r| counter_at_zero(m::GATEWAY_POLICY_CLOSES, &[("reason", r.into())]));

@@ -225,6 +225,11 @@ pub struct GatewaySettings {
     pub connects_per_sec: u32,
     /// Connections admitted at once above `connects_per_sec`.
     pub connect_burst: u32,
+    /// Connections in their opening phase at once: from accept to the first response, or for a
+    /// WebSocket to its `welcome`. Others wait as accepted sockets, in order, for at most
+    /// `header_read_timeout_ms`. Bounds the memory a reconnect storm allocates at once, and so
+    /// what the allocator keeps of it afterwards (`src/gateway/opening.rs`).
+    pub max_opening_connections: usize,
     /// The `retry:` an SSE stream gives the browser: how long `EventSource` waits before it
     /// reconnects (and resumes from `Last-Event-ID`) after the stream ends.
     pub sse_retry_ms: u64,
@@ -417,6 +422,7 @@ impl Settings {
         check(g.linger_ms <= 60_000, "gateway.linger_ms", "must be at most 60000")?;
         check(g.connects_per_sec >= 1, "gateway.connects_per_sec", "must be at least 1")?;
         check(g.connect_burst >= 1, "gateway.connect_burst", "must be at least 1")?;
+        check(g.max_opening_connections >= 1, "gateway.max_opening_connections", "must be at least 1")?;
         check(
             g.pong_timeout_ms > g.ping_interval_ms,
             "gateway.pong_timeout_ms",

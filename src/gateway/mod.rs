@@ -22,6 +22,7 @@ mod limits;
 mod linger;
 mod listener;
 mod openai;
+mod opening;
 mod opens;
 mod origin;
 mod outbox;
@@ -272,7 +273,8 @@ impl Gateway {
             send_buffer: g.tcp_send_buffer_bytes,
         };
         let listener = linger::LingeringListener::new(listener, limits);
-        listener::serve(listener, self.router(), header_timeout, self.app.shutdown.clone(), drain).await;
+        let openings = opening::Openings::new(g.max_opening_connections);
+        listener::serve(listener, self.router(), header_timeout, openings, self.app.shutdown.clone(), drain).await;
         self.app.tracker.close();
         if tokio::time::timeout(drain, self.app.tracker.wait()).await.is_err() {
             tracing::warn!("drain deadline passed with connections still open");

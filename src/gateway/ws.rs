@@ -19,12 +19,14 @@ use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
 
 use super::commands;
 use super::error::{close, ApiError};
 use super::feed::{FeedError, Item};
 use super::limits::{FrameLimiter, Verdict};
+use super::opening::OpeningSlot;
 use super::outbox::{slow_consumer, Out, Outbox};
 use super::{App, ConnGuard};
 use crate::auth::{self, AuthError, Identity};
@@ -55,6 +57,7 @@ pub(super) async fn upgrade(
     q: Result<Query<WsQuery>, QueryRejection>,
     ip: super::opens::ClientIp,
     headers: HeaderMap,
+    slot: Option<axum::Extension<OpeningSlot>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let Ok(Query(q)) = q else {
@@ -89,7 +92,9 @@ pub(super) async fn upgrade(
     let limit = app.settings.gateway.max_frame_bytes;
     let queue = app.settings.gateway.send_queue_bytes;
     let read_buffer = app.settings.gateway.ws_read_buffer_bytes;
-    let conn = Box::new(Conn { app, who, query_sid: q.session_id, _guard: guard });
+    // The opening slot stays taken until `welcome`: the 101 response alone would release it.
+    let opening = slot.and_then(|s| s.take());
+    let conn = Box::new(Conn { app, who, query_sid: q.session_id, opening, _guard: guard });
     // tungstenite flushes at `write_buffer_size` and refuses to grow past the max; the max must
     // exceed the flush threshold, so the threshold is derived from the configured bound.
     // A small read buffer: tungstenite allocates it per socket for the socket's whole life and
@@ -103,10 +108,9 @@ pub(super) async fn upgrade(
         // maximum only has to admit the largest frame (a snapshot). The per-connection bound on
         // queued data is the hub queue (`gateway.send_queue_bytes`).
         .max_write_buffer_size(queue.max(MAX_FRAME_OUT))
-        .on_upgrade(move |socket| {
-            let span = tracing::info_span!("conn", transport = "ws");
-            tracing::Instrument::instrument(serve(socket, conn), span)
-        })
+        // No span for the socket's life: the subscriber keeps each open span's formatted fields
+        // (~370 bytes per idle socket). The few events a socket logs name it themselves.
+        .on_upgrade(move |socket| serve(socket, conn))
 }
 
 /// What a connection's task needs besides its socket, in one allocation: axum's task keeps the
@@ -117,6 +121,8 @@ struct Conn {
     app: App,
     who: Identity,
     query_sid: Option<String>,
+    /// The opening slot (`opening.rs`), released after `hello` is answered.
+    opening: Option<OwnedSemaphorePermit>,
     /// Held for the connection's life: its slot is freed when the box is dropped.
     _guard: ConnGuard,
 }
@@ -127,11 +133,12 @@ struct Ending(Option<(u16, &'static str)>);
 /// The connection's task. An `async` block rather than an `async fn`: an async fn copies its
 /// arguments into its own state, which held the socket (368 bytes) twice for the socket's life.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
-fn serve(mut ws: WebSocket, conn: Box<Conn>) -> impl std::future::Future<Output = ()> + Send {
+fn serve(mut ws: WebSocket, mut conn: Box<Conn>) -> impl std::future::Future<Output = ()> + Send {
     async move {
+        let opening = conn.opening.take();
         // One task owns the socket, reading and writing it in turn: no split halves (their shared
         // lock is one more allocation per socket), and the task is the only one per connection.
-        let ending = match session(&conn.app, &mut ws, &conn.who, conn.query_sid.as_deref()).await {
+        let ending = match session(&conn.app, &mut ws, &conn.who, conn.query_sid.as_deref(), opening).await {
             Ok(e) | Err(e) => e,
         };
         // Boxed like every rare step: the closing state would otherwise add to the idle task.
@@ -176,12 +183,19 @@ enum Woke {
 /// the ping and the outbox's deadline (token expiry, a coalescing window). Everything that must
 /// wait for something else (opening the session, a write, a client command, a log read) is
 /// boxed while it runs.
-async fn session(app: &App, tx: &mut Tx, who: &Identity, query_sid: Option<&str>) -> Result<Ending, Ending> {
+async fn session(
+    app: &App,
+    tx: &mut Tx,
+    who: &Identity,
+    query_sid: Option<&str>,
+    opening: Option<OwnedSemaphorePermit>,
+) -> Result<Ending, Ending> {
     let g = &app.settings.gateway;
     let write_timeout = ms(g.write_timeout_ms);
     let mut limiter = FrameLimiter::new(&g.limits);
     // 1. hello, once: boxed, so its state is freed when the session loop starts.
     let mut outbox = Box::pin(hello(app, tx, who, query_sid, &mut limiter)).await?;
+    drop(opening);
 
     // 2. the session loop
     let mailbox = outbox.mailbox();
@@ -370,7 +384,7 @@ async fn hello(
             return Err(reject(tx, e.code(), &e.to_string(), close::POLICY, write_timeout).await);
         }
         Err(e) => {
-            tracing::error!(error = %e, "cannot open session");
+            tracing::error!(error = %e, transport = "ws", "cannot open session");
             let msg = "the session cannot be opened now";
             return Err(reject(tx, ErrorCode::Unavailable, msg, close::UNAVAILABLE, write_timeout).await);
         }

@@ -17,6 +17,7 @@ mod ingress_prejoin;
 mod media;
 mod moderation_audit;
 mod observability;
+mod openings;
 mod procs;
 mod quota;
 mod redis_faults;
