@@ -12,13 +12,14 @@ index and partial length, as a worker does) and reads `INFO commandstats` and `I
 Needs `pip install redis msgpack` (a venv will do) and redis-server on PATH. It measures Redis
 alone, so run it with nothing compiling on the box (see docs/benchmarks.md).
 
-    python3 bench/op-cost.py [--kind emitc|emit] [--batches 1,16,128] [--ops 32000] [--lua FILE]
+    python3 bench/op-cost.py [--kind emitc|emit] [--batches 1,16,128] [--ops 32000]
+                             [--lua FILE --format msgpack]
+
+`--format msgpack` sends ops as libraries before the flat op format expect them (e.g. 1527367's).
 """
 import argparse
 
-import msgpack
-
-from private_redis import LUA, cpu, private_redis
+from private_redis import LUA, batch_args, cpu, private_redis
 
 SESSION = ['meta', 'log', 'hist', 'dedupe', 'dq', 'conns', 'partial', 'flags', 'summary']
 
@@ -44,6 +45,7 @@ def main():
     ap.add_argument('--batches', default='1,16,128')
     ap.add_argument('--ops', type=int, default=32000)
     ap.add_argument('--turns', type=int, default=128)
+    ap.add_argument('--format', choices=['flat', 'msgpack'], default='flat')
     a = ap.parse_args()
 
     with private_redis(a.lua) as r:
@@ -51,23 +53,18 @@ def main():
 
 
 def run(r, a):
-    cfg = msgpack.packb({'ttl': 86400, 'log_max': 1000, 'hist_max': 200, 'dedupe_max': 64, 'dlq_max': 1000,
-                         'lease_ms': 3000, 'group': 'workers', 'archive_max': 0})
     stream = 'cf:{p01}:turns'
     r.xgroup_create(stream, 'workers', id='$', mkstream=True)
 
     def call(ops):
-        keys, args = [], [cfg]
-        for fields, ks in ops:
-            args.append(msgpack.packb([fields[0], len(keys) + 1] + fields[1:], use_bin_type=False))
-            keys += ks
+        keys, args = batch_args(ops, a.format, {'lease_ms': 3000})
         return r.fcall('cf2_batch', len(keys), *keys, *args)
 
     turns = []
     for i in range(a.turns):
         base, tid = f'cf:{{p01}}:s:t:s{i}', f't{i}'
         ks = session_block(base) + turn_block(base, tid) + [stream]
-        (reply,) = call([(['enq', tid, f'c{i}', 'hello', 'e1', '', '', 0, 'u'], ks)])
+        (reply,) = call([(['enq', tid, f'c{i}', 'hello', 'e1', '', '', 0, 'u', 0, '', ''], ks)])
         assert reply[0] == b'new', reply
         turns.append({'base': base, 'tid': tid, 'wi': 0, 'plen': 0})
     for entry_id, fields in r.xreadgroup('workers', 'w1', {stream: '>'}, count=a.turns)[0][1]:

@@ -11,27 +11,36 @@ closed loop of one user. Per step it reads `INFO commandstats` and `INFO cpu`:
     cpu µs/op        Redis process CPU per op, I/O and parsing included
     and each command the op ran: calls per op and µs per call
 
+With `--quota` the enqueue takes the tenant's quota slot in its call, as the fleet does on a
+single Redis, and the slot is freed when the turn ends: by the `finish` op itself (today's
+library), or, with `--format msgpack` (libraries before the flat op format), by one
+`cf2_quota_release` call per turn, as the worker sent it then (the `release` step).
+
 Needs `pip install redis msgpack` (a venv will do) and redis-server on PATH. It measures Redis
 alone, so run it with nothing compiling on the box (see docs/benchmarks.md).
 
-    python3 bench/turn-cost.py [--sessions 128] [--rounds 30] [--batch 16] [--lua FILE]
+    python3 bench/turn-cost.py [--sessions 128] [--rounds 30] [--batch 16] [--quota]
+                               [--lua FILE --format msgpack]
 """
 import argparse
 from collections import defaultdict
 
-import msgpack
-
-from private_redis import LUA, cpu, private_redis
+from private_redis import LUA, batch_args, cpu, private_redis
 
 SESSION = ['meta', 'log', 'hist', 'dedupe', 'dq', 'conns', 'partial', 'flags', 'summary']
 STREAM = 'cf:{p01}:turns'
 DLQ = 'cf:{p01}:dlq'
-CFG = msgpack.packb({'ttl': 86400, 'log_max': 1000, 'hist_max': 200, 'dedupe_max': 64, 'dlq_max': 1000,
-                     'lease_ms': 30000, 'group': 'workers', 'archive_max': 0})
+INFLIGHT = 'cf:{t:t}:q:inflight'
 
 
 def keys(base, tid):
     return [f'{base}:{k}' for k in SESSION] + [f'{base}:turn:{tid}', f'{base}:turn:{tid}:tools', STREAM, DLQ]
+
+
+def tpm(r):
+    """The quota's counter of the current minute, by Redis's clock."""
+    sec, _ = r.time()
+    return f'cf:{{t:t}}:q:tpm:{sec // 60}'
 
 
 class Meter:
@@ -62,7 +71,7 @@ class Meter:
             for (s, name), (calls, usec) in sorted(self.cmds.items()):
                 if s == step and name != 'fcall':
                     print(f'    {name:12s} {calls / n:5.2f} per op, {usec / max(calls, 1):5.2f} µs each')
-        print(f'turn     cpu µs/turn {total:6.2f} (enq + read + start + finish)')
+        print(f'turn     cpu µs/turn {total:6.2f} (every step)')
 
 
 def main():
@@ -71,19 +80,18 @@ def main():
     ap.add_argument('--sessions', type=int, default=128)
     ap.add_argument('--rounds', type=int, default=30)
     ap.add_argument('--batch', type=int, default=16)
+    ap.add_argument('--format', choices=['flat', 'msgpack'], default='flat')
+    ap.add_argument('--quota', action='store_true')
     a = ap.parse_args()
     with private_redis(a.lua) as r:
         run(r, a)
 
 
-def batches(r, ops, size):
-    """Sends ops ({fields}, keys) in batches; returns the replies in order."""
+def batches(r, ops, size, fmt):
+    """Sends ops ([kind, fields...], keys) in batches; returns the replies in order."""
     out = []
     for i in range(0, len(ops), size):
-        ks, args = [], [CFG]
-        for fields, k in ops[i:i + size]:
-            args.append(msgpack.packb([fields[0], len(ks) + 1] + fields[1:], use_bin_type=False))
-            ks += k
+        ks, args = batch_args(ops[i:i + size], fmt)
         out += r.fcall('cf2_batch', len(ks), *ks, *args)
     return out
 
@@ -94,10 +102,18 @@ def run(r, a):
     bases = [f'cf:{{p01}}:s:t:s{i}' for i in range(a.sessions)]
     for rnd in range(a.rounds):
         tids = [f't{i}r{rnd}' for i in range(a.sessions)]
-        enq = [(['enq', tids[i], f'c{rnd}', 'hello there', 'e1', b'', '', 0, 'u'], keys(bases[i], tids[i]))
-               for i in range(a.sessions)]
+        minute = tpm(r)
+        enq = []
+        for i in range(a.sessions):
+            fields = ['enq', tids[i], f'c{rnd}', 'hello there', 'e1', b'', '', 0, 'u', 0, '', '']
+            ks = keys(bases[i], tids[i])[:12]
+            if a.quota:
+                ask = [f'{bases[i]}|{tids[i]}', 0, 0, 600000, 10]
+                fields += ask if a.format == 'flat' else [ask]
+                ks += [INFLIGHT, minute]
+            enq.append((fields, ks))
         replies = []
-        m.run('enq', lambda: replies.extend(batches(r, enq, a.batch)), a.sessions)
+        m.run('enq', lambda: replies.extend(batches(r, enq, a.batch, a.format)), a.sessions)
         assert all(x[0] == b'new' for x in replies), replies[:2]
         got = []
         m.run('read', lambda: got.extend(r.xreadgroup('workers', 'w1', {STREAM: '>'}, count=a.sessions)[0][1]),
@@ -108,13 +124,26 @@ def run(r, a):
             entries[i] = eid.decode()
             start.append((['start', tids[i], eid.decode(), 'w1', f'q{tids[i]}'], keys(bases[i], tids[i])))
         replies = []
-        m.run('start', lambda: replies.extend(batches(r, start, a.batch)), a.sessions)
+        m.run('start', lambda: replies.extend(batches(r, start, a.batch, a.format)), a.sessions)
         assert all(x[0] == b'run' and x[1] == 1 for x in replies), replies[:1]
-        fin = [(['finish', tids[i], 1, 1, 'done', entries[i], 5, 0, '', '', 0, 'reported', 0], keys(bases[i], tids[i]))
-               for i in range(a.sessions)]
+        fin = []
+        for i in range(a.sessions):
+            fields = ['finish', tids[i], 1, 1, 'done', entries[i], 5, 0, '', '', 0, 'reported', 0]
+            ks = keys(bases[i], tids[i])
+            if a.format == 'flat':
+                fields += ['', '', '', '']
+                if a.quota:
+                    fields.append(len(ks))
+                    ks = ks + [INFLIGHT]
+            fin.append((fields, ks))
         replies = []
-        m.run('finish', lambda: replies.extend(batches(r, fin, a.batch)), a.sessions)
+        m.run('finish', lambda: replies.extend(batches(r, fin, a.batch, a.format)), a.sessions)
         assert all(x[0] == b'ok' for x in replies), replies[:1]
+        if a.quota and a.format == 'msgpack':
+            m.run('release', lambda: [r.fcall('cf2_quota_release', 2, INFLIGHT, minute, '0', f'{bases[i]}|{tids[i]}')
+                                      for i in range(a.sessions)], a.sessions)
+        if a.quota:
+            assert r.zcard(INFLIGHT) == 0, 'a quota slot was not freed'
     m.report()
 
 

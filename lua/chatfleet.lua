@@ -71,21 +71,26 @@ local function clock()
   return tonumber(t[1]) * 1000 + math.floor(us / 1000), t[1] .. string.format('%06d', us)
 end
 
+-- The keys of the op being applied, by name. One table for the whole call, refilled per op: a
+-- new table per op (14 fields, grown by rehashing) cost more than the fields' assignments.
+local S = {}
+
 -- The keys of an op, by name, from its key index.
 local function session_keys(keys, k)
-  return {
-    meta = keys[k], log = keys[k + 1], hist = keys[k + 2], dedupe = keys[k + 3], dq = keys[k + 4],
-    conns = keys[k + 5], partial = keys[k + 6], flags = keys[k + 7], summary = keys[k + 8],
-    turn = keys[k + 9], tools = keys[k + 10], stream = keys[k + 11], dlq = keys[k + 12],
-    archive = keys[k + 13],
-  }
+  S.meta, S.log, S.hist, S.dedupe, S.dq = keys[k], keys[k + 1], keys[k + 2], keys[k + 3], keys[k + 4]
+  S.conns, S.partial, S.flags, S.summary = keys[k + 5], keys[k + 6], keys[k + 7], keys[k + 8]
+  S.turn, S.tools, S.stream, S.dlq, S.archive = keys[k + 9], keys[k + 10], keys[k + 11], keys[k + 12], keys[k + 13]
+  return S
 end
 
 -- The *delta layout* of `emitc`: only the keys a delta writes (meta, log, partial text, turn).
 -- Every declared key costs the call, and deltas are most of the calls. Keys it lacks are nil, so
 -- an op that needs them fails loudly instead of writing elsewhere.
 local function delta_keys(keys, k)
-  return { meta = keys[k], log = keys[k + 1], partial = keys[k + 2], turn = keys[k + 3] }
+  S.meta, S.log, S.partial, S.turn = keys[k], keys[k + 1], keys[k + 2], keys[k + 3]
+  S.hist, S.dedupe, S.dq, S.conns, S.flags, S.summary = nil, nil, nil, nil, nil, nil
+  S.tools, S.stream, S.dlq, S.archive = nil, nil, nil, nil
+  return S
 end
 
 -- The channel of a session, from its meta key.
@@ -209,9 +214,10 @@ local function archive_turn(S, tid, outcome, ev, text, pushed, epoch)
 end
 
 -- Ends a turn: final event, assistant message into history, active cleared, and (archiving on)
--- the turn appended to the archive stream. The caller acks. `active`: as clear_active. `more`:
--- a function of the final event's seq giving more turn fields, written in the same HSET.
-local function end_turn(S, tid, outcome, ev, epoch, active, more)
+-- the turn appended to the archive stream. The caller acks. `active`: as clear_active. `wr`: the
+-- head of a stored write reply to complete with the final event's seq (finish: '["ok",'), or
+-- nil; `...`: more turn fields. Both go into the one HSET of the turn.
+local function end_turn(S, tid, outcome, ev, epoch, active, wr, ...)
   local archive = archiving(S)
   local text = ''
   if active == nil then
@@ -228,11 +234,11 @@ local function end_turn(S, tid, outcome, ev, epoch, active, more)
     archive_turn(S, tid, outcome, ev, text, pushed, epoch)
   end
   local seq = append_event(S, ev, epoch)
-  local fields = { 'status', outcome, 'finished', C.now, 'fseq', seq }
-  for _, v in ipairs(more and more(seq) or {}) do
-    fields[#fields + 1] = v
+  if wr then
+    redis.call('HSET', S.turn, 'status', outcome, 'finished', C.now, 'fseq', seq, 'wr', wr .. seq .. ']', ...)
+  else
+    redis.call('HSET', S.turn, 'status', outcome, 'finished', C.now, 'fseq', seq, ...)
   end
-  redis.call('HSET', S.turn, unpack(fields))
   clear_active(S, tid, active)
   return seq
 end
@@ -246,12 +252,12 @@ local function attach(S, conn)
   end
 end
 
--- Takes a quota slot for args[1] (member, max_inflight, max_per_minute, stale_ms, max_listed) in
+-- Takes a quota slot for a[o + 1] (then max_inflight, max_per_minute, stale_ms, max_listed) in
 -- the tenant's in-flight set and minute counter: cf2_quota_acquire (see there), and the `enq` op
 -- when it declared the quota keys.
-local function quota_take(inflight, tpm, args, now)
-  local member, max_inflight, max_pm = args[1], tonumber(args[2]), tonumber(args[3])
-  local stale_ms, max_listed = tonumber(args[4]), tonumber(args[5])
+local function quota_take(inflight, tpm, a, o, now)
+  local member, max_inflight, max_pm = a[o + 1], tonumber(a[o + 2]), tonumber(a[o + 3])
+  local stale_ms, max_listed = tonumber(a[o + 4]), tonumber(a[o + 5])
   local minute = math.floor(now / 60000)
   if string.sub(tpm, -#tostring(minute) - 1) ~= ':' .. minute then
     return { 'minute', minute }
@@ -281,13 +287,13 @@ end
 
 --[[ op enq: the gateway turns a client `send` into a turn.       keys: session, turn, stream
 op: tid, client_msg_id, text, epoch_candidate, opts (bytes), traceparent, wake (1: publish a
-    wake-up for Cluster workers), user (the sender; '*' skips the owner check)
-    [, present (1: refuse a session Redis does not have; archiving on, see `missing`),
-       attachments (an array of maps {url, content_type, size[, name]}, checked by the gateway;
-       stored on the user_message event and the history message when not empty),
-       connection id ('' = none: else a lasting connection that follows the turn from here, counted
-       as `open` counts it, until `detach`; an ingress request saves its own open this way),
-       quota (an array: member, max_inflight, max_per_minute, stale_ms, max_listed, as
+    wake-up for Cluster workers), user (the sender; '*' skips the owner check),
+    present (1: refuse a session Redis does not have; archiving on, see `missing`),
+    attachments ('' or a MessagePack array of maps {url, content_type, size[, name]}, checked by
+      the gateway; stored on the user_message event and the history message when not empty),
+    connection id ('' = none: else a lasting connection that follows the turn from here, counted
+      as `open` counts it, until `detach`; an ingress request saves its own open this way)
+    [, quota: member, max_inflight, max_per_minute, stale_ms, max_listed (5 fields, as
        cf2_quota_acquire's ARGV; its keys, the inflight ZSET and the minute's counter, follow the
        stream in the op's keys)]
 Returns {status, turn_id, seq, epoch}; status is
@@ -302,9 +308,9 @@ Returns {status, turn_id, seq, epoch}; status is
 Atomic because dedupe, the busy check, seq assignment and the stream entry must not interleave
 with another gateway's send for the same session.
 ]]
-local function op_enq(S, op, keys, k)
-  local tid, cmid, text = op[1], op[2], op[3]
-  if op[9] == 1 and redis.call('EXISTS', S.meta) == 0 then
+local function op_enq(S, a, o, n, keys, k)
+  local tid, cmid, text = a[o + 1], a[o + 2], a[o + 3]
+  if a[o + 9] == '1' and redis.call('EXISTS', S.meta) == 0 then
     return { 'missing', '', 0, '' }
   end
   local m = redis.call('HMGET', S.meta, 'epoch', 'owner', 'active', 'tt')
@@ -312,14 +318,14 @@ local function op_enq(S, op, keys, k)
   -- A new session (no meta) has no owner to refuse, no dedupe entry (its leftovers are dropped
   -- when it is created) and no active turn.
   if epoch then
-    if refused(owner, op[8]) then
+    if refused(owner, a[o + 8]) then
       return { 'forbidden', '', 0, '' }
     end
     -- dedupe values are "<turn id> <seq of its user_message>", so a retried send is answered
     -- without reading the other turn's hash (a key this op does not declare).
     local existing = redis.call('HGET', S.dedupe, cmid)
     if existing then
-      attach(S, op[11])
+      attach(S, a[o + 11])
       local otid, oseq = string.match(existing, '^(%S+) (%d+)$')
       return { 'dup', otid or existing, tonumber(oseq or 0), epoch }
     end
@@ -330,34 +336,36 @@ local function op_enq(S, op, keys, k)
   -- The tenant's quota slot, taken in this same call when the gateway declared the quota keys
   -- after the stream (a single Redis; in a Cluster they live in another slot). A refusal writes
   -- nothing: a retried send got its `dup` above, and a busy session takes no slot.
-  if type(op[12]) == 'table' then
-    local q = quota_take(keys[k + 12], keys[k + 13], op[12], C.now)
+  if n >= 16 then
+    local q = quota_take(keys[k + 12], keys[k + 13], a, o + 11, C.now)
     if q[1] ~= 'ok' then
       return { 'quota', '', 0, '', q }
     end
   end
   if not epoch then
-    epoch = create_meta(S, op[4], op[8])
+    epoch = create_meta(S, a[o + 4], a[o + 8])
   end
-  attach(S, op[11])
+  attach(S, a[o + 11])
   local ev = { v = 1, type = 'user_message', turn_id = tid, client_msg_id = cmid, text = text }
   local hm = { v = 1, role = 'user', turn_id = tid, text = text }
-  local att = op[10]
-  if type(att) == 'table' and #att > 0 then
-    ev.attachments, hm.attachments = att, att
+  if a[o + 10] ~= '' then
+    local att = cmsgpack.unpack(a[o + 10])
+    if type(att) == 'table' and #att > 0 then
+      ev.attachments, hm.attachments = att, att
+    end
   end
   local seq = append_event(S, ev, epoch)
   push_hist(S, hm)
-  local tp = op[6] or ''
+  local tp = a[o + 6] or ''
   local eid = redis.call('XADD', S.stream, '*', 'b', string.sub(S.meta, 1, -6), 't', tid, 'tp', tp)
   -- Wake-up for workers in Redis Cluster, which cannot block on all partitions in one read; the
   -- channel shares the stream's hash tag, so this stays in the slot.
-  if op[7] == 1 then
+  if a[o + 7] == '1' then
     redis.call('SPUBLISH', S.stream .. ':wake', '1')
   end
   -- The user's text stays with the turn so an operator can replay a dead-lettered turn.
   redis.call('HSET', S.turn, 'status', 'queued', 'cmid', cmid, 'attempt', 0, 'eid', eid, 'epoch', epoch,
-    'useq', seq, 'created', C.now, 'created_us', C.now_us, 'opts', op[5], 'text', text, 'tp', tp)
+    'useq', seq, 'created', C.now, 'created_us', C.now_us, 'opts', a[o + 5], 'text', text, 'tp', tp)
   redis.call('HSET', S.dedupe, cmid, tid .. ' ' .. seq)
   -- The dedupe hash keeps the last dedupe_max sends: a client retries a send within seconds.
   if redis.call('RPUSH', S.dq, cmid) > C.dedupe_max then
@@ -402,8 +410,8 @@ Returns
 A repeat of the same request id answers `run` with the attempt it started (I5). Atomic so that
 exactly one worker moves a turn to running, and the attempt it gets fences every later write.
 ]]
-local function op_start(S, op)
-  local tid, eid, worker, sreq = op[1], op[2], op[3], op[4]
+local function op_start(S, a, o, n)
+  local tid, eid, worker, sreq = a[o + 1], a[o + 2], a[o + 3], a[o + 4]
   local st = redis.call('HMGET', S.turn, 'status', 'attempt', 'epoch', 'created', 'opts', 'created_us', 'sreq',
     'started_us')
   local status = st[1]
@@ -440,8 +448,8 @@ Returns 'dup', reply     this write was applied already: its first reply (I5)
 With abandon_ms > 0 (the tenant's disconnect policy is `cancel`), a session that no client has
 been attached to for abandon_ms gets its running turn's cancel flag set here.
 ]]
-local function fence(S, op, abandon_ms)
-  local attempt, widx = tostring(op[2]), tonumber(op[3])
+local function fence(S, a, o, abandon_ms)
+  local attempt, widx = a[o + 2], tonumber(a[o + 3])
   local st = redis.call('HMGET', S.turn, 'status', 'attempt', 'cancel', 'epoch', 'wi', 'wr', 'lease', 'tt', 'plen')
   if st[2] == attempt and st[5] and widx <= tonumber(st[5]) then
     if widx == tonumber(st[5]) and st[6] and st[6] ~= '' then
@@ -467,34 +475,36 @@ local function fence(S, op, abandon_ms)
   return 'ok', cancel, meta[1], st
 end
 
--- Records a worker write as applied (its index and reply), extends the lease once half of it is
--- used, and refreshes the session's TTL every ttl/4 of a long turn (when the op declared the whole
--- session; a delta in the delta layout leaves it to the next op that does, which the worker sends
--- every ttl/8 by its own clock). `extra`: more turn fields.
-local function applied(S, op, st, reply, extra)
-  local fields = { 'wi', op[3], 'wr', cjson.encode(reply) }
-  if tonumber(st[7] or 0) - C.now < C.lease_ms / 2 then
+-- Records a worker write as applied: its index and its reply `wr` (the reply as JSON, written by
+-- the caller as a string: cheaper than cjson, and readable by tools), and `...`, more turn fields.
+-- Extends the lease once half of it is used, and refreshes the session's TTL every ttl/4 of a
+-- long turn (when the op declared the whole session; a delta in the delta layout leaves it to the
+-- next op that does, which the worker sends every ttl/8 by its own clock). The common case is one
+-- HSET with no table built.
+local function applied(S, a, o, st, wr, ...)
+  local lease = tonumber(st[7] or 0) - C.now < C.lease_ms / 2
+  local ttl = S.hist and C.now - tonumber(st[8] or 0) >= C.ttl * 250
+  if not (lease or ttl) then
+    redis.call('HSET', S.turn, 'wi', a[o + 3], 'wr', wr, ...)
+    return
+  end
+  local fields = { 'wi', a[o + 3], 'wr', wr, ... }
+  if lease then
     fields[#fields + 1] = 'lease'
     fields[#fields + 1] = C.now + C.lease_ms
   end
-  if S.hist and C.now - tonumber(st[8] or 0) >= C.ttl * 250 then
+  if ttl then
     touch(S, true)
     fields[#fields + 1] = 'tt'
     fields[#fields + 1] = C.now
   end
-  for _, v in ipairs(extra or {}) do
-    fields[#fields + 1] = v
-  end
   redis.call('HSET', S.turn, unpack(fields))
-  return reply
 end
 
--- Audit fields (upstream, model, template) from an op's tail at index i, if present.
-local function audit_fields(op, i)
-  if op[i] and op[i] ~= '' then
-    return { 'upstream', op[i], 'model', op[i + 1], 'template', op[i + 2] }
-  end
-  return nil
+-- True when the op's fields hold an audit (upstream, model, template) at a[i..i+2]: present
+-- (within the op's last field, `last`) and its upstream not empty.
+local function has_audit(a, i, last)
+  return i + 2 <= last and a[i] ~= ''
 end
 
 -- The partial text's length when it is not `plen` (what the worker's deltas add up to): Redis
@@ -522,27 +532,31 @@ Returns {-1, cancel, have} when the partial text is not plen long: Redis lost ac
 (a failover to a replica that had not received them). Nothing is written; the worker re-sends
 its text from byte `have` on, so the answer stored has no hole where the lost deltas were.
 ]]
-local function op_emit(S, op)
-  local verdict, cancel, epoch, st = fence(S, op, op[5])
+local function op_emit(S, a, o, n)
+  local verdict, cancel, epoch, st = fence(S, a, o, a[o + 5])
   if verdict == 'dup' then
     return cancel
   elseif verdict == 'fenced' then
     return { 0, 0 }
   end
-  local have = behind(S, op[6], st)
+  local have = behind(S, a[o + 6], st)
   if have then
     return { -1, cancel == '1' and 1 or 0, have }
   end
-  local text = op[4]
-  local seq = append_event(S, { v = 1, type = 'delta', turn_id = op[1], text = text }, epoch)
+  local text = a[o + 4]
+  local seq = append_event(S, { v = 1, type = 'delta', turn_id = a[o + 1], text = text }, epoch)
   local len = redis.call('APPEND', S.partial, text)
   if len == #text then
     redis.call('EXPIRE', S.partial, C.ttl)
   end
-  local extra = audit_fields(op, 7) or {}
-  extra[#extra + 1] = 'plen'
-  extra[#extra + 1] = len
-  return applied(S, op, st, { seq, cancel == '1' and 1 or 0 }, extra)
+  local c = cancel == '1' and 1 or 0
+  local wr = '[' .. seq .. ',' .. c .. ']'
+  if has_audit(a, o + 7, o + n) then
+    applied(S, a, o, st, wr, 'plen', len, 'upstream', a[o + 7], 'model', a[o + 8], 'template', a[o + 9])
+  else
+    applied(S, a, o, st, wr, 'plen', len)
+  end
+  return { seq, c }
 end
 
 --[[ op tool: a worker reports a tool call's state to the client (fenced like emit).
@@ -552,101 +566,114 @@ op: tid, attempt, write index, name, state [, record key, record (msgpack ToolRe
   the event, so an attempt that takes the turn over knows exactly what ran and what the client saw.
 Returns {seq, cancel} as emit.
 ]]
-local function op_tool(S, op)
-  local verdict, cancel, epoch, st = fence(S, op, 0)
+local function op_tool(S, a, o, n)
+  local verdict, cancel, epoch, st = fence(S, a, o, 0)
   if verdict == 'dup' then
     return cancel
   elseif verdict == 'fenced' then
     return { 0, 0 }
   end
-  local seq = append_event(S, { v = 1, type = 'tool_status', turn_id = op[1], name = op[4], state = op[5] }, epoch)
-  if op[6] and op[6] ~= '' then
-    redis.call('HSET', S.tools, op[6], op[7])
+  local seq = append_event(S, { v = 1, type = 'tool_status', turn_id = a[o + 1], name = a[o + 4], state = a[o + 5] }, epoch)
+  if n >= 7 and a[o + 6] ~= '' then
+    redis.call('HSET', S.tools, a[o + 6], a[o + 7])
     redis.call('EXPIRE', S.tools, C.ttl)
   end
-  return applied(S, op, st, { seq, cancel == '1' and 1 or 0 })
+  local c = cancel == '1' and 1 or 0
+  applied(S, a, o, st, '[' .. seq .. ',' .. c .. ']')
+  return { seq, c }
 end
 
 --[[ op hb: fenced lease extension while the model is silent.             keys: session, turn
 op: tid, attempt, write index, abandon_ms (as emit)
 Returns {ok, cancel}: ok = 0 when fenced.
 ]]
-local function op_hb(S, op)
-  local verdict, cancel, _, st = fence(S, op, op[4])
+local function op_hb(S, a, o, n)
+  local verdict, cancel, _, st = fence(S, a, o, a[o + 4])
   if verdict == 'dup' then
     return cancel
   elseif verdict == 'fenced' then
     return { 0, 0 }
   end
   st[7] = 0 -- a heartbeat always extends the lease
-  return applied(S, op, st, { 1, cancel == '1' and 1 or 0 })
+  local c = cancel == '1' and 1 or 0
+  applied(S, a, o, st, '[1,' .. c .. ']')
+  return { 1, c }
 end
 
 --[[ op audit: a worker records who answered the turn (fenced like emit).  keys: session, turn
 op: tid, attempt, write index, upstream, model, template
 Returns {1} when recorded, {0} when fenced.
 ]]
-local function op_audit(S, op)
-  local verdict, reply, _, st = fence(S, op, 0)
+local function op_audit(S, a, o, n)
+  local verdict, reply, _, st = fence(S, a, o, 0)
   if verdict == 'dup' then
     return reply
   elseif verdict == 'fenced' then
     return { 0 }
   end
-  return applied(S, op, st, { 1 }, audit_fields(op, 4))
+  if has_audit(a, o + 4, o + n) then
+    applied(S, a, o, st, '[1]', 'upstream', a[o + 4], 'model', a[o + 5], 'template', a[o + 6])
+  else
+    applied(S, a, o, st, '[1]')
+  end
+  return { 1 }
 end
 
 --[[ op finish: a worker ends its turn.     keys: session, turn, stream, dead letters [, archive]
 op: tid, attempt, write index, outcome (done|error|cancelled), entry id, prompt_tokens,
     completion_tokens, error code, error message, dead (1 = dead-letter it), usage source
     (reported|estimated), plen (the answer's length in bytes, as the worker emitted it)
-    [, upstream, model, template [, citations] ] (citations: a JSON array of {document, chunk,
-    title?}, the reference material the answer's prompt held; it goes into the `done` event)
+    [, upstream, model, template [, citations [, quota] ] ] (an empty upstream: no audit;
+    citations: '' or a JSON array of {document, chunk, title?}, the reference material the
+    answer's prompt held; it goes into the `done` event; quota: '' or the index, counted from
+    the op's key index, of the tenant's in-flight quota ZSET among the op's keys: on a single
+    Redis the turn's slot (member "<session base>|<tid>", see cf2_quota_acquire) is freed here,
+    saving the worker a cf2_quota_release call)
 Returns {'ok', seq} or {'fenced'}, or {'behind', have} when the partial text is not plen long
 (see emit): the worker emits what Redis lost, then finishes again.
 Atomic so that the final event, the history entry, the active flag and the ack happen exactly once
 (I4) and only for the current attempt (I1).
 ]]
-local function op_finish(S, op)
-  local verdict, reply, epoch, st = fence(S, op, 0)
+local function op_finish(S, a, o, n, keys, k)
+  local verdict, reply, epoch, st = fence(S, a, o, 0)
   if verdict == 'dup' then
     return reply
   elseif verdict == 'fenced' then
     return { 'fenced' }
   end
-  local have = behind(S, op[12], st)
+  local have = behind(S, a[o + 12], st)
   if have then
     return { 'behind', have }
   end
-  local tid, outcome = op[1], op[4]
+  local tid, outcome = a[o + 1], a[o + 4]
   local ev = { v = 1, type = outcome, turn_id = tid }
   if outcome == 'done' then
-    ev.prompt_tokens = op[6]
-    ev.completion_tokens = op[7]
-    if op[16] and op[16] ~= '' then
-      ev.citations = cjson.decode(op[16])
+    ev.prompt_tokens = tonumber(a[o + 6])
+    ev.completion_tokens = tonumber(a[o + 7])
+    if n >= 16 and a[o + 16] ~= '' then
+      ev.citations = cjson.decode(a[o + 16])
     end
-    if op[11] == 'estimated' then
+    if a[o + 11] == 'estimated' then
       ev.usage_estimated = true
     end
   elseif outcome == 'error' then
-    ev.code = op[8]
-    ev.message = op[9]
+    ev.code = a[o + 8]
+    ev.message = a[o + 9]
   end
-  local audit = audit_fields(op, 13)
-  if audit then
-    redis.call('HSET', S.turn, unpack(audit))
+  -- Written before end_turn, which archives the turn with these fields.
+  if has_audit(a, o + 13, o + n) then
+    redis.call('HSET', S.turn, 'upstream', a[o + 13], 'model', a[o + 14], 'template', a[o + 15])
   end
-  local function more(seq)
-    return { 'wi', op[3], 'wr', cjson.encode({ 'ok', seq }), 'usage', op[11] or 'reported',
-      'prompt_tokens', op[6], 'completion_tokens', op[7] }
+  local seq = end_turn(S, tid, outcome, ev, epoch, st[10], '["ok",', 'wi', a[o + 3], 'usage', a[o + 11],
+    'prompt_tokens', a[o + 6], 'completion_tokens', a[o + 7])
+  if a[o + 10] == '1' then
+    dead_letter(S, 'b', string.sub(S.meta, 1, -6), 't', tid, 'reason', a[o + 8], 'detail', a[o + 9],
+      'attempts', a[o + 2], 'at', C.now)
   end
-  local seq = end_turn(S, tid, outcome, ev, epoch, st[10], more)
-  if op[10] == 1 then
-    dead_letter(S, 'b', string.sub(S.meta, 1, -6), 't', tid, 'reason', op[8], 'detail', op[9],
-      'attempts', op[2], 'at', C.now)
+  ack_del(S.stream, a[o + 5])
+  if n >= 17 and a[o + 17] ~= '' then
+    redis.call('ZREM', keys[k + tonumber(a[o + 17])], string.sub(S.meta, 1, -6) .. '|' .. tid)
   end
-  ack_del(S.stream, op[5])
   return { 'ok', seq }
 end
 
@@ -656,16 +683,16 @@ op: tid, attempt, write index
 Returns {1} when released, {0} when fenced. The turn becomes queued with its lease expired,
 clients get `reset`, and the next sweep hands it to another worker.
 ]]
-local function op_release(S, op)
-  local verdict, reply, epoch = fence(S, op, 0)
+local function op_release(S, a, o, n)
+  local verdict, reply, epoch = fence(S, a, o, 0)
   if verdict == 'dup' then
     return reply
   elseif verdict == 'fenced' then
     return { 0 }
   end
-  redis.call('HSET', S.turn, 'status', 'queued', 'worker', '', 'lease', 0, 'wi', op[3], 'wr', cjson.encode({ 1 }))
+  redis.call('HSET', S.turn, 'status', 'queued', 'worker', '', 'lease', 0, 'wi', a[o + 3], 'wr', '[1]')
   redis.call('DEL', S.partial)
-  append_event(S, { v = 1, type = 'reset', turn_id = op[1], attempt = op[2] }, epoch)
+  append_event(S, { v = 1, type = 'reset', turn_id = a[o + 1], attempt = tonumber(a[o + 2]) }, epoch)
   return { 1 }
 end
 
@@ -680,8 +707,8 @@ Returns
   {'ended', status}       the turn already ended (also what a resent cancel of a queued turn gets)
   {'unknown'}             no such turn in this session
 ]]
-local function op_cancel(S, op)
-  local tid = op[1]
+local function op_cancel(S, a, o, n)
+  local tid = a[o + 1]
   local st = redis.call('HMGET', S.turn, 'status', 'worker')
   if not st[1] then
     return { 'unknown' }
@@ -692,7 +719,7 @@ local function op_cancel(S, op)
   end
   if st[1] == 'running' then
     redis.call('HSET', S.turn, 'cancel', 1, 'cancel_at', C.now)
-    redis.call('PUBLISH', op[2] .. st[2], string.sub(S.meta, 1, -6) .. '\n' .. tid)
+    redis.call('PUBLISH', a[o + 2] .. st[2], string.sub(S.meta, 1, -6) .. '\n' .. tid)
     return { 'cancelling', st[2] }
   end
   return { 'ended', st[1] }
@@ -710,8 +737,8 @@ from here on) and clients get `reset`. Past max_attempts the turn is dead-letter
   {'live'}     its lease is current: left alone
 A resend finds the entry claimed and the turn queued again: it claims it again (harmless).
 ]]
-local function op_reclaim(S, op)
-  local tid, eid = op[1], op[2]
+local function op_reclaim(S, a, o, n)
+  local tid, eid = a[o + 1], a[o + 2]
   local st = redis.call('HMGET', S.turn, 'status', 'attempt', 'lease', 'cancel', 'epoch')
   local status = st[1]
   local epoch = redis.call('HGET', S.meta, 'epoch')
@@ -730,7 +757,7 @@ local function op_reclaim(S, op)
     ack_del(S.stream, eid)
     return { 'ended' }
   end
-  if status == 'running' and tonumber(st[2]) >= tonumber(op[4]) then
+  if status == 'running' and tonumber(st[2]) >= tonumber(a[o + 4]) then
     end_turn(S, tid, 'error', { v = 1, type = 'error', turn_id = tid, code = 'worker_lost',
       message = 'the turn failed on ' .. st[2] .. ' workers' }, epoch)
     dead_letter(S, 'b', string.sub(S.meta, 1, -6), 't', tid, 'reason', 'max_attempts', 'attempts', st[2],
@@ -744,7 +771,7 @@ local function op_reclaim(S, op)
     redis.call('DEL', S.partial)
     append_event(S, { v = 1, type = 'reset', turn_id = tid, attempt = tonumber(st[2]) }, epoch)
   end
-  redis.call('XCLAIM', S.stream, C.group, op[3], 0, eid, 'JUSTID')
+  redis.call('XCLAIM', S.stream, C.group, a[o + 3], 0, eid, 'JUSTID')
   return { 'claimed' }
 end
 
@@ -762,19 +789,19 @@ Returns
   {'forbidden'}  the session is bound to another user
 Atomic so that the replay or snapshot and the seq it ends at are one consistent cut.
 ]]
-local function op_open(S, op)
-  local epoch, owner = ensure_meta(S, op[1], op[7])
-  if refused(owner, op[7]) then
+local function op_open(S, a, o, n)
+  local epoch, owner = ensure_meta(S, a[o + 1], a[o + 7])
+  if refused(owner, a[o + 7]) then
     return { 'forbidden' }
   end
-  attach(S, op[6])
+  attach(S, a[o + 6])
   touch(S, false)
   local seq = tonumber(redis.call('HGET', S.meta, 'seq'))
-  local replay_max = tonumber(op[4])
+  local replay_max = tonumber(a[o + 4])
   local reason = 'new'
-  local last = tonumber(op[3])
+  local last = tonumber(a[o + 3])
   if last >= 0 then
-    if op[2] ~= epoch then
+    if a[o + 2] ~= epoch then
       reason = 'epoch'
     elseif last > seq then
       reason = 'future'
@@ -794,7 +821,7 @@ local function op_open(S, op)
       reason = 'trimmed'
     end
   end
-  local hist = redis.call('LRANGE', S.hist, -tonumber(op[5]), -1)
+  local hist = redis.call('LRANGE', S.hist, -tonumber(a[o + 5]), -1)
   local active = redis.call('HGET', S.meta, 'active') or ''
   local partial = ''
   if active ~= '' then
@@ -809,11 +836,11 @@ Returns {n}: the connections still attached. When none is left, the time is reco
 disconnect policy (see fence) may stop the running turn after its grace period. A gateway that
 dies without detaching leaves its connections counted: the policy then errs on keeping the turn.
 ]]
-local function op_detach(S, op)
+local function op_detach(S, a, o, n)
   if not redis.call('HGET', S.meta, 'epoch') then
     return { 0 }
   end
-  redis.call('HDEL', S.conns, op[1])
+  redis.call('HDEL', S.conns, a[o + 1])
   local n = redis.call('HLEN', S.conns)
   if n == 0 and not redis.call('HGET', S.meta, 'detached') then
     redis.call('HSET', S.meta, 'detached', C.now)
@@ -828,15 +855,15 @@ Returns {1} when stored, {0} when the session moved to another epoch or the stor
 covers as much (turn ids are time-ordered UUIDv7, so they compare as strings). Atomic so two
 summaries racing for one session keep the one that covers more; a resend finds it stored.
 ]]
-local function op_summary(S, op)
-  if redis.call('HGET', S.meta, 'epoch') ~= op[1] then
+local function op_summary(S, a, o, n)
+  if redis.call('HGET', S.meta, 'epoch') ~= a[o + 1] then
     return { 0 }
   end
   local cur = redis.call('HMGET', S.summary, 'epoch', 'upto')
-  if cur[1] == op[1] and cur[2] and cur[2] >= op[2] then
+  if cur[1] == a[o + 1] and cur[2] and cur[2] >= a[o + 2] then
     return { 0 }
   end
-  redis.call('HSET', S.summary, 'epoch', op[1], 'upto', op[2], 'text', op[3], 'template', op[4])
+  redis.call('HSET', S.summary, 'epoch', a[o + 1], 'upto', a[o + 2], 'text', a[o + 3], 'template', a[o + 4])
   redis.call('EXPIRE', S.summary, C.ttl)
   return { 1 }
 end
@@ -853,8 +880,8 @@ against that epoch; the owner and the attached connections stay. Atomic so that 
 the restore lands either before it (nothing restored) or after it (on top of the restored
 history). A resend finds the session on its epoch and answers {1} again, writing nothing.
 ]]
-local function op_restore(S, op)
-  local epoch = op[1]
+local function op_restore(S, a, o, n)
+  local epoch = a[o + 1]
   local m = redis.call('HMGET', S.meta, 'epoch', 'seq', 'active')
   if m[1] == epoch then
     return { 1 }
@@ -866,7 +893,7 @@ local function op_restore(S, op)
   -- tt 0: the keys deleted here come back without a TTL, so the next enq refreshes it.
   local fields = { 'epoch', epoch, 'seq', 0, 'created', C.now, 'tt', 0 }
   if not m[1] then
-    local owner = op[2]
+    local owner = a[o + 2]
     if owner == '*' then
       owner = ''
     end
@@ -874,12 +901,12 @@ local function op_restore(S, op)
     fields[#fields + 1] = owner
   end
   redis.call('HSET', S.meta, unpack(fields))
-  for i = 6, #op do
-    redis.call('RPUSH', S.hist, op[i])
+  for i = o + 6, o + n do
+    redis.call('RPUSH', S.hist, a[i])
   end
   redis.call('LTRIM', S.hist, -C.hist_max, -1)
-  if op[3] ~= '' then
-    redis.call('HSET', S.summary, 'epoch', epoch, 'upto', op[3], 'text', op[4], 'template', op[5])
+  if a[o + 3] ~= '' then
+    redis.call('HSET', S.summary, 'epoch', epoch, 'upto', a[o + 3], 'text', a[o + 4], 'template', a[o + 5])
     redis.call('EXPIRE', S.summary, C.ttl)
   end
   touch(S, false)
@@ -900,16 +927,16 @@ looked at). A running turn's next write is then fenced: its hash is gone. Return
 now_ms (server time) lets the archive refuse turns of the session that finished before the
 erasure but reach it later. Idempotent: a resend finds nothing left and deletes nothing more.
 ]]
-local function op_erase(S, op, keys, k)
+local function op_erase(S, a, o, n, keys, k)
   local at = k + 9
   local archive
-  if op[2] == 1 then
+  if a[o + 2] == '1' then
     archive = keys[at]
     at = at + 1
   end
   local declared, doomed = {}, {}
-  for i = 3, #op do
-    declared[op[i]] = true
+  for i = o + 3, o + n do
+    declared[a[i]] = true
     doomed[#doomed + 1] = keys[at]
     doomed[#doomed + 1] = keys[at + 1]
     at = at + 2
@@ -944,7 +971,7 @@ local function op_erase(S, op, keys, k)
   local entries = 0
   if archive then
     local base = string.sub(S.meta, 1, -6)
-    for _, e in ipairs(redis.call('XRANGE', archive, '-', '+', 'COUNT', tonumber(op[1]))) do
+    for _, e in ipairs(redis.call('XRANGE', archive, '-', '+', 'COUNT', tonumber(a[o + 1]))) do
       local f = e[2]
       if f[1] == 'b' and f[2] == base then
         entries = entries + redis.call('XDEL', archive, e[1])
@@ -965,37 +992,43 @@ local OPS = {
 -- Ops whose keys are not the session block (plus turn block and extras).
 local LAYOUTS = { emitc = delta_keys }
 
+-- ARGV entries before the first op: the settings.
+local SETTINGS = 8
+
 --[[ cf2_batch: a group of ops, applied in order.
 KEYS: the keys of every op, each op's block starting at its key index
-ARGV[1]: settings (msgpack map): ttl (s), log_max, hist_max, dedupe_max, dlq_max, lease_ms, group,
-         archive_max (MAXLEN ~ of the archive streams; absent or 0 = archiving off)
-ARGV[2..]: one op each, msgpack array {kind, key index, op fields...}
+ARGV[1..8]: settings: ttl (s), log_max, hist_max, dedupe_max, dlq_max, lease_ms, group,
+            archive_max (MAXLEN ~ of the archive streams; 0 = archiving off)
+ARGV[9..]: the ops, each as plain strings: kind, key index, n (its field count), then its n
+           fields (a[o + 1] .. a[o + n] in the op's function). Flat strings cost the call less than
+           a MessagePack array per op: no unpacking and no table per op.
 Returns one reply per op, in order: the op's reply, or {'err', message} when the op raised an
 error (its neighbours are unaffected; an op checks before it writes, so an error leaves at most
 that op half-done, which its own resend or the sweep repairs).
 ]]
 local function batch(keys, args)
-  local cfg = cmsgpack.unpack(args[1])
-  C = cfg
+  -- ttl, log_max and dlq_max stay strings: Lua formats a number argument of redis.call with
+  -- printf on every call (arithmetic on ttl converts it as it goes).
+  C.ttl, C.log_max_s, C.hist_max, C.dedupe_max = args[1], args[2], tonumber(args[3]), tonumber(args[4])
+  C.dlq_max, C.lease_ms, C.group, C.archive_max = args[5], tonumber(args[6]), args[7], tonumber(args[8])
   C.now, C.now_us = clock()
-  -- Lua formats a number argument of redis.call with printf on every call: format it once.
-  C.log_max_s = tostring(C.log_max)
   local out = {}
-  for i = 2, #args do
-    local op = cmsgpack.unpack(args[i])
-    local kind, k = op[1], op[2]
-    local fields = { unpack(op, 3) }
+  local i, last = SETTINGS + 1, #args
+  while i <= last do
+    local kind, k, n = args[i], tonumber(args[i + 1]), tonumber(args[i + 2])
     local f = OPS[kind]
-    if not f then
-      out[#out + 1] = { 'err', 'unknown op ' .. tostring(kind) }
-    else
-      local ok, reply = pcall(f, (LAYOUTS[kind] or session_keys)(keys, k), fields, keys, k)
-      if ok then
-        out[#out + 1] = reply
-      else
-        out[#out + 1] = { 'err', tostring(reply) }
-      end
+    if not f or not k or not n then
+      -- The rest cannot be told apart: answer every op after this one with the same error.
+      out[#out + 1] = { 'err', 'bad op ' .. tostring(kind) }
+      break
     end
+    local ok, reply = pcall(f, (LAYOUTS[kind] or session_keys)(keys, k), args, i + 2, n, keys, k)
+    if ok then
+      out[#out + 1] = reply
+    else
+      out[#out + 1] = { 'err', tostring(reply) }
+    end
+    i = i + 3 + n
   end
   return out
 end
@@ -1143,7 +1176,7 @@ cf2_quota_acquire  ARGV: member, max_inflight (0 = off), max_per_minute (0 = off
   Atomic so that two gateways admitting at once cannot both take the last slot.
 ]]
 local function quota_acquire(keys, args)
-  return quota_take(keys[1], keys[2], args, clock())
+  return quota_take(keys[1], keys[2], args, 0, clock())
 end
 
 --[[

@@ -5,7 +5,8 @@
 //! the tenant's own hash tag (`{t:<tenant>}`), never a partition's, so in Redis Cluster the acquire
 //! and the enqueue are two commands on two slots, not one script. On a single Redis the enqueue's
 //! own call takes the slot (the `enq` op declares the quota keys too), so a send is one round
-//! trip, and the split below does not arise. Slots are released lazily: when
+//! trip, and the split below does not arise; the turn's `finish` frees the slot in its own call
+//! there too. Slots are also released lazily: when
 //! a tenant is at its limit, the oldest holders are checked against their turns' status (which the
 //! workers write) and the ended ones are freed. A holder that is never checked again expires after
 //! `quota.stale_ms`. The cost of this split is a small inconsistency, documented in
@@ -131,9 +132,10 @@ impl Quotas {
         store.quota_release(&slot.tenant, uncount, &[slot.member]).await.map(|_| ())
     }
 
-    /// Frees the slot of a turn that ended: the worker calls this after the turn's end is
-    /// written, so a tenant's slots follow its turns instead of waiting for reconciliation.
-    /// Harmless when the slot was already freed (or never taken: quotas off).
+    /// Frees the slot of a turn that ended: in Redis Cluster the worker calls this after the
+    /// turn's end is written, so a tenant's slots follow its turns instead of waiting for
+    /// reconciliation (on a single Redis the `finish` op frees it in its own call). Harmless when
+    /// the slot was already freed (or never taken: quotas off).
     pub async fn release_ended(&self, store: &Store, session_base: &str, turn_id: &str) -> Result<(), StoreError> {
         let tenant = crate::keys::tenant_of(session_base);
         store.quota_release(tenant, false, &[member(session_base, turn_id)]).await.map(|_| ())

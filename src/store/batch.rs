@@ -16,7 +16,6 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use bytes::Bytes;
 use fred::prelude::*;
 use tokio::sync::{mpsc, oneshot};
 
@@ -39,8 +38,8 @@ pub(crate) struct Batcher(Arc<Inner>);
 
 struct Inner {
     redis: Redis,
-    /// ARGV[1] of every call: the deployment's settings the ops need.
-    settings: Bytes,
+    /// The first ARGV entries of every call: the deployment's settings the ops need.
+    settings: Arc<[Value]>,
     /// Stream lanes first (`per_class` of them), then as many control lanes.
     lanes: Vec<OnceLock<mpsc::Sender<Pending>>>,
     per_class: usize,
@@ -55,7 +54,8 @@ fn is_stream_op(kind: &str) -> bool {
 }
 
 impl Batcher {
-    pub fn new(redis: Redis, settings: Bytes, partitions: u16) -> Self {
+    pub fn new(redis: Redis, settings: Vec<Value>, partitions: u16) -> Self {
+        let settings: Arc<[Value]> = settings.into();
         let s = redis.settings();
         let clustered = redis.is_clustered();
         // In Cluster a call may only touch one slot, and every partition has its own.
@@ -104,7 +104,7 @@ fn check_op_error(kind: &'static str, v: Value) -> Result<Value, StoreError> {
     Ok(v)
 }
 
-async fn run_lane(redis: Redis, settings: Bytes, mut rx: mpsc::Receiver<Pending>, max_ops: usize) {
+async fn run_lane(redis: Redis, settings: Arc<[Value]>, mut rx: mpsc::Receiver<Pending>, max_ops: usize) {
     let mut batch = Vec::with_capacity(max_ops);
     while rx.recv_many(&mut batch, max_ops).await > 0 {
         send_batch(&redis, &settings, &mut batch).await;
@@ -112,14 +112,14 @@ async fn run_lane(redis: Redis, settings: Bytes, mut rx: mpsc::Receiver<Pending>
 }
 
 /// One call for every op in `batch`; each op's reply (or the call's error) goes to its caller.
-async fn send_batch(redis: &Redis, settings: &Bytes, batch: &mut Vec<Pending>) {
+async fn send_batch(redis: &Redis, settings: &[Value], batch: &mut Vec<Pending>) {
     let n_keys: usize = batch.iter().map(|p| p.op.keys.len()).sum();
+    let n_args: usize = settings.len() + batch.iter().map(|p| 3 + p.op.fields.len()).sum::<usize>();
     let mut keys: Vec<String> = Vec::with_capacity(n_keys);
-    let mut args: Vec<Value> = Vec::with_capacity(batch.len() + 1);
-    args.push(Value::Bytes(settings.clone()));
+    let mut args: Vec<Value> = Vec::with_capacity(n_args);
+    args.extend_from_slice(settings);
     for p in batch.iter_mut() {
-        let k = keys.len() as u32 + 1;
-        args.push(Value::Bytes(p.op.encode_at(k)));
+        p.op.push_args(keys.len() + 1, &mut args);
         keys.append(&mut p.op.keys);
     }
     metrics::histogram!(m::REDIS_BATCH_OPS).record(batch.len() as f64);

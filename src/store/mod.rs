@@ -25,8 +25,7 @@ mod session;
 mod sweep;
 mod turn;
 
-use bytes::Bytes;
-use serde::Serialize;
+use fred::types::Value;
 
 pub use archive::{ArchiveEntry, Erased, FinishedTurn, ARCHIVE_GROUP};
 pub use conn::{Redis, FUNCTIONS_LIBRARY, LIBRARY_NAME};
@@ -63,19 +62,22 @@ impl StoreError {
     }
 }
 
-/// The settings every op of a batch reads (ARGV[1] of `cf2_batch`), named as the Lua side reads
-/// them.
-#[derive(Serialize)]
-struct BatchSettings<'a> {
-    ttl: u64,
-    log_max: u64,
-    hist_max: u64,
-    dedupe_max: u64,
-    dlq_max: u64,
-    lease_ms: u64,
-    group: &'a str,
-    /// MAXLEN ~ of the archive streams; 0 = archiving off (turn ends are not archived).
-    archive_max: u64,
+/// The settings every op of a batch reads: ARGV[1..8] of `cf2_batch`, in the order the Lua side
+/// reads them (ttl, log_max, hist_max, dedupe_max, dlq_max, lease_ms, group, archive_max; an
+/// archive_max of 0 means archiving is off: turn ends are not archived).
+fn batch_settings(settings: &Settings, archive_max: u64) -> Vec<Value> {
+    let (s, w) = (&settings.session, &settings.worker);
+    let n = |v: u64| Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
+    vec![
+        n(s.ttl_secs),
+        n(s.log_max_events),
+        n(s.history_max_messages),
+        n(s.dedupe_max_sends),
+        n(w.dead_letter_max_len),
+        n(w.lease_ms),
+        Value::from_static_str(crate::keys::GROUP),
+        n(archive_max),
+    ]
 }
 
 /// The typed function API. Cheap to clone.
@@ -105,18 +107,7 @@ impl Store {
         let keys = Keyspace::new(settings.redis.key_prefix.clone(), settings.redis.partitions);
         let (s, w) = (&settings.session, &settings.worker);
         let archive_max = if settings.archive.enabled() { settings.archive.stream_max_len.max(1) } else { 0 };
-        let batch_settings = BatchSettings {
-            ttl: s.ttl_secs,
-            log_max: s.log_max_events,
-            hist_max: s.history_max_messages,
-            dedupe_max: s.dedupe_max_sends,
-            dlq_max: w.dead_letter_max_len,
-            lease_ms: w.lease_ms,
-            group: crate::keys::GROUP,
-            archive_max,
-        };
-        let encoded = rmp_serde::to_vec_named(&batch_settings).expect("plain struct encodes");
-        let batcher = Batcher::new(redis.clone(), Bytes::from(encoded), keys.partitions());
+        let batcher = Batcher::new(redis.clone(), batch_settings(settings, archive_max), keys.partitions());
         Self {
             worker_channel_prefix: keys.worker_channel_prefix(),
             keys,

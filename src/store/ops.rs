@@ -1,10 +1,12 @@
 //! Ops: the unit of work inside a `cf2_batch` call (see `lua/chatfleet.lua`).
 //!
-//! An op is a MessagePack array `{kind, key index, fields…}` plus the keys it touches. Its key
-//! index (where its keys start in the call's KEYS) is only known when the batch is assembled, so
-//! it is written as a fixed-width u32 and patched then.
+//! An op travels as plain ARGV strings: its kind, its key index, its field count, then its fields,
+//! plus the keys it touches. Plain strings cost the function less than a MessagePack array per op
+//! (no unpacking, no table per op: docs/benchmarks.md, "Flat ops"). The key index (where its keys
+//! start in the call's KEYS) is only known when the batch is assembled, so it is added then.
 
 use bytes::Bytes;
+use fred::types::Value;
 
 use crate::keys::{delta_block, session_block, turn_block};
 
@@ -15,17 +17,18 @@ pub(crate) struct Op {
     pub kind: &'static str,
     /// Every key the op touches, in the layout its kind expects.
     pub keys: Vec<String>,
-    /// The encoded op, with a placeholder key index at `k_at`.
-    bytes: Vec<u8>,
-    k_at: usize,
+    /// The op's fields, in the order its Lua function reads them.
+    pub fields: Vec<Value>,
 }
 
 impl Op {
-    /// The encoded op with its keys starting at `k` (1-based, as Lua indexes KEYS).
-    pub fn encode_at(&self, k: u32) -> Bytes {
-        let mut b = self.bytes.clone();
-        b[self.k_at..self.k_at + 4].copy_from_slice(&k.to_be_bytes());
-        Bytes::from(b)
+    /// Appends the op's ARGV entries to `args`, with its keys starting at `k` (1-based, as Lua
+    /// indexes KEYS). The fields are moved out.
+    pub fn push_args(&mut self, k: usize, args: &mut Vec<Value>) {
+        args.push(Value::from_static_str(self.kind));
+        args.push(Value::Integer(k as i64));
+        args.push(Value::Integer(self.fields.len() as i64));
+        args.append(&mut self.fields);
     }
 }
 
@@ -33,15 +36,14 @@ impl Op {
 pub(crate) struct OpBuilder {
     kind: &'static str,
     keys: Vec<String>,
-    fields: Vec<u8>,
-    count: u32,
+    fields: Vec<Value>,
 }
 
 impl OpBuilder {
     /// An op on a session (its key block only).
     pub fn session(kind: &'static str, base: &str) -> Self {
         let keys = session_block(base).into();
-        Self { kind, keys, fields: Vec::with_capacity(64), count: 0 }
+        Self { kind, keys, fields: Vec::with_capacity(16) }
     }
 
     /// An op on one turn of a session (session and turn blocks).
@@ -53,7 +55,7 @@ impl OpBuilder {
 
     /// A delta of one turn in the delta layout (`emitc`): only the keys it writes.
     pub fn delta(kind: &'static str, base: &str, turn_id: &str) -> Self {
-        Self { kind, keys: delta_block(base, turn_id).into(), fields: Vec::with_capacity(64), count: 0 }
+        Self { kind, keys: delta_block(base, turn_id).into(), fields: Vec::with_capacity(8) }
     }
 
     /// Adds a key after the blocks (the partition's turns stream, its dead-letter stream).
@@ -68,51 +70,44 @@ impl OpBuilder {
         self
     }
 
+    /// How many keys the op declares so far: the index, counted from the op's key index, that
+    /// the next [`OpBuilder::key`] gets.
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
     pub fn str(mut self, s: &str) -> Self {
-        // Writing into a Vec cannot fail.
-        let _ = rmp::encode::write_str(&mut self.fields, s);
-        self.count += 1;
+        self.fields.push(Value::from(s));
         self
     }
 
-    /// Opaque bytes. Written as a MessagePack *str*: Redis's `cmsgpack` has no bin types, and a
-    /// Lua string holds any bytes.
+    /// Opaque bytes (a Lua string holds any bytes).
     pub fn bin(mut self, b: &[u8]) -> Self {
-        let _ = rmp::encode::write_str_len(&mut self.fields, b.len() as u32);
-        self.fields.extend_from_slice(b);
-        self.count += 1;
+        self.fields.push(Value::Bytes(Bytes::copy_from_slice(b)));
         self
     }
 
-    /// A structured value, as the MessagePack map or array it serialises to (Lua's `cmsgpack`
-    /// hands the op a nested table).
-    pub fn value<T: serde::Serialize>(mut self, v: &T) -> Self {
+    /// A structured value, as the MessagePack it serialises to: one field, which the function
+    /// unpacks only when it needs the value.
+    pub fn value<T: serde::Serialize>(self, v: &T) -> Self {
         // Serialising plain data into a Vec cannot fail.
-        let _ = rmp_serde::encode::write_named(&mut self.fields, v);
-        self.count += 1;
-        self
+        let packed = rmp_serde::to_vec_named(v).unwrap_or_default();
+        self.bin(&packed)
     }
 
     pub fn int(mut self, n: i64) -> Self {
-        let _ = rmp::encode::write_sint(&mut self.fields, n);
-        self.count += 1;
+        self.fields.push(Value::Integer(n));
         self
     }
 
     pub fn uint(mut self, n: u64) -> Self {
-        let _ = rmp::encode::write_uint(&mut self.fields, n);
-        self.count += 1;
+        // Redis receives every argument as a string: a u64 past i64 goes as its decimal text.
+        self.fields.push(i64::try_from(n).map(Value::Integer).unwrap_or_else(|_| Value::from(n.to_string())));
         self
     }
 
     pub fn build(self) -> Op {
-        let mut bytes = Vec::with_capacity(self.fields.len() + 16);
-        let _ = rmp::encode::write_array_len(&mut bytes, self.count + 2);
-        let _ = rmp::encode::write_str(&mut bytes, self.kind);
-        let _ = rmp::encode::write_u32(&mut bytes, 0);
-        let k_at = bytes.len() - 4;
-        bytes.extend_from_slice(&self.fields);
-        Op { kind: self.kind, keys: self.keys, bytes, k_at }
+        Op { kind: self.kind, keys: self.keys, fields: self.fields }
     }
 }
 
@@ -121,12 +116,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_key_index_is_patched_in_place() {
-        let op = OpBuilder::turn("emit", "cf:{p01}:s:t:s", "tid").str("tid").uint(3).build();
+    fn an_op_is_its_kind_key_index_field_count_and_fields() {
+        let mut op = OpBuilder::turn("emit", "cf:{p01}:s:t:s", "tid").str("tid").uint(3).build();
         assert_eq!(op.keys.len(), 11);
         assert_eq!(op.keys[0], "cf:{p01}:s:t:s:meta");
         assert_eq!(op.keys[9], "cf:{p01}:s:t:s:turn:tid");
-        let v: (String, u32, String, u64) = rmp_serde::from_slice(&op.encode_at(23)).unwrap();
-        assert_eq!(v, ("emit".into(), 23, "tid".into(), 3));
+        let mut args = vec![Value::from("settings")];
+        op.push_args(23, &mut args);
+        let texts: Vec<String> = args.iter().map(|v| v.as_string().unwrap()).collect();
+        assert_eq!(texts, ["settings", "emit", "23", "2", "tid", "3"]);
+    }
+
+    #[test]
+    fn a_u64_past_i64_goes_as_its_decimal_text() {
+        let op = OpBuilder::session("x", "cf:{p01}:s:t:s").uint(u64::MAX).build();
+        assert_eq!(op.fields[0].as_string().as_deref(), Some("18446744073709551615"));
     }
 }

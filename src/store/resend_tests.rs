@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use fred::prelude::*;
 
 use super::*;
@@ -334,4 +335,46 @@ async fn an_enqueue_with_its_quota_slot_refuses_cleanly_and_counts_each_turn_onc
     // Within the limit, the same send goes through and takes its slot.
     assert!(matches!(send(other, "t3", "c3", 2).await.unwrap(), EnqueueOutcome::New { .. }));
     assert_eq!(holders().await, 2);
+}
+
+/// On a single Redis the finish frees the turn's quota slot in its own call (the enqueue took it
+/// in its own): once, however often the finish is sent, and only for the attempt that owns the
+/// turn.
+#[tokio::test]
+async fn a_finish_frees_its_turns_quota_slot_once() {
+    let f = fixture().await;
+    assert!(f.store.quota_with_enqueue(), "a single Redis");
+    let base = f.keys.base.clone();
+    let inflight = f.store.keys().quota_inflight("acme");
+    let holders = || async { f.raw.zrange::<Vec<String>, _, _, _>(&inflight, 0, -1, None, false, None, false).await };
+    for (turn, cmid) in [("t1", "c1"), ("t2", "c2")] {
+        let keys = if turn == "t1" { f.keys.clone() } else { f.store.keys().session("acme", "s2") };
+        let member = crate::quota::Quotas::ask_member(&keys, turn);
+        let ask = QuotaAsk {
+            tenant: "acme",
+            member: &member,
+            max_inflight: 10,
+            max_per_minute: 100,
+            stale_ms: 60_000,
+            max_listed: 10,
+        };
+        let msg = NewMessage::text(cmid, "hello");
+        let r = f.store.enqueue_turn_with_quota(&keys, turn, &msg, "e1", &[], "u1", false, &ask).await.unwrap();
+        assert!(matches!(r, EnqueueOutcome::New { .. }), "{r:?}");
+    }
+    assert_eq!(holders().await.unwrap().len(), 2);
+    let eid = f.entry_of("t1").await;
+    f.store.start_turn_as(&base, "t1", &eid, "w1", "r").await.unwrap();
+    // A writer of another attempt is fenced, and frees nothing.
+    let stale = f.store.writer(&base, "t1", &eid, 7);
+    assert_eq!(stale.finish(&finish_args()).await.unwrap(), None);
+    assert_eq!(holders().await.unwrap().len(), 2, "a fenced finish frees no slot");
+    let w = f.store.writer(&base, "t1", &eid, 1);
+    let end = w.finish(&finish_args()).await.unwrap();
+    assert!(end.is_some());
+    let left = holders().await.unwrap();
+    assert_eq!(left, [crate::quota::Quotas::ask_member(&f.store.keys().session("acme", "s2"), "t2")]);
+    w.rewind();
+    assert_eq!(w.finish(&finish_args()).await.unwrap(), end, "a resent finish answers as the first");
+    assert_eq!(holders().await.unwrap(), left, "the other turn keeps its slot");
 }

@@ -231,11 +231,18 @@ impl Store {
             // Workers in a Cluster wait for a wake-up; standalone ones block on the streams.
             .uint(u64::from(self.redis.is_clustered()))
             .str(user)
-            .uint(u64::from(present))
-            .value(&msg.attachments)
-            .str(msg.follower);
+            .uint(u64::from(present));
+        // Most sends carry no attachments: an empty field spares the function an unpack.
+        let b = match msg.attachments {
+            [] => b.str(""),
+            att => b.value(&att),
+        };
+        let b = b.str(msg.follower);
         match quota {
-            Some((q, _)) => b.value(&q.args()).build(),
+            Some((q, _)) => {
+                let (member, max_inflight, max_per_minute, stale_ms, max_listed) = q.args();
+                b.str(member).uint(max_inflight).uint(max_per_minute).uint(stale_ms).uint(max_listed).build()
+            }
             None => b.build(),
         }
     }

@@ -346,7 +346,9 @@ impl TurnWriter {
         Ok(r.int()? == 1)
     }
 
-    /// Ends the turn. `Ok(None)` when fenced, else the seq of the final event.
+    /// Ends the turn. `Ok(None)` when fenced, else the seq of the final event. Where the enqueue
+    /// took the turn's quota slot in its own call ([`Store::quota_with_enqueue`]), the finish
+    /// frees it in its own call too; elsewhere the caller frees it (`crate::quota`).
     pub async fn finish(&self, f: &FinishArgs<'_>) -> Result<Option<u64>, StoreError> {
         self.finish_after(f, 0).await
     }
@@ -355,6 +357,7 @@ impl TurnWriter {
         let p = Keyspace::partition_in(&self.base).unwrap_or(0);
         let keys = self.store.keys();
         let plen = self.emitted_len() as u64;
+        let quota = self.store.quota_with_enqueue().then(|| keys.quota_inflight(crate::keys::tenant_of(&self.base)));
         let mut r = self
             .send("finish", |b| {
                 let b = b
@@ -370,11 +373,20 @@ impl TurnWriter {
                     .uint(u64::from(f.dead_letter))
                     .str(f.usage_source.as_str())
                     .uint(plen);
-                match (f.citations, f.audit) {
-                    (None, _) => with_audit(b, f.audit),
-                    (Some(c), Some(_)) => with_audit(b, f.audit).str(c),
-                    // An empty upstream says "no audit" to the function; the citations follow.
-                    (Some(c), None) => b.str("").str("").str("").str(c),
+                // An empty upstream says "no audit" to the function.
+                let b = match f.audit {
+                    Some(_) => with_audit(b, f.audit),
+                    None => b.str("").str("").str(""),
+                }
+                .str(f.citations.unwrap_or(""));
+                // On a single Redis the finish also frees the turn's quota slot: its in-flight set
+                // is declared after the op's other keys, and the field says where.
+                match &quota {
+                    Some(inflight) => {
+                        let at = b.key_count() as u64;
+                        b.key(inflight.clone()).uint(at)
+                    }
+                    None => b.str(""),
                 }
             })
             .await?;

@@ -227,7 +227,10 @@ async fn finish(
     };
     match writer.finish(&args).await {
         Ok(Some(_)) => {
-            release_quota(shared, d);
+            // On a single Redis the finish freed the slot itself.
+            if !shared.store.quota_with_enqueue() {
+                release_quota(shared, d);
+            }
             outcome
         }
         Ok(None) => "fenced",
@@ -238,9 +241,9 @@ async fn finish(
     }
 }
 
-/// Frees the ended turn's quota slot, off the turn's path (its tenant's slot is another Redis
-/// slot, so it cannot be part of the finish). A lost release is caught by the gateways'
-/// reconciliation.
+/// Frees the ended turn's quota slot, off the turn's path, in Redis Cluster (its tenant's slot is
+/// another Redis slot, so it cannot be part of the finish there). A lost release is caught by the
+/// gateways' reconciliation.
 fn release_quota(shared: &Arc<Shared>, d: &Delivery) {
     let (store, quotas) = (shared.store.clone(), shared.quotas.clone());
     let (base, turn_id) = (d.base.clone(), d.turn_id.clone());
