@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Redis time per write op inside `cf2_batch`, by batch size: the cost model of the write path.
+"""Redis time per write op inside `cf3_batch`, by batch size: the cost model of the write path.
 
 Starts a private redis-server, loads lua/chatfleet.lua, enqueues and starts N turns through the
 same ops the fleet sends, then sends batches of delta ops (one per turn, each with the next write
@@ -58,7 +58,7 @@ def run(r, a):
 
     def call(ops):
         keys, args = batch_args(ops, a.format, {'lease_ms': 3000})
-        return r.fcall('cf2_batch', len(keys), *keys, *args)
+        return r.fcall('cf3_batch', len(keys), *keys, *args)
 
     turns = []
     for i in range(a.turns):

@@ -1,6 +1,6 @@
 """A private redis-server for the cost tools (op-cost.py, turn-cost.py): a free loopback port, a
 temp dir, no persistence, the function library loaded; stopped when the block ends. Also the
-encoding of a `cf2_batch` call, in today's flat format or the MessagePack one of libraries before
+encoding of a `cf3_batch` call, in today's flat format or the MessagePack one of libraries before
 it (`--format msgpack`, to measure an older lua/chatfleet.lua beside this one)."""
 import contextlib
 import os
@@ -21,7 +21,7 @@ ORDER = ['ttl', 'log_max', 'hist_max', 'dedupe_max', 'dlq_max', 'lease_ms', 'gro
 
 
 def batch_args(ops, fmt='flat', settings=None):
-    """KEYS and ARGV of one cf2_batch call for ops, each ([kind, field, ...], keys)."""
+    """KEYS and ARGV of one cf3_batch call for ops, each ([kind, field, ...], keys)."""
     cfg = dict(SETTINGS, **(settings or {}))
     keys = []
     if fmt == 'msgpack':

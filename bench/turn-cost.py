@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Redis time per turn op (enq, start, finish) inside `cf2_batch`: the cost model of dispatch.
+"""Redis time per turn op (enq, start, finish) inside `cf3_batch`: the cost model of dispatch.
 
 Starts a private redis-server, loads lua/chatfleet.lua, and runs turns the way the fleet does in
 `chatfleet bench dispatch` (no deltas: the answer is empty): every round, each of the sessions
@@ -14,7 +14,7 @@ closed loop of one user. Per step it reads `INFO commandstats` and `INFO cpu`:
 With `--quota` the enqueue takes the tenant's quota slot in its call, as the fleet does on a
 single Redis, and the slot is freed when the turn ends: by the `finish` op itself (today's
 library), or, with `--format msgpack` (libraries before the flat op format), by one
-`cf2_quota_release` call per turn, as the worker sent it then (the `release` step).
+`cf3_quota_release` call per turn, as the worker sent it then (the `release` step).
 
 Needs `pip install redis msgpack` (a venv will do) and redis-server on PATH. It measures Redis
 alone, so run it with nothing compiling on the box (see docs/benchmarks.md).
@@ -92,7 +92,7 @@ def batches(r, ops, size, fmt):
     out = []
     for i in range(0, len(ops), size):
         ks, args = batch_args(ops[i:i + size], fmt)
-        out += r.fcall('cf2_batch', len(ks), *ks, *args)
+        out += r.fcall('cf3_batch', len(ks), *ks, *args)
     return out
 
 
@@ -140,7 +140,7 @@ def run(r, a):
         m.run('finish', lambda: replies.extend(batches(r, fin, a.batch, a.format)), a.sessions)
         assert all(x[0] == b'ok' for x in replies), replies[:1]
         if a.quota and a.format == 'msgpack':
-            m.run('release', lambda: [r.fcall('cf2_quota_release', 2, INFLIGHT, minute, '0', f'{bases[i]}|{tids[i]}')
+            m.run('release', lambda: [r.fcall('cf3_quota_release', 2, INFLIGHT, minute, '0', f'{bases[i]}|{tids[i]}')
                                       for i in range(a.sessions)], a.sessions)
         if a.quota:
             assert r.zcard(INFLIGHT) == 0, 'a quota slot was not freed'

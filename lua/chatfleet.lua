@@ -1,4 +1,4 @@
-#!lua name=chatfleet_2
+#!lua name=chatfleet_3
 --[[
 chatfleet Redis Functions library, version 2.
 
@@ -6,7 +6,7 @@ Every state change of a turn happens inside one function call here, so it is ato
 and, because every key of a partition carries the partition's hash tag, in Redis Cluster too.
 
 Version 2 changes three things against version 1 (docs/architecture.md, "The write path"):
-  * Group commit. Writes travel as *ops* inside one `cf2_batch` call: a process queues the ops of
+  * Group commit. Writes travel as *ops* inside one `cf3_batch` call: a process queues the ops of
     all its sessions and turns for a slot while the previous call is in flight, then sends them in
     one call. Each op is fenced and applied on its own: one fenced or failing op never fails its
     neighbours (each runs under pcall, and an op checks everything before it writes).
@@ -62,7 +62,7 @@ Invariants kept here (docs/architecture.md):
 
 local TERMINAL = { done = true, error = true, cancelled = true, dead = true }
 
--- Per-call context: server time and the deployment's settings (ARGV[1] of cf2_batch).
+-- Per-call context: server time and the deployment's settings (ARGV[1] of cf3_batch).
 local C = {}
 
 local function clock()
@@ -253,7 +253,7 @@ local function attach(S, conn)
 end
 
 -- Takes a quota slot for a[o + 1] (then max_inflight, max_per_minute, stale_ms, max_listed) in
--- the tenant's in-flight set and minute counter: cf2_quota_acquire (see there), and the `enq` op
+-- the tenant's in-flight set and minute counter: cf3_quota_acquire (see there), and the `enq` op
 -- when it declared the quota keys.
 local function quota_take(inflight, tpm, a, o, now)
   local member, max_inflight, max_pm = a[o + 1], tonumber(a[o + 2]), tonumber(a[o + 3])
@@ -294,7 +294,7 @@ op: tid, client_msg_id, text, epoch_candidate, opts (bytes), traceparent, wake (
     connection id ('' = none: else a lasting connection that follows the turn from here, counted
       as `open` counts it, until `detach`; an ingress request saves its own open this way)
     [, quota: member, max_inflight, max_per_minute, stale_ms, max_listed (5 fields, as
-       cf2_quota_acquire's ARGV; its keys, the inflight ZSET and the minute's counter, follow the
+       cf3_quota_acquire's ARGV; its keys, the inflight ZSET and the minute's counter, follow the
        stream in the op's keys)]
 Returns {status, turn_id, seq, epoch}; status is
   new        the message is stored and the turn queued; seq is the user_message event's seq
@@ -304,7 +304,7 @@ Returns {status, turn_id, seq, epoch}; status is
   busy       another turn of the session is active; turn_id names it, nothing written
   forbidden  the session is bound to another user; nothing written
   quota      the quota refused or needs another call; nothing written. A 5th element is
-             cf2_quota_acquire's reply (per_minute, inflight or minute)
+             cf3_quota_acquire's reply (per_minute, inflight or minute)
 Atomic because dedupe, the busy check, seq assignment and the stream entry must not interleave
 with another gateway's send for the same session.
 ]]
@@ -627,8 +627,8 @@ op: tid, attempt, write index, outcome (done|error|cancelled), entry id, prompt_
     citations: '' or a JSON array of {document, chunk, title?}, the reference material the
     answer's prompt held; it goes into the `done` event; quota: '' or the index, counted from
     the op's key index, of the tenant's in-flight quota ZSET among the op's keys: on a single
-    Redis the turn's slot (member "<session base>|<tid>", see cf2_quota_acquire) is freed here,
-    saving the worker a cf2_quota_release call)
+    Redis the turn's slot (member "<session base>|<tid>", see cf3_quota_acquire) is freed here,
+    saving the worker a cf3_quota_release call)
 Returns {'ok', seq} or {'fenced'}, or {'behind', have} when the partial text is not plen long
 (see emit): the worker emits what Redis lost, then finishes again.
 Atomic so that the final event, the history entry, the active flag and the ack happen exactly once
@@ -725,7 +725,7 @@ local function op_cancel(S, a, o, n)
   return { 'ended', st[1] }
 end
 
---[[ op reclaim: takes over one turn found by cf2_reclaim_scan.
+--[[ op reclaim: takes over one turn found by cf3_reclaim_scan.
                                       keys: session, turn, stream, dead letters [, archive]
 op: tid, entry id, consumer (the sweeping worker), max_attempts
 Decides on the turn's lease (server time), never on pending idle time alone, so a healthy long
@@ -995,7 +995,7 @@ local LAYOUTS = { emitc = delta_keys }
 -- ARGV entries before the first op: the settings.
 local SETTINGS = 8
 
---[[ cf2_batch: a group of ops, applied in order.
+--[[ cf3_batch: a group of ops, applied in order.
 KEYS: the keys of every op, each op's block starting at its key index
 ARGV[1..8]: settings: ttl (s), log_max, hist_max, dedupe_max, dlq_max, lease_ms, group,
             archive_max (MAXLEN ~ of the archive streams; 0 = archiving off)
@@ -1033,7 +1033,7 @@ local function batch(keys, args)
   return out
 end
 
---[[ cf2_reclaim_scan: one sweep step of a partition, looking for turns whose worker is gone.
+--[[ cf3_reclaim_scan: one sweep step of a partition, looking for turns whose worker is gone.
 KEYS: turns stream, sweep lock, dead-letter stream
 ARGV: group, consumer (the sweeping worker), lock_ms, min_idle_ms, count, cursor ('-' to start
       at the oldest pending entry), consumer_gc_idle_ms (0 = off), dlq_max
@@ -1092,7 +1092,7 @@ local function reclaim_scan(keys, args)
   return { cursor, found }
 end
 
---[[ cf2_read_log: events after a seq, for a gateway catching a connection up after a pub/sub gap.
+--[[ cf3_read_log: events after a seq, for a gateway catching a connection up after a pub/sub gap.
 KEYS: meta, log of the session
 ARGV: after seq, count, epoch the connection is on [, anchor ('1': also return the event at
       `after` itself, so the caller can check it is the one it holds)]
@@ -1136,7 +1136,7 @@ local function read_log(keys, args)
   return { 'ok', top, out, anchor }
 end
 
---[[ cf2_lead: take or keep a leader lock (e.g. the one queue-metrics exporter).
+--[[ cf3_lead: take or keep a leader lock (e.g. the one queue-metrics exporter).
 KEYS: lock
 ARGV: candidate id, ttl_ms
 Returns 1 when the candidate holds the lock (now renewed), else 0. Atomic so that checking the
@@ -1164,7 +1164,7 @@ enqueue leaves a slot held until the caller's reconciliation or `stale_ms` frees
                                                     time); the caller names the minute it expects,
                                                     and the function checks it against TIME
 
-cf2_quota_acquire  ARGV: member, max_inflight (0 = off), max_per_minute (0 = off), stale_ms,
+cf3_quota_acquire  ARGV: member, max_inflight (0 = off), max_per_minute (0 = off), stale_ms,
                          max_listed
   returns {'ok'}
         | {'per_minute', retry_after_ms}          nothing written
@@ -1180,7 +1180,7 @@ local function quota_acquire(keys, args)
 end
 
 --[[
-cf2_quota_release  KEYS[1] inflight ZSET, KEYS[2] the current minute's counter (as acquire)
+cf3_quota_release  KEYS[1] inflight ZSET, KEYS[2] the current minute's counter (as acquire)
   ARGV: uncount ('1' also takes each removed member's turn back from this minute's count: the
   send stored nothing new), member, member, ...
   returns the number of members removed. Idempotent: a member already gone is neither removed nor
@@ -1200,9 +1200,9 @@ local function quota_release(keys, args)
   return removed
 end
 
-redis.register_function('cf2_batch', batch)
-redis.register_function('cf2_reclaim_scan', reclaim_scan)
-redis.register_function{ function_name = 'cf2_read_log', callback = read_log, flags = { 'no-writes' } }
-redis.register_function('cf2_lead', lead)
-redis.register_function('cf2_quota_acquire', quota_acquire)
-redis.register_function('cf2_quota_release', quota_release)
+redis.register_function('cf3_batch', batch)
+redis.register_function('cf3_reclaim_scan', reclaim_scan)
+redis.register_function{ function_name = 'cf3_read_log', callback = read_log, flags = { 'no-writes' } }
+redis.register_function('cf3_lead', lead)
+redis.register_function('cf3_quota_acquire', quota_acquire)
+redis.register_function('cf3_quota_release', quota_release)

@@ -139,9 +139,9 @@ pub const QUEUE_LAG: &str = "chatfleet_queue_lag";
 pub const QUEUE_PENDING: &str = "chatfleet_queue_pending";
 /// Gauge (s): age of the oldest unfinished turn, by `partition`.
 pub const QUEUE_OLDEST_PENDING_SECONDS: &str = "chatfleet_queue_oldest_pending_seconds";
-/// Histogram: ops per `cf2_batch` call (group commit; 1 on an idle system).
+/// Histogram: ops per `cf3_batch` call (group commit; 1 on an idle system).
 pub const REDIS_BATCH_OPS: &str = "chatfleet_redis_batch_ops";
-/// Histogram (s): duration of one `cf2_batch` call, as its process saw it.
+/// Histogram (s): duration of one `cf3_batch` call, as its process saw it.
 pub const REDIS_BATCH_SECONDS: &str = "chatfleet_redis_batch_seconds";
 
 /// Gauge: finished turns in the archive streams not yet written to PostgreSQL (the archive's

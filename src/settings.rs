@@ -107,7 +107,7 @@ pub struct RedisSettings {
     /// Times a command is sent before its caller sees the error, when connections drop while
     /// it is in flight. Every call is idempotent, so a resend never applies a write twice.
     pub max_command_attempts: u32,
-    /// Group commit: most ops (deltas, starts, finishes, enqueues, opens…) one `cf2_batch` call
+    /// Group commit: most ops (deltas, starts, finishes, enqueues, opens…) one `cf3_batch` call
     /// carries. A batch is whatever queued while the lane's previous call was in flight, so an
     /// idle process sends each op at once.
     pub batch_max_ops: usize,

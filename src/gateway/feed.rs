@@ -76,7 +76,7 @@ pub struct Feed {
     last: u64,
     /// The frame at `last`, when the feed has it (not after a snapshot): a catch-up read checks
     /// that the log still holds it there, which is how writes Redis lost and then reused the
-    /// seqs of are found (see `cf2_read_log`).
+    /// seqs of are found (see `cf3_read_log`).
     held: Option<Arc<Frame>>,
     /// Live frames taken from the hub and not yet judged, oldest first.
     inbox: VecDeque<Arc<Frame>>,

@@ -1,7 +1,7 @@
 //! Per-tenant quotas shared by every gateway through Redis: turns in flight (queued or running)
 //! and turns admitted per clock minute.
 //!
-//! A send takes a slot with `cf2_quota_acquire` before its turn is enqueued. The quota keys carry
+//! A send takes a slot with `cf3_quota_acquire` before its turn is enqueued. The quota keys carry
 //! the tenant's own hash tag (`{t:<tenant>}`), never a partition's, so in Redis Cluster the acquire
 //! and the enqueue are two commands on two slots, not one script. On a single Redis the enqueue's
 //! own call takes the slot (the `enq` op declares the quota keys too), so a send is one round

@@ -1,4 +1,4 @@
-//! Group commit: the ops of many sessions and turns travel to Redis in one `cf2_batch` call.
+//! Group commit: the ops of many sessions and turns travel to Redis in one `cf3_batch` call.
 //!
 //! Each lane (a partition's slot in Cluster; a few lanes in standalone, where every key is on one
 //! node) has one call in flight at a time. A batch is whatever queued while the previous call was
@@ -24,7 +24,7 @@ use super::{Redis, StoreError};
 use crate::metrics as m;
 
 /// The function every op goes through.
-pub(crate) const BATCH_FUNCTION: &str = "cf2_batch";
+pub(crate) const BATCH_FUNCTION: &str = "cf3_batch";
 
 /// An op waiting for its batch, and where its reply goes.
 struct Pending {

@@ -15,8 +15,8 @@ use crate::settings::{ms, RedisSettings};
 pub const FUNCTIONS_LIBRARY: &str = include_str!("../../lua/chatfleet.lua");
 
 /// Versioned library name (first line of the library). Function names carry the same version
-/// (`cf2_*`), so two versions can be loaded side by side during a rolling deploy.
-pub const LIBRARY_NAME: &str = "chatfleet_2";
+/// (`cf3_*`), so two versions can be loaded side by side during a rolling deploy.
+pub const LIBRARY_NAME: &str = "chatfleet_3";
 
 /// The Redis connections of one process.
 #[derive(Clone)]

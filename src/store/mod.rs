@@ -62,7 +62,7 @@ impl StoreError {
     }
 }
 
-/// The settings every op of a batch reads: ARGV[1..8] of `cf2_batch`, in the order the Lua side
+/// The settings every op of a batch reads: ARGV[1..8] of `cf3_batch`, in the order the Lua side
 /// reads them (ttl, log_max, hist_max, dedupe_max, dlq_max, lease_ms, group, archive_max; an
 /// archive_max of 0 means archiving is off: turn ends are not archived).
 fn batch_settings(settings: &Settings, archive_max: u64) -> Vec<Value> {

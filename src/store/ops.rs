@@ -1,4 +1,4 @@
-//! Ops: the unit of work inside a `cf2_batch` call (see `lua/chatfleet.lua`).
+//! Ops: the unit of work inside a `cf3_batch` call (see `lua/chatfleet.lua`).
 //!
 //! An op travels as plain ARGV strings: its kind, its key index, its field count, then its fields,
 //! plus the keys it touches. Plain strings cost the function less than a MessagePack array per op

@@ -1,4 +1,4 @@
-//! [`Store`] calls of the tenant quota functions (`cf2_quota_*` in `lua/chatfleet.lua`).
+//! [`Store`] calls of the tenant quota functions (`cf3_quota_*` in `lua/chatfleet.lua`).
 //!
 //! Kept apart from the session ops because their keys live in the tenant's own slot
 //! (`{t:<tenant>}`), never in a partition's: callers must not expect them to be atomic with a
@@ -49,7 +49,7 @@ pub(super) enum QuotaStep {
     Minute(u64),
 }
 
-/// Parses `cf2_quota_acquire`'s reply (also the 5th element of an `enq` refused by its quota).
+/// Parses `cf3_quota_acquire`'s reply (also the 5th element of an `enq` refused by its quota).
 pub(super) fn quota_step(r: &mut Reply) -> Result<QuotaStep, StoreError> {
     Ok(match r.string()?.as_str() {
         "ok" => QuotaStep::Done(QuotaOutcome::Admitted),
@@ -103,13 +103,13 @@ impl Store {
                 stale_ms.to_string().into(),
                 max_listed.to_string().into(),
             ];
-            let v: Value = self.redis.client().fcall("cf2_quota_acquire", keys, args).await?;
-            match quota_step(&mut Reply::new("cf2_quota_acquire", v)?)? {
+            let v: Value = self.redis.client().fcall("cf3_quota_acquire", keys, args).await?;
+            match quota_step(&mut Reply::new("cf3_quota_acquire", v)?)? {
                 QuotaStep::Done(outcome) => return Ok(outcome),
                 QuotaStep::Minute(m) => minute = m,
             }
         }
-        Err(StoreError::Reply { function: "cf2_quota_acquire", detail: "the clock minute kept changing".into() })
+        Err(StoreError::Reply { function: "cf3_quota_acquire", detail: "the clock minute kept changing".into() })
     }
 
     /// Frees the slots of `members`; with `uncount`, also takes their turns back from this
@@ -118,7 +118,7 @@ impl Store {
         let keys = vec![self.keys.quota_inflight(tenant), self.keys.quota_minute(tenant, local_minute())];
         let mut args: Vec<Value> = vec![if uncount { "1" } else { "0" }.into()];
         args.extend(members.iter().map(|m| Value::from(m.as_str())));
-        let n: i64 = self.redis.client().fcall("cf2_quota_release", keys, args).await?;
+        let n: i64 = self.redis.client().fcall("cf3_quota_release", keys, args).await?;
         Ok(n.max(0) as u64)
     }
 }

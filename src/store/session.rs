@@ -1,7 +1,7 @@
 //! What gateways (and the operator tool) do to a session: enqueue a turn, open the session for a
 //! connection and detach it, cancel a turn, read the log, store a summary.
 //!
-//! Each is an op of `cf2_batch` (group-committed) except the log read, a read-only function.
+//! Each is an op of `cf3_batch` (group-committed) except the log read, a read-only function.
 //! Resending any of them is harmless: `enq` dedupes by client_msg_id, `open`/`detach` count
 //! connections by id, `cancel` sets a flag, `summary` keeps the one that covers more.
 
@@ -349,12 +349,12 @@ impl Store {
             .redis
             .client()
             .fcall_ro(
-                "cf2_read_log",
+                "cf3_read_log",
                 vec![keys::meta_key(base), keys::log_key(base)],
                 vec![after.to_string(), count.to_string(), epoch.to_string(), u8::from(anchored).to_string()],
             )
             .await?;
-        let mut r = Reply::new("cf2_read_log", v)?;
+        let mut r = Reply::new("cf3_read_log", v)?;
         let status = r.string()?;
         let top = r.int()?.max(0) as u64;
         match status.as_str() {

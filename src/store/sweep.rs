@@ -1,6 +1,6 @@
 //! Takeover of turns whose worker is gone, and leader locks.
 //!
-//! A sweep step is two calls: `cf2_reclaim_scan` pages through a partition's pending entries
+//! A sweep step is two calls: `cf3_reclaim_scan` pages through a partition's pending entries
 //! (under the partition's sweep lock) and names the candidates; then one `reclaim` op per
 //! candidate, group-committed, decides on the turn's lease and takes it over. The second step is
 //! where the sessions' keys are known, so it can declare them (Cluster slot migration routes by
@@ -60,7 +60,7 @@ impl Store {
             .redis
             .client()
             .fcall(
-                "cf2_reclaim_scan",
+                "cf3_reclaim_scan",
                 vec![stream.clone(), self.keys.sweep_lock(p), self.keys.dlq(p)],
                 vec![
                     GROUP.to_string(),
@@ -74,7 +74,7 @@ impl Store {
                 ],
             )
             .await?;
-        let mut r = Reply::new("cf2_reclaim_scan", v)?;
+        let mut r = Reply::new("cf3_reclaim_scan", v)?;
         let next = r.string()?;
         let mut list = r.array()?;
         let mut found = Vec::with_capacity(list.len());
@@ -112,7 +112,7 @@ impl Store {
         let v: i64 = self
             .redis
             .client()
-            .fcall("cf2_lead", vec![lock.to_string()], vec![id.to_string(), ttl_ms.to_string()])
+            .fcall("cf3_lead", vec![lock.to_string()], vec![id.to_string(), ttl_ms.to_string()])
             .await?;
         Ok(v == 1)
     }
