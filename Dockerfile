@@ -11,6 +11,8 @@ WORKDIR /src
 ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
     CARGO_PROFILE_RELEASE_STRIP=symbols \
     CARGO_TERM_COLOR=never
+# jemalloc, the binary's allocator, is built from C with make (the slim image has only gcc).
+RUN apt-get update && apt-get install -y --no-install-recommends make && rm -rf /var/lib/apt/lists/*
 COPY Cargo.toml Cargo.lock ./
 # Placeholder targets so cargo can resolve and build the dependency graph.
 RUN mkdir -p src bin tests/api \

@@ -38,6 +38,7 @@ impl Openings {
     }
 
     /// Connections accepted and waiting for a slot now.
+    #[cfg(test)]
     pub(crate) fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
     }
