@@ -202,6 +202,15 @@ pub struct StormRun {
     pub p99_ms: f64,
 }
 
+/// Starts a Socket.IO gateway (`sio-server.mjs gateway`) on a free port, once it is ready.
+pub async fn sio_gateway(dir: &Path, redis_url: &str, log: &Path) -> anyhow::Result<(Node, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let args = ["gateway".to_string(), "--redis".into(), redis_url.into(), "--port".into(), port.to_string()];
+    let mut gw = Node::spawn(dir, "sio-server.mjs", &args, log)?;
+    gw.expect("ready").await?;
+    Ok((gw, port))
+}
+
 /// Socket.IO's reconnect storm: `sockets` clients (over `procs` processes) connect at once, each
 /// joining its room, as after a server restart; connect → `connect` event percentiles.
 pub async fn socketio_storm(
@@ -211,15 +220,8 @@ pub async fn socketio_storm(
     sockets: usize,
     procs: usize,
 ) -> anyhow::Result<StormRun> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let (mut gw, port) = sio_gateway(dir, redis_url, &logs.join("sio-storm-gateway.log")).await?;
     let s = |v: &str| v.to_string();
-    let mut gw = Node::spawn(
-        dir,
-        "sio-server.mjs",
-        &[s("gateway"), s("--redis"), s(redis_url), s("--port"), port.to_string()],
-        &logs.join("sio-storm-gateway.log"),
-    )?;
-    gw.expect("ready").await?;
     let per = sockets.div_ceil(procs.max(1));
     let mut clients = Vec::new();
     for i in 0..procs.max(1) {

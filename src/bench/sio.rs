@@ -79,15 +79,8 @@ fn spans(total: usize, parts: usize) -> Vec<(usize, usize)> {
 
 /// Runs Socket.IO on the Redis at `redis_url` (pid `redis_pid`); `dir` holds the scripts.
 pub async fn stream(dir: &Path, logs: &Path, redis_url: &str, redis_pid: u32, spec: SioSpec) -> anyhow::Result<SioRun> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let (mut gw, port) = super::peers::sio_gateway(dir, redis_url, &logs.join("sio-gateway.log")).await?;
     let s = |v: &str| v.to_string();
-    let mut gw = Node::spawn(
-        dir,
-        "sio-server.mjs",
-        &[s("gateway"), s("--redis"), s(redis_url), s("--port"), port.to_string()],
-        &logs.join("sio-gateway.log"),
-    )?;
-    gw.expect("ready").await?;
     let mut clients = Vec::new();
     for (i, (first, count)) in spans(spec.rooms, CLIENT_PROCS).into_iter().enumerate() {
         let args = [
