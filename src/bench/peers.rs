@@ -222,23 +222,8 @@ pub async fn socketio_storm(
 ) -> anyhow::Result<StormRun> {
     let (mut gw, port) = sio_gateway(dir, redis_url, &logs.join("sio-storm-gateway.log")).await?;
     let s = |v: &str| v.to_string();
-    let per = sockets.div_ceil(procs.max(1));
-    let mut clients = Vec::new();
-    for i in 0..procs.max(1) {
-        let first = i * per;
-        let count = per.min(sockets.saturating_sub(first));
-        let args = [
-            s("--url"),
-            format!("http://127.0.0.1:{port}"),
-            s("--first"),
-            first.to_string(),
-            s("--count"),
-            count.to_string(),
-            s("--storm"),
-            s("1"),
-        ];
-        clients.push(Node::spawn(dir, "sio-client.mjs", &args, &logs.join(format!("sio-storm-client-{i}.log")))?);
-    }
+    let storm = [s("--storm"), s("1")];
+    let mut clients = super::sio::spawn_clients(dir, port, sockets, procs, &storm, logs, "sio-storm-client")?;
     let mut ms: Vec<f64> = Vec::new();
     let mut connected = 0;
     for c in &mut clients {

@@ -77,22 +77,33 @@ fn spans(total: usize, parts: usize) -> Vec<(usize, usize)> {
     (0..parts.max(1)).map(|i| (i * per, per.min(total.saturating_sub(i * per)))).filter(|s| s.1 > 0).collect()
 }
 
+/// Starts `procs` client processes (`sio-client.mjs`) for `rooms` rooms on the gateway at `port`,
+/// each with a share of the rooms and `extra` arguments; process i logs to `<prefix>-<i>.log` in
+/// `logs`.
+pub fn spawn_clients(
+    dir: &Path,
+    port: u16,
+    rooms: usize,
+    procs: usize,
+    extra: &[String],
+    logs: &Path,
+    prefix: &str,
+) -> anyhow::Result<Vec<Node>> {
+    let mut clients = Vec::new();
+    for (i, (first, count)) in spans(rooms, procs).into_iter().enumerate() {
+        let mut args = vec!["--url".to_string(), format!("http://127.0.0.1:{port}")];
+        args.extend(["--first".to_string(), first.to_string(), "--count".to_string(), count.to_string()]);
+        args.extend_from_slice(extra);
+        clients.push(Node::spawn(dir, "sio-client.mjs", &args, &logs.join(format!("{prefix}-{i}.log")))?);
+    }
+    Ok(clients)
+}
+
 /// Runs Socket.IO on the Redis at `redis_url` (pid `redis_pid`); `dir` holds the scripts.
 pub async fn stream(dir: &Path, logs: &Path, redis_url: &str, redis_pid: u32, spec: SioSpec) -> anyhow::Result<SioRun> {
     let (mut gw, port) = super::peers::sio_gateway(dir, redis_url, &logs.join("sio-gateway.log")).await?;
     let s = |v: &str| v.to_string();
-    let mut clients = Vec::new();
-    for (i, (first, count)) in spans(spec.rooms, CLIENT_PROCS).into_iter().enumerate() {
-        let args = [
-            s("--url"),
-            format!("http://127.0.0.1:{port}"),
-            s("--first"),
-            first.to_string(),
-            s("--count"),
-            count.to_string(),
-        ];
-        clients.push(Node::spawn(dir, "sio-client.mjs", &args, &logs.join(format!("sio-client-{i}.log")))?);
-    }
+    let mut clients = spawn_clients(dir, port, spec.rooms, CLIENT_PROCS, &[], logs, "sio-client")?;
     for c in &mut clients {
         c.expect("ready").await?;
     }
