@@ -11,6 +11,10 @@ closed loop of one user. Per step it reads `INFO commandstats` and `INFO cpu`:
     cpu µs/op        Redis process CPU per op, I/O and parsing included
     and each command the op ran: calls per op and µs per call
 
+A `start` asks for no history in its reply, and the history of each started turn is then read
+with a plain LRANGE (the `history` step), as the worker does; `--history-inside` measures the
+builds before that, whose `start` returned it.
+
 With `--quota` the enqueue takes the tenant's quota slot in its call, as the fleet does on a
 single Redis, and the slot is freed when the turn ends: by the `finish` op itself (today's
 library), or, with `--format msgpack` (libraries before the flat op format), by one
@@ -20,7 +24,7 @@ Needs `pip install redis msgpack` (a venv will do) and redis-server on PATH. It 
 alone, so run it with nothing compiling on the box (see docs/benchmarks.md).
 
     python3 bench/turn-cost.py [--sessions 128] [--rounds 30] [--batch 16] [--quota]
-                               [--lua FILE --format msgpack]
+                               [--lua FILE --format msgpack] [--history-inside]
 """
 import argparse
 from collections import defaultdict
@@ -82,6 +86,8 @@ def main():
     ap.add_argument('--batch', type=int, default=16)
     ap.add_argument('--format', choices=['flat', 'msgpack'], default='flat')
     ap.add_argument('--quota', action='store_true')
+    ap.add_argument('--history-inside', action='store_true',
+                    help='start returns the history in its reply (builds before the history was read beside it)')
     a = ap.parse_args()
     with private_redis(a.lua) as r:
         run(r, a)
@@ -122,9 +128,20 @@ def run(r, a):
         for eid, f in got:
             i = int(f[b't'].decode()[1:].split('r')[0])
             entries[i] = eid.decode()
-            start.append((['start', tids[i], eid.decode(), 'w1', f'q{tids[i]}'], keys(bases[i], tids[i])))
+            fields = ['start', tids[i], eid.decode(), 'w1', f'q{tids[i]}']
+            if not a.history_inside:
+                fields.append('1')
+            start.append((fields, keys(bases[i], tids[i])))
         replies = []
         m.run('start', lambda: replies.extend(batches(r, start, a.batch, a.format)), a.sessions)
+        if not a.history_inside:
+            # The worker reads each started turn's history beside the op, as a plain LRANGE.
+            def read_history():
+                with r.pipeline(transaction=False) as pipe:
+                    for i in range(a.sessions):
+                        pipe.lrange(f'{bases[i]}:hist', -200, -1)
+                    pipe.execute()
+            m.run('history', read_history, a.sessions)
         assert all(x[0] == b'run' and x[1] == 1 for x in replies), replies[:1]
         fin = []
         for i in range(a.sessions):

@@ -385,8 +385,12 @@ local function op_enq(S, a, o, n, keys, k)
 end
 
 -- Reads what a running attempt needs before calling the model (the tail of `start`'s reply).
-local function start_reply(S, st, attempt, epoch)
-  local hist = redis.call('LRANGE', S.hist, -C.hist_max, -1)
+-- `own_hist`: the caller reads the history itself, with a plain LRANGE sent beside this call, so
+-- the reply holds none: every message copied into Lua and out again cost ~1 µs of Redis CPU,
+-- where a plain LRANGE sends Redis's list as it is. The history cannot change between the two:
+-- the session's next turn is refused (`busy`) until this one ends.
+local function start_reply(S, st, attempt, epoch, own_hist)
+  local hist = own_hist and {} or redis.call('LRANGE', S.hist, -C.hist_max, -1)
   local flags = redis.call('SMEMBERS', S.flags)
   local s = redis.call('HMGET', S.summary, 'epoch', 'upto', 'text')
   local upto, text = '', ''
@@ -400,7 +404,8 @@ local function start_reply(S, st, attempt, epoch)
 end
 
 --[[ op start: a worker begins a delivered turn.                    keys: session, turn, stream
-op: tid, entry id, worker id, request id (unique per start call)
+op: tid, entry id, worker id, request id (unique per start call), and optionally '1' when the
+    caller reads the history itself (the reply's history is then empty)
 Returns
   {'run', attempt, history (list of msgpack), opts, created_us, started_us, epoch, flags,
    summary_upto, summary_text, tool records}                           queued -> running
@@ -412,6 +417,7 @@ exactly one worker moves a turn to running, and the attempt it gets fences every
 ]]
 local function op_start(S, a, o, n)
   local tid, eid, worker, sreq = a[o + 1], a[o + 2], a[o + 3], a[o + 4]
+  local own_hist = n >= 5 and a[o + 5] == '1'
   local st = redis.call('HMGET', S.turn, 'status', 'attempt', 'epoch', 'created', 'opts', 'created_us', 'sreq',
     'started_us')
   local status = st[1]
@@ -422,7 +428,7 @@ local function op_start(S, a, o, n)
     return { 'gone' }
   end
   if status == 'running' and st[7] == sreq then
-    return start_reply(S, st, tonumber(st[2]), epoch)
+    return start_reply(S, st, tonumber(st[2]), epoch, own_hist)
   end
   if TERMINAL[status] then
     ack_del(S.stream, eid)
@@ -437,7 +443,7 @@ local function op_start(S, a, o, n)
     'tt', C.now, 'plen', 0, 'wr', '')
   append_event(S, { v = 1, type = 'turn_started', turn_id = tid, attempt = attempt }, epoch)
   st[8] = C.now_us
-  return start_reply(S, st, attempt, epoch)
+  return start_reply(S, st, attempt, epoch, own_hist)
 end
 
 --[[ Fence and resend check shared by every worker write (emit, tool, hb, audit, finish, release).

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use fred::interfaces::EventInterface;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -30,12 +29,12 @@ pub async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
     let redis = Redis::connect(&settings.redis)
         .await
         .with_context(|| format!("cannot connect to Redis (redis.url = {})", redact(&settings.redis.url)))?;
-    crate::redis_version::check(fred::interfaces::ClientLike::server_version(redis.client()))?;
+    crate::redis_version::check(redis.server_version())?;
     let store = Store::new(redis, settings);
     store.ensure_schema().await.context("cannot load the Redis functions library")?;
     if store.redis().is_clustered() {
         // A primary added later starts without the functions: load them on every change.
-        let (watch, mut changes) = (store.clone(), store.redis().client().cluster_change_rx());
+        let (watch, mut changes) = (store.clone(), store.redis().topology_changes());
         tokio::spawn(async move {
             while let Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) = changes.recv().await {
                 if let Err(e) = watch.ensure_schema().await {

@@ -11,7 +11,6 @@ use std::fmt::Write as _;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use crate::keys::SessionKeys;
 use crate::store::{entry_ms, CancelOutcome, EnqueueOutcome, Store};
 
 /// `chatfleet ctl [--json] <command>`.
@@ -206,7 +205,7 @@ async fn dlq_replay(store: &Store, id: &str) -> anyhow::Result<Output> {
     let (text, opts) = store.turn_message(base, tid).await?;
     let text = text.ok_or_else(|| anyhow::anyhow!("turn {tid} has expired; nothing to replay"))?;
     // The dead turn's options (e.g. the model the client asked for) carry over to the replay.
-    let keys = SessionKeys { partition: p, base: base.clone(), stream: store.keys().stream(p) };
+    let keys = store.keys().session_of_base(p, base.clone());
     let new_tid = uuid::Uuid::now_v7().simple().to_string();
     let epoch = uuid::Uuid::new_v4().simple().to_string();
     // The client_msg_id is derived from the dead turn, so replaying twice makes one new turn.

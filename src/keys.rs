@@ -69,6 +69,12 @@ impl Keyspace {
         }
     }
 
+    /// The keys of the session whose base key (as stored in a turn entry or a dead letter) is
+    /// `base`, in partition `p`.
+    pub fn session_of_base(&self, p: u16, base: String) -> SessionKeys {
+        SessionKeys { partition: p, base, stream: self.stream(p) }
+    }
+
     /// Turn stream of a partition (consumer group [`GROUP`]).
     pub fn stream(&self, p: u16) -> String {
         format!("{}:{{p{:02}}}:turns", self.prefix, p)
@@ -156,6 +162,11 @@ pub fn turn_key(base: &str, turn_id: &str) -> String {
 /// A session's meta hash (epoch, seq, active turn).
 pub fn meta_key(base: &str) -> String {
     format!("{base}:meta")
+}
+
+/// A session's history: the messages a turn's model call reads.
+pub fn history_key(base: &str) -> String {
+    format!("{base}:hist")
 }
 
 /// A session's event log.

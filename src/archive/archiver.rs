@@ -35,7 +35,7 @@ impl Archiver {
         let id = format!("a-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
         store.ensure_archive_groups().await?;
         crate::metrics_catalog::register_archiver();
-        let reader = if store.redis().is_clustered() { None } else { Some(store.redis().dedicated().await?) };
+        let reader = if store.redis().is_clustered() { None } else { Some(store.redis().dedicated_reader().await?) };
         let stop = shutdown.child_token();
         let mut tasks = JoinSet::new();
         // The schema now if PostgreSQL answers, so the conversations API finds it at once; else
@@ -86,7 +86,7 @@ struct Copy {
 }
 
 impl Copy {
-    async fn run(mut self, reader: Option<fred::clients::Client>, stop: CancellationToken) {
+    async fn run(mut self, reader: Option<crate::store::Dedicated>, stop: CancellationToken) {
         let s = self.archive.settings().clone();
         let parts = self.store.keys().partitions();
         // Checked between reads (a read dropped mid-BLOCK could leave delivered entries behind).
@@ -154,7 +154,7 @@ impl Copy {
             }
         }
         if let Some(r) = reader {
-            let _ = fred::interfaces::ClientLike::quit(&r).await;
+            r.quit().await;
         }
     }
 

@@ -312,17 +312,12 @@ pub type CmdStats = std::collections::BTreeMap<String, (u64, u64)>;
 /// functions run count too (and inside the FCALL's own time), so this splits Redis time by
 /// command.
 async fn redis_commandstats(url: &str) -> CmdStats {
-    use fred::prelude::*;
-    let out = CmdStats::new();
-    let Ok(config) = Config::from_url(url) else { return out };
-    let c = fred::clients::Client::new(config, None, None, None);
-    if c.init().await.is_err() {
-        return out;
-    }
-    let info: String = c.info(Some(fred::types::InfoKind::CommandStats)).await.unwrap_or_default();
-    let _ = c.quit().await;
+    let info = crate::store::info_of(url, "commandstats", INFO_TIMEOUT).await.unwrap_or_default();
     parse_commandstats(&info)
 }
+
+/// How long the bench waits for its own Redis's `INFO`.
+const INFO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Reads the `cmdstat_…` lines of an `INFO commandstats` reply.
 fn parse_commandstats(info: &str) -> CmdStats {
@@ -349,11 +344,7 @@ fn add_cmdstats(total: &mut CmdStats, more: &CmdStats) {
 
 /// The pid of the Redis server behind `url` (`INFO server`).
 pub async fn redis_pid(url: &str) -> anyhow::Result<u32> {
-    use fred::prelude::*;
-    let c = fred::clients::Client::new(Config::from_url(url)?, None, None, None);
-    c.init().await?;
-    let info: String = c.info(Some(fred::types::InfoKind::Server)).await?;
-    let _ = c.quit().await;
+    let info = crate::store::info_of(url, "server", INFO_TIMEOUT).await?;
     info.lines()
         .find_map(|l| l.strip_prefix("process_id:"))
         .and_then(|v| v.trim().parse().ok())

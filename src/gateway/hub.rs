@@ -27,8 +27,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use fred::clients::SubscriberClient;
-use fred::prelude::*;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::futures::Notified;
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
@@ -36,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::payload;
 use crate::protocol::{self, Event, EventBody};
-use crate::store::StoreError;
+use crate::store::{StoreError, Subscriber as PubSub};
 
 /// Commands waiting for the command task; a full queue makes `join` wait (bounded).
 const COMMAND_QUEUE: usize = 4096;
@@ -246,7 +244,7 @@ pub struct Subscription {
 
 impl Hub {
     /// Starts the hub's tasks on `sub` (a connected subscriber client). They stop with `shutdown`.
-    pub fn start(sub: SubscriberClient, limits: HubLimits, shutdown: CancellationToken) -> Self {
+    pub fn start(sub: PubSub, limits: HubLimits, shutdown: CancellationToken) -> Self {
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let hub = Hub {
             inner: Arc::new(Inner {
@@ -370,11 +368,11 @@ impl Drop for Subscription {
 }
 
 fn closed() -> StoreError {
-    StoreError::Redis(fred::error::Error::new(fred::error::ErrorKind::Canceled, "hub stopped"))
+    StoreError::canceled("hub stopped")
 }
 
 /// Applies subscribe/unsubscribe commands in order, batching those that wait together.
-async fn run_commands(hub: Hub, sub: SubscriberClient, mut rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+async fn run_commands(hub: Hub, sub: PubSub, mut rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
     let mut batch = Vec::with_capacity(BATCH);
     // Joins whose SSUBSCRIBE failed (the connection dropped under it): the next resubscription
     // answers them. A join gives up on its own after `subscribe_timeout`.
@@ -439,27 +437,10 @@ async fn run_commands(hub: Hub, sub: SubscriberClient, mut rx: mpsc::Receiver<Co
     }
 }
 
-/// SSUBSCRIBE for a batch: one call on a single server; on a Cluster, which refuses channels of
-/// several slots in one call, one call per hash slot, all sent at once (fred pipelines them) so
-/// that a reconnect storm's batch costs one round trip, not one per slot.
-/// (fred's `resubscribe_all` is not used: in 10.1 it first sends SUBSCRIBE with no channels,
-/// which Redis refuses, and then never reaches the sharded channels.)
-async fn ssubscribe_grouped(sub: &SubscriberClient, channels: Vec<String>) -> Result<(), String> {
-    if channels.is_empty() {
-        return Ok(());
-    }
-    if !sub.is_clustered() {
-        return sub.ssubscribe(channels).await.map_err(|e| e.to_string());
-    }
-    let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
-    for ch in channels {
-        by_slot.entry(fred::util::redis_keyslot(ch.as_bytes())).or_default().push(ch);
-    }
-    let calls = by_slot.into_values().map(|chs| sub.ssubscribe(chs));
-    for r in futures::future::join_all(calls).await {
-        r.map_err(|e| e.to_string())?;
-    }
-    Ok(())
+/// SSUBSCRIBE for a batch, by slot (see [`PubSub::ssubscribe_by_slot`]); the error as text, since
+/// one result answers many joins.
+async fn ssubscribe_grouped(sub: &PubSub, channels: Vec<String>) -> Result<(), String> {
+    sub.ssubscribe_by_slot(channels).await.map_err(|e| e.to_string())
 }
 
 type Waiter = oneshot::Sender<Result<(), StoreError>>;
@@ -483,12 +464,12 @@ fn answer(waiters: Vec<Waiter>, r: Result<(), String>) {
 }
 
 fn store_error(e: String) -> StoreError {
-    StoreError::Redis(fred::error::Error::new(fred::error::ErrorKind::Unknown, e))
+    StoreError::other(e)
 }
 
 /// Decodes each message once and offers it to the channel's members.
-async fn dispatch(hub: Hub, sub: SubscriberClient, shutdown: CancellationToken) {
-    let mut rx = sub.message_rx();
+async fn dispatch(hub: Hub, sub: PubSub, shutdown: CancellationToken) {
+    let mut rx = sub.messages();
     loop {
         let msg = tokio::select! {
             m = rx.recv() => m,
@@ -527,11 +508,11 @@ async fn dispatch(hub: Hub, sub: SubscriberClient, shutdown: CancellationToken) 
 /// the client library discards that notice. So on a Cluster the slot map is read every
 /// `cluster_check` and compared with the last one; the library announces every read as a
 /// topology change, so only a map that differs counts.
-async fn watch_reconnects(hub: Hub, sub: SubscriberClient, check: Duration, shutdown: CancellationToken) {
-    let mut rx = sub.reconnect_rx();
-    let mut topology = sub.cluster_change_rx();
+async fn watch_reconnects(hub: Hub, sub: PubSub, check: Duration, shutdown: CancellationToken) {
+    let mut rx = sub.reconnects();
+    let mut topology = sub.topology_changes();
     let clustered = sub.is_clustered();
-    let mut known = slot_map(&sub);
+    let mut known = sub.slot_map();
     let mut tick = tokio::time::interval(check.max(Duration::from_millis(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -553,7 +534,7 @@ async fn watch_reconnects(hub: Hub, sub: SubscriberClient, check: Duration, shut
             }
             _ = shutdown.cancelled() => break,
         };
-        let now = slot_map(&sub);
+        let now = sub.slot_map();
         if cause == "topology" && now == known {
             continue;
         }
@@ -574,15 +555,7 @@ async fn watch_reconnects(hub: Hub, sub: SubscriberClient, check: Duration, shut
         // Whatever was published while the subscription was gone is in the logs.
         hub.request_resync(cause);
     }
-    let _ = sub.quit().await;
-}
-
-/// The slot ranges and their primaries, as the client library last read them (empty when not
-/// on a Cluster).
-fn slot_map(sub: &SubscriberClient) -> Vec<(u16, u16, String)> {
-    sub.cached_cluster_state()
-        .map(|s| s.slots().iter().map(|r| (r.start, r.end, r.primary.to_string())).collect())
-        .unwrap_or_default()
+    sub.quit().await;
 }
 
 #[cfg(test)]

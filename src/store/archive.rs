@@ -106,7 +106,7 @@ impl Store {
     /// (after a restart with the same name) instead of new ones.
     pub async fn read_archive_all(
         &self,
-        reader: &Client,
+        reader: &super::Dedicated,
         consumer: &str,
         count: u64,
         block_ms: u64,
@@ -119,6 +119,7 @@ impl Store {
         // A per-call timeout above the BLOCK (the reader has no default command timeout).
         let timeout = std::time::Duration::from_millis(block_ms + self.redis().settings().command_timeout_ms);
         let v: Value = reader
+            .client()
             .with_options(&Options { timeout: Some(timeout), ..Default::default() })
             .xreadgroup(ARCHIVE_GROUP, consumer, Some(count), block, false, streams, ids)
             .await?;

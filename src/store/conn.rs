@@ -4,11 +4,10 @@
 
 use std::time::Duration;
 
-use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::config::{TcpConfig, UnresponsiveConfig};
 
-use super::StoreError;
+use super::{StoreError, Subscriber};
 use crate::settings::{ms, RedisSettings};
 
 /// The Functions library source, loaded by every process at start.
@@ -49,11 +48,27 @@ impl Redis {
         Ok(client)
     }
 
-    /// A new pub/sub client. The caller drives resubscription (see `gateway::hub`).
-    pub async fn subscriber(&self) -> Result<SubscriberClient, StoreError> {
+    /// [`Self::dedicated`], for a caller outside the store that only hands it back to the store's
+    /// blocking reads (the archivers).
+    pub async fn dedicated_reader(&self) -> Result<Dedicated, StoreError> {
+        Ok(Dedicated(self.dedicated().await?))
+    }
+
+    /// The server's version, as the client read it from `INFO server` when it connected.
+    pub fn server_version(&self) -> Option<fred::types::Version> {
+        self.client().server_version()
+    }
+
+    /// Fires when the client library read a Cluster's slot map again (a topology change).
+    pub fn topology_changes(&self) -> tokio::sync::broadcast::Receiver<Vec<fred::types::ClusterStateChange>> {
+        self.client().cluster_change_rx()
+    }
+
+    /// A new pub/sub connection. The caller drives resubscription (see [`Subscriber`]).
+    pub async fn subscriber(&self) -> Result<Subscriber, StoreError> {
         let client = builder(&self.builder_config, &self.settings, false).build_subscriber_client()?;
         client.init().await?;
-        Ok(client)
+        Ok(Subscriber::new(client))
     }
 
     /// True when the URL names a Redis Cluster.
@@ -107,6 +122,19 @@ impl Redis {
     /// Closes the pool's connections.
     pub async fn quit(&self) {
         let _ = self.pool.quit().await;
+    }
+}
+
+/// A connection of its own for a blocking read, opaque outside the store.
+pub struct Dedicated(Client);
+
+impl Dedicated {
+    pub(super) fn client(&self) -> &Client {
+        &self.0
+    }
+
+    pub async fn quit(&self) {
+        let _ = self.0.quit().await;
     }
 }
 

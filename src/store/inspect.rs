@@ -158,7 +158,7 @@ impl Store {
                 let page: Entries = client.xrange(&stream, &start, "+", Some(1000)).await?;
                 if let Some((_, f)) = page.iter().find(|(_, f)| f.get("t").map(String::as_str) == Some(turn_id)) {
                     let base = f.get("b").cloned().unwrap_or_default();
-                    return Ok(Some(SessionKeys { partition: p, base, stream }));
+                    return Ok(Some(self.keys.session_of_base(p, base)));
                 }
                 match page.last() {
                     Some((id, _)) if page.len() == 1000 => start = format!("({id}"),
@@ -214,6 +214,29 @@ impl Store {
         let _: i64 = self.redis.client().del(format!("{base}:summarizing")).await?;
         Ok(())
     }
+}
+
+/// One `INFO` section of the server behind `url`, on a connection of its own that lives for this
+/// call (the bench reads the servers it started, not through a process's pool). Connecting and
+/// the reply are each bounded by `timeout`.
+pub async fn info_of(url: &str, section: &str, timeout: std::time::Duration) -> Result<String, StoreError> {
+    let mut config = Config::from_url(url)?;
+    config.fail_fast = true;
+    let c = Builder::from_config(config)
+        .with_connection_config(|cc| {
+            cc.connection_timeout = timeout;
+            cc.internal_command_timeout = timeout;
+        })
+        .with_performance_config(|p| p.default_command_timeout = timeout)
+        .build()?;
+    let connected = tokio::time::timeout(timeout, c.init()).await;
+    let info = match connected {
+        Ok(Ok(_)) => c.custom::<String, _>(fred::cmd!("INFO"), vec![section]).await.map_err(StoreError::from),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(StoreError::canceled("INFO: no connection in time")),
+    };
+    let _ = tokio::time::timeout(timeout, c.quit()).await;
+    info
 }
 
 #[cfg(test)]

@@ -12,24 +12,30 @@
 
 mod archive;
 mod batch;
+mod claim;
 mod conn;
 mod inspect;
 #[cfg(test)]
 mod lost_write_tests;
 mod ops;
+mod pubsub;
 mod quota;
 mod reply;
 #[cfg(test)]
 mod resend_tests;
 mod session;
+#[cfg(test)]
+mod start_tests;
 mod sweep;
 mod turn;
 
 use fred::types::Value;
 
 pub use archive::{ArchiveEntry, Erased, FinishedTurn, ARCHIVE_GROUP};
-pub use conn::{Redis, FUNCTIONS_LIBRARY, LIBRARY_NAME};
-pub use inspect::{entry_ms, PartitionLoad, PartitionStats, PendingTurn};
+pub use claim::{Delivery, TurnReader};
+pub use conn::{Dedicated, Redis, FUNCTIONS_LIBRARY, LIBRARY_NAME};
+pub use inspect::{entry_ms, info_of, PartitionLoad, PartitionStats, PendingTurn};
+pub use pubsub::{Message, Subscriber};
 pub use quota::{QuotaAsk, QuotaOutcome};
 pub use session::{Actor, CancelOutcome, EnqueueOutcome, LogRead, NewMessage, Opened};
 pub use sweep::Claimed;
@@ -54,6 +60,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The call was given up before Redis answered (its task stopped): transient.
+    pub fn canceled(detail: &'static str) -> Self {
+        Self::Redis(fred::error::Error::new(fred::error::ErrorKind::Canceled, detail))
+    }
+
+    /// A failure known only by its message (one error shared by several waiters).
+    pub fn other(detail: String) -> Self {
+        Self::Redis(fred::error::Error::new(fred::error::ErrorKind::Unknown, detail))
+    }
+
     /// Redis could not be reached or did not answer in time (a dropped connection, a failover, a
     /// stall): the same call may succeed when sent again. Replies and refusals are not.
     pub fn is_transient(&self) -> bool {

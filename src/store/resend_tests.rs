@@ -12,14 +12,15 @@ use crate::keys::{self, SessionKeys};
 use crate::local_redis::LocalRedis;
 use crate::payload::HistoryMessage;
 
-struct Fixture {
+/// A store on a fresh redis-server (4 partitions), a raw client, and session `s1` of `acme`.
+pub(super) struct Fixture {
     _redis: LocalRedis,
-    store: Store,
-    raw: Client,
-    keys: SessionKeys,
+    pub store: Store,
+    pub raw: Client,
+    pub keys: SessionKeys,
 }
 
-async fn fixture() -> Fixture {
+pub(super) async fn fixture() -> Fixture {
     fixture_with(false).await
 }
 
@@ -44,14 +45,14 @@ impl Fixture {
         self.raw.xlen(keys::log_key(&self.keys.base)).await.unwrap()
     }
 
-    async fn entry_of(&self, turn: &str) -> String {
+    pub async fn entry_of(&self, turn: &str) -> String {
         let entries: Vec<(String, Vec<(String, String)>)> =
             self.raw.xrange(&self.keys.stream, "-", "+", None).await.unwrap();
         let found = entries.into_iter().find(|(_, f)| f.iter().any(|(k, v)| k == "t" && v == turn));
         found.expect("the turn's entry").0
     }
 
-    async fn enqueue(&self, turn: &str, cmid: &str, user: &str) -> EnqueueOutcome {
+    pub async fn enqueue(&self, turn: &str, cmid: &str, user: &str) -> EnqueueOutcome {
         self.store.enqueue_turn(&self.keys, turn, &NewMessage::text(cmid, "hello"), "epoch1", &[], user).await.unwrap()
     }
 }

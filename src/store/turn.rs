@@ -19,10 +19,11 @@ use bytes::Bytes;
 
 use super::ops::OpBuilder;
 use super::reply::Reply;
-use super::session::history;
 use super::{Store, StoreError};
-use crate::keys::Keyspace;
-use crate::payload::HistoryMessage;
+use fred::prelude::*;
+
+use crate::keys::{history_key, Keyspace};
+use crate::payload::{self, HistoryMessage};
 
 /// Result of `start_turn`.
 #[derive(Debug, Clone)]
@@ -147,12 +148,21 @@ impl Store {
             .str(entry_id)
             .str(worker)
             .str(request)
+            .str("1")
             .build();
-        let mut r = self.op(base, op).await?;
+        // The history is read beside the op, as a plain LRANGE (the op's reply holds none): see
+        // `start_reply` in lua/chatfleet.lua for why, and why it cannot change in between.
+        let (r, read) = tokio::join!(self.op(base, op), self.read_history(base));
+        let mut r = r?;
         match r.string()?.as_str() {
             "run" => {
                 let attempt = r.int()? as u32;
-                let history = history(r.array()?)?;
+                r.array()?;
+                let history = match read {
+                    Ok(h) => h,
+                    Err(e) if e.is_transient() => self.read_history_retrying(base).await?,
+                    Err(e) => return Err(e),
+                };
                 let opts = r.bytes()?;
                 let created_us = r.string()?.parse().map_err(|_| r.bad("created_us is not a number"))?;
                 let started_us = r.string()?.parse().map_err(|_| r.bad("started_us is not a number"))?;
@@ -163,6 +173,29 @@ impl Store {
             "gone" => Ok(StartOutcome::Gone),
             "held" => Ok(StartOutcome::Held),
             other => Err(r.bad(format!("unknown status {other}"))),
+        }
+    }
+
+    /// The session's history as a starting turn reads it: its last `history_max_messages`.
+    async fn read_history(&self, base: &str) -> Result<Vec<HistoryMessage>, StoreError> {
+        let list: Vec<Bytes> = self.redis.client().lrange(history_key(base), -(self.hist_max as i64), -1).await?;
+        list.iter().map(|m| payload::decode_history(m).map_err(StoreError::from)).collect()
+    }
+
+    /// [`Self::read_history`] after the started op: the attempt now owns the turn, so a read
+    /// that failed for want of Redis is tried again, as writes are (`TurnWriter::send`), rather
+    /// than leaving the turn to wait for its lease.
+    async fn read_history_retrying(&self, base: &str) -> Result<Vec<HistoryMessage>, StoreError> {
+        let give_up = tokio::time::Instant::now() + self.write_retry;
+        let mut pause = std::time::Duration::from_millis(50);
+        loop {
+            match self.read_history(base).await {
+                Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < give_up => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(500));
+                }
+                r => return r,
+            }
         }
     }
 

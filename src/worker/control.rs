@@ -6,16 +6,14 @@
 
 use std::sync::Arc;
 
-use fred::clients::SubscriberClient;
-use fred::prelude::*;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Subscriber};
 
 pub(super) struct Listener {
-    sub: SubscriberClient,
+    sub: Subscriber,
     channel: String,
 }
 
@@ -28,8 +26,8 @@ impl Listener {
     }
 
     pub async fn run(self, shared: Arc<Shared>, stop: CancellationToken) {
-        let mut rx = self.sub.message_rx();
-        let mut reconnects = self.sub.reconnect_rx();
+        let mut rx = self.sub.messages();
+        let mut reconnects = self.sub.reconnects();
         loop {
             let msg = tokio::select! {
                 m = rx.recv() => m,
@@ -54,7 +52,7 @@ impl Listener {
                 Err(RecvError::Closed) => break,
             }
         }
-        let _ = self.sub.quit().await;
+        self.sub.quit().await;
     }
 }
 

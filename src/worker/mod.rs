@@ -31,18 +31,8 @@ use tokio_util::task::TaskTracker;
 use crate::model::Model;
 use crate::settings::Settings;
 use crate::settings_base::ms;
-use crate::store::{Store, StoreError};
-
-/// A turn handed to this worker, by XREADGROUP or by a reclaim.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub partition: u16,
-    pub entry_id: String,
-    pub base: String,
-    pub turn_id: String,
-    /// W3C trace context from the gateway that enqueued the turn.
-    pub traceparent: Option<String>,
-}
+pub use crate::store::Delivery;
+use crate::store::{Store, StoreError, Subscriber, TurnReader};
 
 /// Stop signals of one running turn.
 #[derive(Clone)]
@@ -103,12 +93,9 @@ impl Worker {
         let reader = if store.redis().is_clustered() {
             Reader::Cluster(store.redis().subscriber().await?)
         } else {
-            Reader::Blocking(store.redis().dedicated().await?)
+            Reader::Blocking(Box::new(store.turn_reader(settings.worker.read_block_ms).await?))
         };
-        // Join every partition's group at once: Redis 7.0 creates a consumer only when a read
-        // delivers something, and an idle worker should still show in XINFO CONSUMERS and ctl.
-        let joins = (0..store.keys().partitions()).map(|p| store.redis().create_consumer(store.keys().stream(p), &id));
-        futures::future::try_join_all(joins).await?;
+        store.join_groups(&id).await?;
         let control = control::Listener::connect(&store, &id).await?;
         metrics::gauge!(crate::metrics::WORKER_CAPACITY).set(settings.worker.max_concurrent_turns as f64);
         let tools = Arc::new(crate::tools::ToolBox::new(&settings.tools));
@@ -151,15 +138,15 @@ impl Worker {
 
 /// How this worker learns of new turns.
 enum Reader {
-    Blocking(fred::clients::Client),
-    Cluster(fred::clients::SubscriberClient),
+    Blocking(Box<TurnReader>),
+    Cluster(Subscriber),
 }
 
 async fn run(shared: Arc<Shared>, reader: Reader, control: control::Listener, shutdown: CancellationToken) {
     let stop_claiming = shutdown.child_token();
     let tasks = TaskTracker::new();
     match reader {
-        Reader::Blocking(c) => tasks.spawn(read::run(shared.clone(), c, stop_claiming.clone())),
+        Reader::Blocking(c) => tasks.spawn(read::run(shared.clone(), *c, stop_claiming.clone())),
         Reader::Cluster(s) => tasks.spawn(read_cluster::run(shared.clone(), s, stop_claiming.clone())),
     };
     tasks.spawn(sweep::run(shared.clone(), stop_claiming.clone()));

@@ -12,28 +12,26 @@
 //! next one. Otherwise a wake-up waits for the rest of the pass, which at P = 512 put tens of
 //! milliseconds on the claim latency p99 every `read_block_ms`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use fred::clients::SubscriberClient;
-use fred::prelude::*;
-use fred::types::Message;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::broadcast::Receiver;
 use tokio_util::sync::CancellationToken;
 
-use super::{Delivery, Shared};
-use crate::keys::{Keyspace, GROUP};
+use super::Shared;
+use crate::keys::Keyspace;
 use crate::settings_base::ms;
+use crate::store::{Message, Subscriber};
 
-pub(super) async fn run(shared: Arc<Shared>, sub: SubscriberClient, stop: CancellationToken) {
+pub(super) async fn run(shared: Arc<Shared>, sub: Subscriber, stop: CancellationToken) {
     let keys = shared.store.keys().clone();
     let partitions = keys.partitions();
     let channels: Vec<String> = (0..partitions).map(|p| keys.wake_channel(p)).collect();
     subscribe(&sub, &channels).await;
-    let mut messages = sub.message_rx();
-    let mut reconnects = sub.reconnect_rx();
-    let mut topology = sub.cluster_change_rx();
+    let mut messages = sub.messages();
+    let mut reconnects = sub.reconnects();
+    let mut topology = sub.topology_changes();
     let mut poll = tokio::time::interval(ms(shared.settings.worker.read_block_ms));
     let mut ready = Ready::new(partitions);
     let batch = (shared.settings.worker.max_concurrent_turns / 4).max(1) as u64;
@@ -46,7 +44,7 @@ pub(super) async fn run(shared: Arc<Shared>, sub: SubscriberClient, stop: Cancel
             }
             let Some(p) = ready.pop() else { break };
             let count = (shared.permits.available_permits() as u64).min(batch);
-            let got = read_partition(&shared, &keys, p, count, &stop).await;
+            let got = read_partition(&shared, p, count, &stop).await;
             if got as u64 == count {
                 ready.mark(p); // there may be more
             }
@@ -75,7 +73,7 @@ pub(super) async fn run(shared: Arc<Shared>, sub: SubscriberClient, stop: Cancel
             p = shared.permits.clone().acquire_owned(), if !ready.is_empty() => drop(p),
         }
     }
-    let _ = sub.quit().await;
+    sub.quit().await;
 }
 
 /// Woken partitions read in a row before one partition of a periodic pass gets its turn, so a
@@ -181,48 +179,26 @@ fn take_wakeups(messages: &mut Receiver<Message>, ready: &mut Ready) -> bool {
     }
 }
 
-/// SSUBSCRIBE to every wake channel, one call per slot (a call may not span slots).
-async fn subscribe(sub: &SubscriberClient, channels: &[String]) {
-    let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
-    for ch in channels {
-        by_slot.entry(fred::util::redis_keyslot(ch.as_bytes())).or_default().push(ch.clone());
-    }
-    for (_, chs) in by_slot {
-        if let Err(e) = sub.ssubscribe(chs).await {
-            tracing::warn!(error = %e, "wake channel subscribe failed; the periodic read covers it");
-        }
+/// SSUBSCRIBE to every wake channel (one call per slot: a call may not span slots).
+async fn subscribe(sub: &Subscriber, channels: &[String]) {
+    if let Err(e) = sub.ssubscribe_by_slot(channels.to_vec()).await {
+        tracing::warn!(error = %e, "wake channel subscribe failed; the periodic read covers it");
     }
 }
 
 /// Reads up to `count` new turns of partition `p` without blocking; returns how many it got.
-async fn read_partition(shared: &Arc<Shared>, keys: &Keyspace, p: u16, count: u64, stop: &CancellationToken) -> usize {
-    let stream = keys.stream(p);
-    let client = shared.store.redis().client();
-    let reply =
-        client.xreadgroup::<Value, _, _, _, _>(GROUP, shared.id.as_str(), Some(count), None, false, &stream, ">").await;
-    let value = match reply {
-        Ok(v) if v.is_null() => return 0,
-        Ok(v) => v,
+async fn read_partition(shared: &Arc<Shared>, p: u16, count: u64, stop: &CancellationToken) -> usize {
+    let deliveries = match shared.store.read_partition(p, &shared.id, count).await {
+        Ok(d) => d,
         Err(e) => {
-            if e.details().contains("NOGROUP") {
-                let _ = shared.store.ensure_schema().await;
-            } else {
-                tracing::warn!(partition = p, error = %e, "XREADGROUP failed");
-            }
+            tracing::warn!(partition = p, error = %e, "XREADGROUP failed");
             return 0;
         }
     };
-    let Ok(entries) = value.into_xread_response::<String, String, String, String>() else { return 0 };
-    let mut n = 0;
-    for (_, items) in entries {
-        for (entry_id, mut fields) in items {
-            n += 1;
-            let (Some(base), Some(turn_id)) = (fields.remove("b"), fields.remove("t")) else { continue };
-            let traceparent = fields.remove("tp");
-            let d = Delivery { partition: p, entry_id, base, turn_id, traceparent };
-            if !shared.dispatch(d, stop).await {
-                return n;
-            }
+    let n = deliveries.len();
+    for d in deliveries {
+        if !shared.dispatch(d, stop).await {
+            break;
         }
     }
     n
