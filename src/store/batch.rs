@@ -19,12 +19,10 @@ use std::time::Instant;
 use fred::prelude::*;
 use tokio::sync::{mpsc, oneshot};
 
+use super::conn::function;
 use super::ops::Op;
 use super::{Redis, StoreError};
 use crate::metrics as m;
-
-/// The function every op goes through.
-pub(crate) const BATCH_FUNCTION: &str = "cf3_batch";
 
 /// An op waiting for its batch, and where its reply goes.
 struct Pending {
@@ -124,7 +122,7 @@ async fn send_batch(redis: &Redis, settings: &[Value], batch: &mut Vec<Pending>)
     }
     metrics::histogram!(m::REDIS_BATCH_OPS).record(batch.len() as f64);
     let started = Instant::now();
-    let result: Result<Value, _> = redis.client().fcall(BATCH_FUNCTION, keys, args).await;
+    let result: Result<Value, _> = redis.client().fcall(function::BATCH, keys, args).await;
     metrics::histogram!(m::REDIS_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
     match result {
         Ok(Value::Array(replies)) if replies.len() == batch.len() => {
@@ -135,7 +133,7 @@ async fn send_batch(redis: &Redis, settings: &[Value], batch: &mut Vec<Pending>)
         Ok(other) => {
             let detail = format!("expected {} replies, got {:?}", batch.len(), other.kind());
             for p in batch.drain(..) {
-                let _ = p.reply.send(Err(StoreError::Reply { function: BATCH_FUNCTION, detail: detail.clone() }));
+                let _ = p.reply.send(Err(StoreError::Reply { function: function::BATCH, detail: detail.clone() }));
             }
         }
         Err(e) => {

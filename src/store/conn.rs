@@ -17,6 +17,20 @@ pub const FUNCTIONS_LIBRARY: &str = include_str!("../../lua/chatfleet.lua");
 /// (`cf3_*`), so two versions can be loaded side by side during a rolling deploy.
 pub const LIBRARY_NAME: &str = "chatfleet_3";
 
+/// The library's functions by name, versioned with [`LIBRARY_NAME`]: every call names its
+/// function through these, so a new version is one edit here (and the test below checks that the
+/// library registers each).
+pub(crate) mod function {
+    pub const BATCH: &str = "cf3_batch";
+    pub const RECLAIM_SCAN: &str = "cf3_reclaim_scan";
+    pub const READ_LOG: &str = "cf3_read_log";
+    pub const LEAD: &str = "cf3_lead";
+    pub const QUOTA_ACQUIRE: &str = "cf3_quota_acquire";
+    pub const QUOTA_RELEASE: &str = "cf3_quota_release";
+    #[cfg(test)]
+    pub const ALL: [&str; 6] = [BATCH, RECLAIM_SCAN, READ_LOG, LEAD, QUOTA_ACQUIRE, QUOTA_RELEASE];
+}
+
 /// The Redis connections of one process.
 #[derive(Clone)]
 pub struct Redis {
@@ -166,4 +180,19 @@ fn builder(config: &Config, s: &RedisSettings, command_timeout: bool) -> Builder
 
 fn socket2_keepalive() -> fred::socket2::TcpKeepalive {
     fred::socket2::TcpKeepalive::new().with_time(Duration::from_secs(30)).with_interval(Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_library_registers_every_function_under_this_builds_names() {
+        assert!(FUNCTIONS_LIBRARY.starts_with(&format!("#!lua name={LIBRARY_NAME}\n")));
+        for name in function::ALL {
+            let registered = FUNCTIONS_LIBRARY.contains(&format!("register_function('{name}'"))
+                || FUNCTIONS_LIBRARY.contains(&format!("function_name = '{name}'"));
+            assert!(registered, "{name} is not registered by lua/chatfleet.lua");
+        }
+    }
 }

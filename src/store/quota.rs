@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use fred::prelude::*;
 
+use super::conn::function;
 use super::reply::Reply;
 use super::{Store, StoreError};
 
@@ -103,13 +104,13 @@ impl Store {
                 stale_ms.to_string().into(),
                 max_listed.to_string().into(),
             ];
-            let v: Value = self.redis.client().fcall("cf3_quota_acquire", keys, args).await?;
-            match quota_step(&mut Reply::new("cf3_quota_acquire", v)?)? {
+            let v: Value = self.redis.client().fcall(function::QUOTA_ACQUIRE, keys, args).await?;
+            match quota_step(&mut Reply::new(function::QUOTA_ACQUIRE, v)?)? {
                 QuotaStep::Done(outcome) => return Ok(outcome),
                 QuotaStep::Minute(m) => minute = m,
             }
         }
-        Err(StoreError::Reply { function: "cf3_quota_acquire", detail: "the clock minute kept changing".into() })
+        Err(StoreError::Reply { function: function::QUOTA_ACQUIRE, detail: "the clock minute kept changing".into() })
     }
 
     /// Frees the slots of `members`; with `uncount`, also takes their turns back from this
@@ -118,7 +119,7 @@ impl Store {
         let keys = vec![self.keys.quota_inflight(tenant), self.keys.quota_minute(tenant, local_minute())];
         let mut args: Vec<Value> = vec![if uncount { "1" } else { "0" }.into()];
         args.extend(members.iter().map(|m| Value::from(m.as_str())));
-        let n: i64 = self.redis.client().fcall("cf3_quota_release", keys, args).await?;
+        let n: i64 = self.redis.client().fcall(function::QUOTA_RELEASE, keys, args).await?;
         Ok(n.max(0) as u64)
     }
 }

@@ -8,6 +8,7 @@
 use fred::prelude::*;
 use tracing::Instrument;
 
+use super::conn::function;
 use super::ops::OpBuilder;
 use super::reply::Reply;
 use super::{Store, StoreError};
@@ -349,12 +350,12 @@ impl Store {
             .redis
             .client()
             .fcall_ro(
-                "cf3_read_log",
+                function::READ_LOG,
                 vec![keys::meta_key(base), keys::log_key(base)],
                 vec![after.to_string(), count.to_string(), epoch.to_string(), u8::from(anchored).to_string()],
             )
             .await?;
-        let mut r = Reply::new("cf3_read_log", v)?;
+        let mut r = Reply::new(function::READ_LOG, v)?;
         let status = r.string()?;
         let top = r.int()?.max(0) as u64;
         match status.as_str() {

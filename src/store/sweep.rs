@@ -8,6 +8,7 @@
 
 use fred::prelude::*;
 
+use super::conn::function;
 use super::ops::OpBuilder;
 use super::reply::Reply;
 use super::{Store, StoreError};
@@ -60,7 +61,7 @@ impl Store {
             .redis
             .client()
             .fcall(
-                "cf3_reclaim_scan",
+                function::RECLAIM_SCAN,
                 vec![stream.clone(), self.keys.sweep_lock(p), self.keys.dlq(p)],
                 vec![
                     GROUP.to_string(),
@@ -74,7 +75,7 @@ impl Store {
                 ],
             )
             .await?;
-        let mut r = Reply::new("cf3_reclaim_scan", v)?;
+        let mut r = Reply::new(function::RECLAIM_SCAN, v)?;
         let next = r.string()?;
         let mut list = r.array()?;
         let mut found = Vec::with_capacity(list.len());
@@ -112,7 +113,7 @@ impl Store {
         let v: i64 = self
             .redis
             .client()
-            .fcall("cf3_lead", vec![lock.to_string()], vec![id.to_string(), ttl_ms.to_string()])
+            .fcall(function::LEAD, vec![lock.to_string()], vec![id.to_string(), ttl_ms.to_string()])
             .await?;
         Ok(v == 1)
     }
