@@ -115,11 +115,13 @@ pub struct RedisSettings {
     /// kept apart from the stream of deltas so a user's ack or `turn_started` never waits behind
     /// a call carrying many deltas. Small, so one control call stays short.
     pub batch_control_max_ops: usize,
-    /// Ops that may wait for one lane's next call; a caller past this waits (backpressure).
+    /// Ops that may wait in one queue of lanes (a class's on a single Redis, a partition's class
+    /// in Cluster); a caller past this waits (backpressure).
     pub batch_queue: usize,
     /// Lanes per class (stream, control) of a process on a standalone Redis: calls in flight
-    /// at once are twice this. In Cluster every partition has a lane of each class, since a call
-    /// may touch one slot only.
+    /// at once are twice this, and an op goes with the next call of whichever lane of its class
+    /// is free. In Cluster every partition has a lane of each class, since a call may touch one
+    /// slot only.
     pub batch_lanes: usize,
 }
 

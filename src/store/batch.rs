@@ -1,9 +1,12 @@
 //! Group commit: the ops of many sessions and turns travel to Redis in one `cf3_batch` call.
 //!
-//! Each lane (a partition's slot in Cluster; a few lanes in standalone, where every key is on one
-//! node) has one call in flight at a time. A batch is whatever queued while the previous call was
-//! in flight, so an idle system sends each op at once and a busy one amortises the function call
-//! over up to `redis.batch_max_ops` ops. Every op is idempotent (lua/chatfleet.lua, I5), so the
+//! Each lane has one call in flight at a time. In Cluster every partition (slot) has its own lane,
+//! since a call may touch one slot only. On a single Redis, where every key is on one node,
+//! `redis.batch_lanes` lanes serve one queue per class: an op goes with the next call of whichever
+//! lane is free, so it waits for a call in flight only when every lane has one (a lane chosen by
+//! partition made an op wait for its own lane's call while another lane stood idle). A batch is
+//! whatever queued while the lanes were busy, so an idle system sends each op at once and a busy
+//! one amortises the function call over up to `redis.batch_max_ops` ops. Every op is idempotent (lua/chatfleet.lua, I5), so the
 //! client's resend of a call whose reply was lost applies nothing twice.
 //!
 //! Lanes come in two classes. Stream ops (a running turn's deltas, tool states, heartbeats,
@@ -17,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use fred::prelude::*;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::conn::function;
 use super::ops::Op;
@@ -38,9 +41,12 @@ struct Inner {
     redis: Redis,
     /// The first ARGV entries of every call: the deployment's settings the ops need.
     settings: Arc<[Value]>,
-    /// Stream lanes first (`per_class` of them), then as many control lanes.
-    lanes: Vec<OnceLock<mpsc::Sender<Pending>>>,
+    /// The queues of the lanes: stream queues first, then as many control queues. One per class
+    /// on a single Redis (served by `lanes_per_queue` lanes); one per partition and class in
+    /// Cluster (one lane each).
+    queues: Vec<OnceLock<mpsc::Sender<Pending>>>,
     per_class: usize,
+    lanes_per_queue: usize,
     max_ops: usize,
     control_max_ops: usize,
     queue: usize,
@@ -56,22 +62,22 @@ impl Batcher {
         let settings: Arc<[Value]> = settings.into();
         let s = redis.settings();
         let clustered = redis.is_clustered();
-        // In Cluster a call may only touch one slot, and every partition has its own.
-        let per_class = if clustered { partitions as usize } else { s.batch_lanes.max(1) };
-        let lanes = (0..2 * per_class).map(|_| OnceLock::new()).collect();
+        // In Cluster a call may only touch one slot, and every partition has its own lane.
+        let (per_class, lanes_per_queue) = if clustered { (partitions as usize, 1) } else { (1, s.batch_lanes.max(1)) };
+        let queues = (0..2 * per_class).map(|_| OnceLock::new()).collect();
         let (max_ops, queue) = (s.batch_max_ops.max(1), s.batch_queue.max(1));
         let control_max_ops = s.batch_control_max_ops.clamp(1, max_ops);
-        Self(Arc::new(Inner { redis, settings, lanes, per_class, max_ops, control_max_ops, queue }))
+        Self(Arc::new(Inner { redis, settings, queues, per_class, lanes_per_queue, max_ops, control_max_ops, queue }))
     }
 
     /// Sends `op` with the next batch of partition `p`'s lane; returns its reply.
     pub async fn call(&self, p: u16, op: Op) -> Result<Value, StoreError> {
         let kind = op.kind;
-        // In Cluster there is a lane per partition and class; in standalone partitions share lanes.
+        // In Cluster there is a queue per partition and class; in standalone one per class.
         let stream = is_stream_op(kind);
         let i = p as usize % self.0.per_class + if stream { 0 } else { self.0.per_class };
         let max_ops = if stream { self.0.max_ops } else { self.0.control_max_ops };
-        let tx = self.0.lanes[i].get_or_init(|| self.spawn_lane(max_ops));
+        let tx = self.0.queues[i].get_or_init(|| self.spawn_lanes(max_ops));
         let (reply, rx) = oneshot::channel();
         // A full lane makes the caller wait: the queue is bounded (`redis.batch_queue`).
         tx.send(Pending { op, reply }).await.map_err(|_| lane_gone(kind))?;
@@ -79,10 +85,13 @@ impl Batcher {
         check_op_error(kind, v)
     }
 
-    fn spawn_lane(&self, max_ops: usize) -> mpsc::Sender<Pending> {
+    /// The lanes of one queue. They end when every sender (every clone of the store) is gone.
+    fn spawn_lanes(&self, max_ops: usize) -> mpsc::Sender<Pending> {
         let (tx, rx) = mpsc::channel(self.0.queue);
-        // The lane ends when every sender (every clone of the store) is gone.
-        tokio::spawn(run_lane(self.0.redis.clone(), self.0.settings.clone(), rx, max_ops));
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..self.0.lanes_per_queue {
+            tokio::spawn(run_lane(self.0.redis.clone(), self.0.settings.clone(), rx.clone(), max_ops));
+        }
         tx
     }
 }
@@ -102,9 +111,16 @@ fn check_op_error(kind: &'static str, v: Value) -> Result<Value, StoreError> {
     Ok(v)
 }
 
-async fn run_lane(redis: Redis, settings: Arc<[Value]>, mut rx: mpsc::Receiver<Pending>, max_ops: usize) {
+/// One lane: takes what its queue holds (at most `max_ops`), sends it as one call, and waits for
+/// the reply before it takes more. A free lane holds the queue's lock while it waits for ops, so
+/// an op goes to the first lane that is free.
+async fn run_lane(redis: Redis, settings: Arc<[Value]>, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, max_ops: usize) {
     let mut batch = Vec::with_capacity(max_ops);
-    while rx.recv_many(&mut batch, max_ops).await > 0 {
+    loop {
+        let n = rx.lock().await.recv_many(&mut batch, max_ops).await;
+        if n == 0 {
+            break;
+        }
         send_batch(&redis, &settings, &mut batch).await;
     }
 }
