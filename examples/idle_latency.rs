@@ -12,7 +12,14 @@
 //!   turn is dispatched, `start` runs);
 //! - session load: the worker's `start` call and context packing;
 //! - fleet overhead: enqueue → first delta stored, minus the model's time to first token;
-//! - Redis: time inside FCALL per call, and a PING round trip for scale.
+//! - Redis: time inside FCALL per call, and a PING round trip for scale, timed twice: from the
+//!   client's runtime (as another process would see it) and from a task of the fleet's runtime
+//!   (as the gateway's and worker's own calls see it).
+//!
+//! The fleet runs on a multi-thread runtime, as `bin/chatfleet.rs` builds it; the client runs on
+//! a thread of its own with a current-thread runtime, as a separate process would. (Driving the
+//! client from the fleet runtime's `block_on` thread added a cross-thread wake-up to every frame
+//! and every call the client made: docs/benchmarks.md, "What a Redis round trip costs".)
 //!
 //! Run: `cargo run --release --example idle_latency -- [TURNS] [TURNS_PER_SESSION]` (300, 1).
 
@@ -58,10 +65,22 @@ async fn commandstats(c: &fred::clients::Client) -> Vec<(String, f64, f64)> {
         .collect()
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let turns: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(300);
     let per_session: usize = std::env::args().nth(2).map(|a| a.parse()).transpose()?.unwrap_or(1).max(1);
+    // The fleet's runtime is the one `#[tokio::main]` builds for the binary.
+    let fleet_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let fleet_handle = fleet_rt.handle().clone();
+    let client = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(run(turns, per_session, fleet_handle))
+    });
+    client.join().expect("the client thread ran")?;
+    drop(fleet_rt);
+    Ok(())
+}
+
+async fn run(turns: usize, per_session: usize, fleet_rt: tokio::runtime::Handle) -> anyhow::Result<()> {
     let recorder = chatfleet::metrics::install();
     let mut s = chatfleet::settings::Settings::defaults();
     s.redis.partitions = 8;
@@ -71,13 +90,22 @@ async fn main() -> anyhow::Result<()> {
     // One user sending turn after turn is far above a person's rate: lift the frame limit.
     s.gateway.limits.messages_per_sec = 1_000_000;
     s.gateway.limits.burst = 1_000_000;
-    let fleet = fleet::Fleet::start(s).await?;
+    let fleet = fleet_rt.spawn(fleet::Fleet::start(s)).await??;
     let addr = fleet.addr;
-    let raw = fred::clients::Client::new(fred::prelude::Config::from_url(&fleet.redis_url())?, None, None, None);
+    let config = fred::prelude::Config::from_url(&fleet.redis_url())?;
+    let raw = fred::clients::Client::new(config.clone(), None, None, None);
     raw.init().await?;
+    // A client whose connection task runs on the fleet's runtime, like the fleet's own.
+    let inner = fleet_rt
+        .spawn(async move {
+            let c = fred::clients::Client::new(config, None, None, None);
+            c.init().await.map(|_| c)
+        })
+        .await??;
 
     let mut ws = None;
     let (mut ack, mut started, mut delta, mut ping) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut ping_inner = Vec::new();
     let warmup = 20;
     let mut before = Vec::new();
     for i in 0..turns + warmup {
@@ -98,6 +126,14 @@ async fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let _: String = raw.ping(None).await?;
         let rtt = t.elapsed().as_secs_f64() * 1000.0;
+        let c = inner.clone();
+        let rtt_inner = fleet_rt
+            .spawn(async move {
+                let t = Instant::now();
+                let _: String = c.ping(None).await?;
+                anyhow::Ok(t.elapsed().as_secs_f64() * 1000.0)
+            })
+            .await??;
         let t0 = Instant::now();
         let text = format!("turn {i}");
         send(ws, &ClientMsg::Send { client_msg_id: format!("m{i}"), text, model: None, attachments: Vec::new() }).await;
@@ -121,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
             started.push(st.expect("turn_started"));
             delta.push(d.expect("a delta"));
             ping.push(rtt);
+            ping_inner.push(rtt_inner);
         }
     }
     let after = commandstats(&raw).await;
@@ -131,8 +168,10 @@ async fn main() -> anyhow::Result<()> {
         let q = quantiles(v);
         println!("{name:<22} p50={:>6.3}  p90={:>6.3}  p99={:>6.3}", q[0], q[1], q[2]);
     }
-    let q = quantiles(ping);
-    println!("{:<22} p50={:>6.3}  p90={:>6.3}  p99={:>6.3}", "Redis PING round trip", q[0], q[1], q[2]);
+    for (name, v) in [("PING, client runtime", ping), ("PING, fleet task", ping_inner)] {
+        let q = quantiles(v);
+        println!("{name:<22} p50={:>6.3}  p90={:>6.3}  p99={:>6.3}", q[0], q[1], q[2]);
+    }
     let rendered = recorder.render();
     println!("server stages, means (ms), warm-up included:");
     for (label, metric) in [
@@ -162,6 +201,6 @@ async fn main() -> anyhow::Result<()> {
     for (name, calls, usec) in rows.iter().take(12) {
         println!("  {name:<14} {calls:>5.2} calls  {usec:>7.1} µs");
     }
-    fleet.stop().await;
+    fleet_rt.spawn(fleet.stop()).await?;
     Ok(())
 }
