@@ -181,7 +181,7 @@ async fn run(turns: usize, per_session: usize, fleet_rt: tokio::runtime::Handle)
         ("model ttft", chatfleet::metrics::TURN_MODEL_TTFT_SECONDS),
         ("fleet overhead", chatfleet::metrics::TURN_FLEET_OVERHEAD_SECONDS),
         ("enqueue → first delta", chatfleet::metrics::TURN_TTFT_SECONDS),
-        ("one cf2_batch call", chatfleet::metrics::REDIS_BATCH_SECONDS),
+        ("one cf3_batch call", chatfleet::metrics::REDIS_BATCH_SECONDS),
     ] {
         match mean_ms(&rendered, metric) {
             Some(ms) => println!("  {label:<22} {ms:>7.3}"),
