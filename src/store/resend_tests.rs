@@ -187,7 +187,8 @@ async fn a_session_belongs_to_the_user_who_created_it() {
     assert!(matches!(opened, Opened::Snapshot { .. }));
 }
 
-fn finish_args() -> FinishArgs<'static> {
+/// A `done` end with reported usage.
+pub(super) fn finish_args() -> FinishArgs<'static> {
     FinishArgs {
         outcome: "done",
         prompt_tokens: 3,

@@ -3,23 +3,9 @@
 //! Against a real redis-server.
 
 use super::ops::OpBuilder;
-use super::resend_tests::fixture;
+use super::resend_tests::{finish_args, fixture};
 use super::session::history;
 use super::*;
-
-fn done() -> FinishArgs<'static> {
-    FinishArgs {
-        outcome: "done",
-        prompt_tokens: 1,
-        completion_tokens: 1,
-        usage_source: UsageSource::Reported,
-        error_code: "",
-        error_message: "",
-        dead_letter: false,
-        audit: None,
-        citations: None,
-    }
-}
 
 #[tokio::test]
 async fn a_start_reads_the_history_beside_its_op_and_an_older_caller_still_gets_it_inside() {
@@ -34,7 +20,7 @@ async fn a_start_reads_the_history_beside_its_op_and_an_older_caller_still_gets_
     assert_eq!(first.len(), 1, "the turn's own message");
     let w = f.store.writer(base, "t1", &eid, 1);
     w.emit("answer one", 0, None).await.unwrap();
-    assert!(w.finish(&done()).await.unwrap().is_some());
+    assert!(w.finish(&finish_args()).await.unwrap().is_some());
 
     f.enqueue("t2", "c2", "u1").await;
     let eid = f.entry_of("t2").await;
