@@ -6,8 +6,9 @@
 //! lane is free, so it waits for a call in flight only when every lane has one (a lane chosen by
 //! partition made an op wait for its own lane's call while another lane stood idle). A batch is
 //! whatever queued while the lanes were busy, so an idle system sends each op at once and a busy
-//! one amortises the function call over up to `redis.batch_max_ops` ops. Every op is idempotent (lua/chatfleet.lua, I5), so the
-//! client's resend of a call whose reply was lost applies nothing twice.
+//! one amortises the function call over up to `redis.batch_max_ops` ops. Every op is idempotent
+//! (lua/chatfleet.lua, I5), so the client's resend of a call whose reply was lost applies nothing
+//! twice.
 //!
 //! Lanes come in two classes. Stream ops (a running turn's deltas, tool states, heartbeats,
 //! audits) are many and cheap to delay by a few milliseconds; every other op (enqueue, start,
@@ -79,7 +80,7 @@ impl Batcher {
         let max_ops = if stream { self.0.max_ops } else { self.0.control_max_ops };
         let tx = self.0.queues[i].get_or_init(|| self.spawn_lanes(max_ops));
         let (reply, rx) = oneshot::channel();
-        // A full lane makes the caller wait: the queue is bounded (`redis.batch_queue`).
+        // A full queue makes the caller wait: it is bounded (`redis.batch_queue`).
         tx.send(Pending { op, reply }).await.map_err(|_| lane_gone(kind))?;
         let v = rx.await.map_err(|_| lane_gone(kind))??;
         check_op_error(kind, v)

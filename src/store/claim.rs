@@ -33,6 +33,8 @@ pub struct TurnReader {
     client: Client,
     store: Store,
     streams: Vec<String>,
+    /// `>` for each stream: only entries never delivered.
+    ids: Vec<&'static str>,
     /// fred's client-side timeout does not end a server-side BLOCK, so it exceeds the BLOCK.
     opts: Options,
     block_ms: u64,
@@ -54,8 +56,9 @@ impl Store {
             timeout: Some(ms(block_ms) + ms(self.redis.settings().command_timeout_ms)),
             ..Default::default()
         };
-        let streams = (0..self.keys.partitions()).map(|p| self.keys.stream(p)).collect();
-        Ok(TurnReader { client, store: self.clone(), streams, opts, block_ms })
+        let streams: Vec<String> = (0..self.keys.partitions()).map(|p| self.keys.stream(p)).collect();
+        let ids = vec![">"; streams.len()];
+        Ok(TurnReader { client, store: self.clone(), streams, ids, opts, block_ms })
     }
 
     /// Up to `count` new turns of partition `p`, without blocking.
@@ -110,7 +113,6 @@ impl Store {
 impl TurnReader {
     /// Up to `count` new turns of each partition, waiting up to the reader's BLOCK for the first.
     pub async fn read(&self, consumer: &str, count: u64) -> Result<Vec<Delivery>, StoreError> {
-        let ids: Vec<&str> = vec![">"; self.streams.len()];
         let reply = self
             .client
             .with_options(&self.opts)
@@ -121,7 +123,7 @@ impl TurnReader {
                 Some(self.block_ms),
                 false,
                 self.streams.clone(),
-                ids,
+                self.ids.clone(),
             )
             .await;
         self.store.deliveries(reply, &self.streams, 0).await

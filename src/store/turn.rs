@@ -16,12 +16,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use bytes::Bytes;
+use fred::prelude::*;
 
 use super::ops::OpBuilder;
 use super::reply::Reply;
 use super::{Store, StoreError};
-use fred::prelude::*;
-
 use crate::keys::{history_key, Keyspace};
 use crate::payload::{self, HistoryMessage};
 
@@ -160,7 +159,8 @@ impl Store {
                 r.array()?;
                 let history = match read {
                     Ok(h) => h,
-                    Err(e) if e.is_transient() => self.read_history_retrying(base).await?,
+                    // The attempt owns the turn now: read again while Redis cannot be reached.
+                    Err(e) if e.is_transient() => self.while_unreachable(|| self.read_history(base), || {}).await?,
                     Err(e) => return Err(e),
                 };
                 let opts = r.bytes()?;
@@ -182,15 +182,20 @@ impl Store {
         list.iter().map(|m| payload::decode_history(m).map_err(StoreError::from)).collect()
     }
 
-    /// [`Self::read_history`] after the started op: the attempt now owns the turn, so a read
-    /// that failed for want of Redis is tried again, as writes are (`TurnWriter::send`), rather
-    /// than leaving the turn to wait for its lease.
-    async fn read_history_retrying(&self, base: &str) -> Result<Vec<HistoryMessage>, StoreError> {
+    /// Calls `f` again, with a growing pause, while it fails for want of Redis (a failover, a
+    /// stall past the command timeout), for up to `write_retry`; `on_retry` runs before each new
+    /// try. For a started attempt's calls, which are safe to send again: giving the turn up at
+    /// the first timeout would leave the user waiting for the lease.
+    async fn while_unreachable<T, Fut>(&self, mut f: impl FnMut() -> Fut, on_retry: impl Fn()) -> Result<T, StoreError>
+    where
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
         let give_up = tokio::time::Instant::now() + self.write_retry;
         let mut pause = std::time::Duration::from_millis(50);
         loop {
-            match self.read_history(base).await {
+            match f().await {
                 Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < give_up => {
+                    on_retry();
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(std::time::Duration::from_millis(500));
                 }
@@ -284,18 +289,12 @@ impl TurnWriter {
     async fn send(&self, kind: &'static str, body: impl Fn(OpBuilder) -> OpBuilder) -> Result<Reply, StoreError> {
         self.last_delta.store(0, Ordering::Relaxed);
         let index = self.written.fetch_add(1, Ordering::Relaxed) + 1;
-        let give_up = tokio::time::Instant::now() + self.store.write_retry;
-        let mut pause = std::time::Duration::from_millis(50);
-        loop {
-            match self.store.op(&self.base, body(self.head(kind, index)).build()).await {
-                Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < give_up => {
-                    metrics::counter!(crate::metrics::WORKER_WRITE_RETRIES).increment(1);
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(std::time::Duration::from_millis(500));
-                }
-                r => return r,
-            }
-        }
+        self.store
+            .while_unreachable(
+                || self.store.op(&self.base, body(self.head(kind, index)).build()),
+                || metrics::counter!(crate::metrics::WORKER_WRITE_RETRIES).increment(1),
+            )
+            .await
     }
 
     /// Appends a delta. `abandon_ms` > 0 stops the turn once nobody watched it that long.
